@@ -1,0 +1,475 @@
+//! The image pipeline: recipes → staged trees → rootfs (EROFS + dm-verity, signed) and
+//! initramfs → per-slot UKIs → ESP → GPT disk image + `.bmap` + `.sha256`.
+//!
+//! Each step is a cache entry keyed by its inputs (see `cache`), so a no-op build only
+//! hashes, and a changed service rebuilds its recipe, the rootfs and the disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use llamabox_format::{BootEntry, PublicKey, SecretKey, Slot};
+use llamabox_image::{bmap, cpio, disk, esp, modules, rootfs, uki};
+
+use crate::cache::{Cache, KeyHasher};
+use crate::config::board::Board;
+use crate::config::image::ImageDef;
+use crate::config::lock::DebianLock;
+use crate::config::recipe::{Recipe, Source};
+use crate::config::{self, Arch};
+use crate::fetch::{debian, pypi};
+use crate::project::Project;
+use crate::{keys, stage};
+
+pub struct BuildOptions {
+    pub board: String,
+    pub out_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct BuildOutput {
+    pub image: PathBuf,
+    pub bmap: PathBuf,
+    pub sha256_file: PathBuf,
+    pub rootfs: PathBuf,
+    pub image_sha256: String,
+    pub rootfs_sha256: String,
+    pub reused: bool,
+}
+
+/// Prints a step and how long it took.
+pub struct Step {
+    name: String,
+    start: Instant,
+}
+
+impl Step {
+    pub fn start(name: impl Into<String>) -> Step {
+        let name = name.into();
+        eprintln!("==> {name}");
+        Step { name, start: Instant::now() }
+    }
+    pub fn done(self) {
+        let secs = self.start.elapsed().as_secs_f32();
+        if secs >= 1.0 {
+            eprintln!("    {} took {secs:.1} s", self.name);
+        }
+    }
+}
+
+struct Ctx<'a> {
+    project: &'a Project,
+    board: &'a Board,
+    image: &'a ImageDef,
+    recipes: &'a BTreeMap<String, Recipe>,
+    lock: &'a DebianLock,
+    mirror: Option<String>,
+    cache: Cache,
+}
+
+impl Ctx<'_> {
+    fn mirror(&mut self) -> Result<String> {
+        if self.mirror.is_none() {
+            self.mirror = Some(debian::mirror(&self.lock.suite)?);
+        }
+        Ok(self.mirror.clone().unwrap())
+    }
+
+    /// The unpacked contents of a locked Debian package.
+    fn debian_package(&mut self, name: &str) -> Result<(PathBuf, String)> {
+        let package = self.lock.get(name, self.board.arch)?.clone();
+        let key = package.sha256[..32].to_string();
+        let unpacked = self.cache.dir_for("deb", &key);
+        if !unpacked.exists() {
+            let mirror = self.mirror()?;
+            let deb = debian::fetch(&mirror, &package, &self.project.downloads_dir())?;
+            self.cache.get_or_build("deb", &key, |dir| debian::unpack(&deb, dir))?;
+        }
+        Ok((unpacked, package.sha256))
+    }
+}
+
+impl Cache {
+    fn dir_for(&self, kind: &str, key: &str) -> PathBuf {
+        self.path().join(kind).join(key)
+    }
+}
+
+pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
+    let recipes = config::recipe::load_all(&project.recipes_dir())?;
+    let board = config::board::load(&project.boards_dir(), &options.board)?;
+    let image = config::image::load(&project.image_file(), &recipes)?;
+    let lock = DebianLock::load(&project.debian_lock())?;
+    for name in image.rootfs.iter().chain(&image.initramfs) {
+        if !recipes[name].supports(board.arch) {
+            bail!("recipe `{name}` does not support {} (board {})", board.arch.name(), board.name);
+        }
+    }
+    crate::setup::ensure_host_tools(board.arch)?;
+    let signing = keys::signing_key(project)?;
+
+    let mut ctx = Ctx {
+        project,
+        board: &board,
+        image: &image,
+        recipes: &recipes,
+        lock: &lock,
+        mirror: None,
+        cache: Cache::new(options.cache_dir.clone().unwrap_or_else(|| project.default_cache_dir())),
+    };
+
+    let step = Step::start(format!("building {} for {} ({})", image.name, board.name, board.arch.name()));
+    let binaries = build_crates(&ctx)?;
+    step.done();
+
+    let step = Step::start("staging recipes");
+    let mut staged = BTreeMap::new();
+    for name in image.rootfs.iter().chain(&image.initramfs) {
+        if !staged.contains_key(name) {
+            let entry = stage_recipe(&mut ctx, &recipes[name], &binaries)?;
+            staged.insert(name.clone(), entry);
+        }
+    }
+    step.done();
+
+    let step = Step::start("root filesystem (EROFS + dm-verity, signed)");
+    let slot = build_rootfs(&mut ctx, &staged, &signing)?;
+    step.done();
+
+    let step = Step::start("kernel and initramfs");
+    let (kernel_dir, kernel_sha) = ctx.debian_package(&board.kernel.package.clone())?;
+    let kernel_image = find_one(&kernel_dir, &board.kernel.image)?;
+    let initramfs = build_initramfs(&mut ctx, &staged, &kernel_dir, &kernel_sha, &signing.public())?;
+    step.done();
+
+    let step = Step::start("boot entries and ESP");
+    let esp_image = build_esp(&mut ctx, &kernel_image, &initramfs)?;
+    step.done();
+
+    let step = Step::start("disk image");
+    let out = write_disk(&ctx, options, &esp_image, &slot)?;
+    step.done();
+    Ok(out)
+}
+
+/// The staged tree of one recipe and the key it is cached under.
+struct Staged {
+    key: String,
+    tree: PathBuf,
+}
+
+/// `cargo build` for every crate recipe the image uses, in one invocation per link mode.
+/// Returns binary name → built file.
+fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
+    let mut by_mode: BTreeMap<bool, Vec<(&str, &Vec<String>)>> = BTreeMap::new();
+    for name in ctx.image.rootfs.iter().chain(&ctx.image.initramfs) {
+        if let Source::Crate { package, binaries, static_link } = &ctx.recipes[name].source {
+            by_mode.entry(*static_link).or_default().push((package, binaries));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (static_link, crates) in by_mode {
+        let target = ctx.board.arch.rust_target(static_link);
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&ctx.project.root).args(["build", "--release", "--locked", "--target", target]);
+        for (package, binaries) in &crates {
+            cmd.args(["--package", package]);
+            for b in *binaries {
+                cmd.args(["--bin", b]);
+            }
+        }
+        let status = cmd.status().context("cannot run cargo")?;
+        if !status.success() {
+            bail!("`cargo build --target {target}` for the image's crates failed (see above)");
+        }
+        let dir = ctx.project.target_dir().join(target).join("release");
+        for (_, binaries) in crates {
+            for b in binaries {
+                out.insert(b.clone(), dir.join(b));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn stage_recipe(ctx: &mut Ctx, recipe: &Recipe, binaries: &BTreeMap<String, PathBuf>) -> Result<Staged> {
+    let arch = ctx.board.arch;
+    let mut key = KeyHasher::default();
+    key.add_file("recipe", &recipe.file)?.add_str("arch", arch.name());
+    let sources: Vec<PathBuf> = match &recipe.source {
+        Source::Crate { binaries: names, .. } => {
+            let mut dirs = Vec::new();
+            for b in names {
+                let path = &binaries[b];
+                key.add_file(b, path)?;
+                dirs.push(path.parent().unwrap().to_path_buf());
+            }
+            dirs.dedup();
+            dirs
+        }
+        Source::Debian { packages } => {
+            let mut dirs = Vec::new();
+            for p in packages {
+                let (dir, sha) = ctx.debian_package(p)?;
+                key.add_str(p, &sha);
+                dirs.push(dir);
+            }
+            dirs
+        }
+        Source::Pypi { name, version } => {
+            let lock = pypi::PypiLock::load(&ctx.project.pypi_lock())?;
+            let dist = lock.get(name, version)?.clone();
+            key.add_str("dist", &dist.sha256);
+            let downloads = ctx.project.downloads_dir();
+            let dir = ctx.cache.get_or_build("pypi", &dist.sha256[..32], |dir| {
+                let file = pypi::fetch(&dist, &downloads)?;
+                pypi::unpack(&file, dir)
+            })?;
+            vec![dir]
+        }
+        Source::Overlay { path } => {
+            let dir = ctx.project.root.join(path);
+            if !dir.is_dir() {
+                bail!("recipe `{}`: overlay {} is not a directory", recipe.name, dir.display());
+            }
+            key.add_tree("overlay", &dir)?;
+            vec![dir]
+        }
+    };
+    let key = key.finish();
+    let entry = ctx.cache.get_or_build("recipe", &format!("{}-{key}", recipe.name), |dir| {
+        eprintln!("    staging {}", recipe.name);
+        stage::install(recipe, arch, &sources, &dir.join("tree"))
+    })?;
+    Ok(Staged { key, tree: entry.join("tree") })
+}
+
+/// Mount points stage 1 needs in every root filesystem.
+const MOUNT_POINTS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "data", "var", "efi", "etc/llamabox/local"];
+
+fn os_release(image: &ImageDef, slot: Option<Slot>) -> String {
+    let pretty = match slot {
+        Some(s) => format!("Llama Box {} (slot {s})", image.version),
+        None => format!("Llama Box {}", image.version),
+    };
+    format!(
+        "NAME=\"Llama Box\"\nPRETTY_NAME=\"{pretty}\"\nID=llamabox\nVERSION_ID={v}\nIMAGE_ID={n}\nIMAGE_VERSION={v}\n",
+        v = image.version,
+        n = image.name
+    )
+}
+
+fn build_rootfs(ctx: &mut Ctx, staged: &BTreeMap<String, Staged>, signing: &SecretKey) -> Result<rootfs::SlotImage> {
+    let mut key = KeyHasher::default();
+    key.add_str("board", &ctx.board.name).add_str("version", &ctx.image.version);
+    for name in &ctx.image.rootfs {
+        key.add_str(name, &staged[name].key);
+    }
+    key.add_str("signer", &signing.public().id().to_string());
+    let key = key.finish();
+    let (board, image) = (ctx.board.name.clone(), ctx.image.clone());
+    let dir = ctx.cache.get_or_build("rootfs", &key, |dir| {
+        let tree = dir.join("tree");
+        for name in &image.rootfs {
+            stage::merge(&staged[name].tree, &tree)?;
+        }
+        for m in MOUNT_POINTS {
+            std::fs::create_dir_all(tree.join(m))?;
+        }
+        std::fs::create_dir_all(tree.join("etc/llamabox"))?;
+        std::fs::write(tree.join("etc/os-release"), os_release(&image, None))?;
+        std::fs::write(tree.join("etc/llamabox/board"), format!("{board}\n"))?;
+        normalize_directories(&tree)?;
+        let slot = rootfs::build_slot(&tree, dir, &key, &board, &image.version, signing)?;
+        std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&slot.manifest)?)?;
+        // The tree is only an intermediate; the EROFS image is what the cache keeps.
+        std::fs::remove_dir_all(&tree)?;
+        Ok(())
+    })?;
+    let manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    Ok(rootfs::SlotImage {
+        erofs: dir.join("rootfs.erofs"),
+        hash_tree: dir.join("rootfs.verity"),
+        manifest_block: std::fs::read(dir.join("manifest.bin"))?,
+        manifest,
+    })
+}
+
+/// Directories get 0755 whatever the host's umask was, so the image is reproducible.
+fn normalize_directories(tree: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(tree) {
+        let entry = entry?;
+        if entry.file_type().is_dir() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    Ok(())
+}
+
+fn find_one(dir: &Path, pattern: &str) -> Result<PathBuf> {
+    let full = dir.join(pattern);
+    let mut found: Vec<PathBuf> = glob::glob(&full.to_string_lossy())?.flatten().collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("nothing matches {pattern} in {}", dir.display()),
+        n => bail!("{n} files match {pattern} in {}; make the pattern exact", dir.display()),
+    }
+}
+
+fn build_initramfs(
+    ctx: &mut Ctx,
+    staged: &BTreeMap<String, Staged>,
+    kernel_dir: &Path,
+    kernel_sha: &str,
+    trusted: &PublicKey,
+) -> Result<PathBuf> {
+    let mut key = KeyHasher::default();
+    key.add_str("kernel", kernel_sha).add_str("board", &ctx.board.name);
+    for m in &ctx.board.kernel.early_modules {
+        key.add_str("module", m);
+    }
+    for name in &ctx.image.initramfs {
+        key.add_str(name, &staged[name].key);
+    }
+    key.add_str("trusted", &trusted.to_file(""));
+    let key = key.finish();
+    let board = ctx.board.clone();
+    let initramfs_recipes = ctx.image.initramfs.clone();
+    let dir = ctx.cache.get_or_build("initramfs", &key, |dir| {
+        let modules_dir = find_one(kernel_dir, "lib/modules/*")?;
+        let order = modules::closure(&modules_dir, &board.kernel.early_modules)?;
+        let mut archive = cpio::Archive::default();
+        for d in ["dev", "proc", "sys", "run", "sysroot"] {
+            archive.directory(d);
+        }
+        // The kernel opens /dev/console for init before anything is mounted.
+        archive.char_device("dev/console", 0o600, 5, 1);
+        let mut load_order = String::new();
+        for path in &order {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            archive.file(&format!("lib/modules/{name}"), 0o644, std::fs::read(path)?);
+            load_order += &format!("{name}\n");
+        }
+        archive.file("lib/modules/load-order", 0o644, load_order.into_bytes());
+        archive.file(
+            &format!("etc/llamabox/trusted-keys/{}.pub", trusted.id()),
+            0o644,
+            trusted.to_file("trusted to sign root filesystems").into_bytes(),
+        );
+        archive.file("etc/llamabox/board", 0o644, format!("{}\n", board.name).into_bytes());
+        for name in &initramfs_recipes {
+            archive.add_tree(&staged[name].tree)?;
+        }
+        std::fs::write(dir.join("initramfs.cpio"), archive.write())?;
+        eprintln!("    {} early modules: {}", order.len(), board.kernel.early_modules.join(" "));
+        Ok(())
+    })?;
+    Ok(dir.join("initramfs.cpio"))
+}
+
+fn build_esp(ctx: &mut Ctx, kernel: &Path, initramfs: &Path) -> Result<PathBuf> {
+    let (boot_dir, boot_sha) = ctx.debian_package("systemd-boot-efi")?;
+    let (stub_name, loader_name, removable) = match ctx.board.arch {
+        Arch::X86_64 => ("linuxx64.efi.stub", "systemd-bootx64.efi", "BOOTX64.EFI"),
+        Arch::Aarch64 => ("linuxaa64.efi.stub", "systemd-bootaa64.efi", "BOOTAA64.EFI"),
+    };
+    let efi_dir = boot_dir.join("usr/lib/systemd/boot/efi");
+    let (stub, loader) = (efi_dir.join(stub_name), efi_dir.join(loader_name));
+
+    let mut key = KeyHasher::default();
+    key.add_str("systemd-boot", &boot_sha)
+        .add_file("kernel", kernel)?
+        .add_file("initramfs", initramfs)?
+        .add_str("version", &ctx.image.version)
+        .add_str("cmdline-a", &ctx.board.cmdline(Slot::A))
+        .add_str("cmdline-b", &ctx.board.cmdline(Slot::B))
+        .add_str("tries", &ctx.board.tries.to_string())
+        .add_str("esp-mib", &ctx.board.layout.esp_mib.to_string());
+    let key = key.finish();
+    let (board, image) = (ctx.board.clone(), ctx.image.clone());
+    let dir = ctx.cache.get_or_build("esp", &key, |dir| {
+        // The factory image fills both slots; slot A has the higher install generation,
+        // so it boots first and slot B is its fallback. Both start on trial.
+        let entries = [BootEntry::new_trial(2, Slot::A, board.tries), BootEntry::new_trial(1, Slot::B, board.tries)];
+        let mut files = vec![
+            (format!("EFI/BOOT/{removable}"), std::fs::read(&loader)?),
+            ("loader/loader.conf".to_string(), b"timeout 0\neditor no\nauto-entries no\nauto-firmware no\n".to_vec()),
+        ];
+        for entry in &entries {
+            let out = dir.join(entry.file_name());
+            uki::build(
+                &uki::UkiParts {
+                    stub: &stub,
+                    kernel,
+                    initrd: initramfs,
+                    cmdline: &board.cmdline(entry.slot),
+                    os_release: &os_release(&image, Some(entry.slot)),
+                },
+                &dir.join(format!("work-{}", entry.slot)),
+                &out,
+            )?;
+            files.push((entry.path(), std::fs::read(&out)?));
+        }
+        let volume_id = u32::from_str_radix(&key[..8], 16)?;
+        esp::build(&dir.join("esp.img"), board.layout.esp_mib << 20, volume_id, &files)
+    })?;
+    Ok(dir.join("esp.img"))
+}
+
+fn write_disk(ctx: &Ctx, options: &BuildOptions, esp_image: &Path, slot: &rootfs::SlotImage) -> Result<BuildOutput> {
+    let out_dir = options.out_dir.clone().unwrap_or_else(|| ctx.project.default_out_dir(&ctx.board.name));
+    std::fs::create_dir_all(&out_dir)?;
+    let base = format!("{}-{}-{}", ctx.image.name, ctx.board.name, ctx.image.version);
+    let image = out_dir.join(format!("{base}.img"));
+    let bmap_path = out_dir.join(format!("{base}.img.bmap"));
+    let sha_path = out_dir.join(format!("{base}.img.sha256"));
+    let rootfs_out = out_dir.join(format!("{base}.rootfs.erofs"));
+    let stamp = out_dir.join(".build-key");
+
+    let mut key = KeyHasher::default();
+    key.add_file("esp", esp_image)?
+        .add_str("root-hash", &slot.manifest.root_hash)
+        .add(
+            "layout",
+            format!("{:?}", ctx.board.layout).as_bytes(),
+        );
+    let key = key.finish();
+
+    let rootfs_sha256 = llamabox_image::sha256_file(&slot.erofs)?;
+    let all_present = [&image, &bmap_path, &sha_path, &rootfs_out].iter().all(|p| p.exists());
+    if all_present && std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) {
+        let image_sha256 = std::fs::read_to_string(&sha_path)?.split_whitespace().next().unwrap_or("").to_string();
+        eprintln!("    up to date");
+        return Ok(BuildOutput { image, bmap: bmap_path, sha256_file: sha_path, rootfs: rootfs_out, image_sha256, rootfs_sha256, reused: true });
+    }
+    let _ = std::fs::remove_file(&stamp);
+    let root_type = match ctx.board.arch {
+        Arch::X86_64 => llamabox_image::gpt::TYPE_ROOT_X86_64,
+        Arch::Aarch64 => llamabox_image::gpt::TYPE_ROOT_ARM64,
+    };
+    let written = disk::assemble(
+        &image,
+        &disk::DiskInputs {
+            esp_image,
+            slot_a: slot,
+            slot_b: Some(slot),
+            root_type_guid: root_type,
+            layout: ctx.board.layout,
+            seed: &key,
+        },
+    )?;
+    // Clear the head of every partition when flashing, so leftovers on the card
+    // (an old filesystem in the data partition) are not mistaken for ours.
+    let heads: Vec<(u64, u64)> = written.partitions.iter().map(|(_, off, _)| (*off, 1 << 20)).collect();
+    std::fs::write(&bmap_path, bmap::build(&image, &heads)?)?;
+    let image_sha256 = llamabox_image::sha256_file(&image)?;
+    std::fs::write(&sha_path, format!("{image_sha256}  {}\n", image.file_name().unwrap().to_string_lossy()))?;
+    std::fs::copy(&slot.erofs, &rootfs_out)?;
+    std::fs::write(&stamp, &key)?;
+    Ok(BuildOutput { image, bmap: bmap_path, sha256_file: sha_path, rootfs: rootfs_out, image_sha256, rootfs_sha256, reused: false })
+}

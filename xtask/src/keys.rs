@@ -1,0 +1,53 @@
+//! Signing keys. The development key in `keys/` is committed and marked as such;
+//! production keys never enter the repository: point `LLAMABOX_SIGNING_KEY` at one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use llamabox_format::SecretKey;
+
+use crate::project::Project;
+
+pub const SIGNING_KEY_ENV: &str = "LLAMABOX_SIGNING_KEY";
+pub const DEV_SECRET: &str = "dev.secret";
+pub const DEV_PUBLIC: &str = "dev.pub";
+
+/// The key root filesystems are signed with: `$LLAMABOX_SIGNING_KEY`, else the
+/// development key (with a warning: images signed with it are for development only).
+pub fn signing_key(project: &Project) -> Result<SecretKey> {
+    let (path, is_dev) = match std::env::var_os(SIGNING_KEY_ENV) {
+        Some(p) => (PathBuf::from(p), false),
+        None => (project.keys_dir().join(DEV_SECRET), true),
+    };
+    let key = read_secret(&path)?;
+    if is_dev {
+        eprintln!(
+            "    signing with the DEVELOPMENT key {} ({}); set {SIGNING_KEY_ENV} for release images",
+            path.display(),
+            key.public().id()
+        );
+    }
+    Ok(key)
+}
+
+pub fn read_secret(path: &Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read signing key {}", path.display()))?;
+    SecretKey::parse(&text).with_context(|| format!("{}: not a signing key", path.display()))
+}
+
+/// Writes a new key pair as `<out>/<name>.secret` and `<out>/<name>.pub`.
+pub fn generate(out: &Path, name: &str, comment: &str) -> Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    std::fs::create_dir_all(out)?;
+    let secret_path = out.join(format!("{name}.secret"));
+    let public_path = out.join(format!("{name}.pub"));
+    if secret_path.exists() {
+        bail!("{} exists; refusing to overwrite a key", secret_path.display());
+    }
+    let key = SecretKey::generate(&mut rand_core::OsRng);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&secret_path)?;
+    f.write_all(key.to_file(comment).as_bytes())?;
+    std::fs::write(&public_path, key.public().to_file(comment))?;
+    Ok((secret_path, public_path))
+}

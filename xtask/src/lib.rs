@@ -1,0 +1,13 @@
+//! The Llama Box build tool as a library, so the boot tests can drive QEMU with the
+//! same code `cargo xtask run` uses. `main.rs` only parses arguments and dispatches.
+
+pub mod build;
+pub mod cache;
+pub mod config;
+pub mod fetch;
+pub mod keys;
+pub mod lock;
+pub mod project;
+pub mod qemu;
+pub mod setup;
+pub mod stage;

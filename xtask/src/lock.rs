@@ -1,0 +1,64 @@
+//! `cargo xtask lock`: pins every Debian package and PyPI distribution the recipes and
+//! boards name, for every architecture a board uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+
+use crate::config::lock::DebianLock;
+use crate::config::recipe::Source;
+use crate::config::{self, Arch};
+use crate::fetch::{debian, pypi};
+use crate::project::Project;
+
+/// Debian packages the image needs besides those recipes name.
+const BUILTIN_DEBIAN: &[&str] = &["systemd-boot-efi"];
+
+pub fn run(project: &Project) -> Result<()> {
+    let recipes = config::recipe::load_all(&project.recipes_dir())?;
+    let mut wanted: BTreeMap<Arch, BTreeSet<String>> = BTreeMap::new();
+    for name in config::board::known_boards(&project.boards_dir()) {
+        let board = config::board::load(&project.boards_dir(), &name)?;
+        let set = wanted.entry(board.arch).or_default();
+        set.insert(board.kernel.package.clone());
+        set.extend(BUILTIN_DEBIAN.iter().map(|s| s.to_string()));
+        for recipe in recipes.values().filter(|r| r.supports(board.arch)) {
+            if let Source::Debian { packages } = &recipe.source {
+                set.extend(packages.iter().cloned());
+            }
+        }
+    }
+
+    let path = project.debian_lock();
+    let old = DebianLock::load(&path).ok();
+    let suite = old.as_ref().map(|l| l.suite.clone()).unwrap_or_else(|| "bookworm".into());
+    let component = old.as_ref().map(|l| l.component.clone()).unwrap_or_else(|| "main".into());
+    let mirror = debian::mirror(&suite)?;
+    let mut packages = Vec::new();
+    for (arch, names) in &wanted {
+        let names: Vec<String> = names.iter().cloned().collect();
+        packages.extend(debian::resolve(&mirror, &suite, &component, *arch, &names)?);
+    }
+    packages.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
+    let lock = DebianLock { suite, component, packages };
+    lock.save(&path)?;
+    eprintln!("wrote {} ({} packages)", path.display(), lock.packages.len());
+
+    let dists: BTreeSet<(String, String)> = recipes
+        .values()
+        .filter_map(|r| match &r.source {
+            Source::Pypi { name, version } => Some((name.clone(), version.clone())),
+            _ => None,
+        })
+        .collect();
+    if !dists.is_empty() {
+        let index = pypi::index_url()?;
+        let mut lock = pypi::PypiLock::default();
+        for (name, version) in dists {
+            lock.packages.push(pypi::resolve(&index, &name, &version)?);
+        }
+        lock.save(&project.pypi_lock())?;
+        eprintln!("wrote {} ({} distributions)", project.pypi_lock().display(), lock.packages.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `cargo xtask`: builds, runs and tests Llama Box images. See `cargo xtask --help`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use xtask::build::{self, BuildOptions};
+use xtask::project::Project;
+use xtask::{config, keys, lock, qemu, setup};
+
+const DEFAULT_BOARD: &str = "qemu-x86_64";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, boot and test Llama Box images", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the disk image for a board and print the paths of the image, its .bmap and .sha256.
+    Image {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: String,
+        /// Directory for the outputs (default: target/llamabox/out/<board>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Build cache directory (default: target/llamabox/cache).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Build if needed and boot the image in QEMU, serial console on this terminal (ctrl-a x quits).
+    Run {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: String,
+        /// Start from the freshly built image instead of the previous run's disk state.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Run the whole test suite: unit tests, then boot tests in QEMU.
+    Test {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: String,
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Generate an ed25519 signing key pair.
+    Keys {
+        /// Directory to write <name>.secret and <name>.pub into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value = "llamabox-release")]
+        name: String,
+    },
+    /// Pin the Debian packages and PyPI distributions that recipes and boards name.
+    Lock,
+    /// Install the host tools the build needs (Debian packages, Rust targets).
+    Setup,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let project = Project::locate();
+    match cli.command {
+        Cmd::Image { board, out, cache_dir } => {
+            let output = build::build(&project, &BuildOptions { board, out_dir: out, cache_dir })?;
+            println!("image:  {}", output.image.display());
+            println!("bmap:   {}", output.bmap.display());
+            println!("sha256: {}", output.sha256_file.display());
+            println!("rootfs: {}", output.rootfs.display());
+        }
+        Cmd::Run { board, fresh } => run_in_qemu(&project, &board, fresh)?,
+        Cmd::Test { board, args } => test(&project, &board, &args)?,
+        Cmd::Keys { out, name } => {
+            let (secret, public) = keys::generate(&out, &name, &format!("Llama Box signing key `{name}`"))?;
+            println!("secret key: {} (keep it out of the repository)", secret.display());
+            println!("public key: {}", public.display());
+            println!("sign images with it: {}={} cargo xtask image", keys::SIGNING_KEY_ENV, secret.display());
+        }
+        Cmd::Lock => lock::run(&project)?,
+        Cmd::Setup => {
+            setup::ensure_host_tools(config::Arch::X86_64)?;
+            println!("host tools are installed");
+        }
+    }
+    Ok(())
+}
+
+fn run_in_qemu(project: &Project, board_name: &str, fresh: bool) -> Result<()> {
+    let output = build::build(project, &BuildOptions { board: board_name.into(), out_dir: None, cache_dir: None })?;
+    let board = config::board::load(&project.boards_dir(), board_name)?;
+    let dir = project.build_dir().join("run").join(board_name);
+    std::fs::create_dir_all(&dir)?;
+    let (disk, vars, stamp) = (dir.join("disk.qcow2"), dir.join("efivars.fd"), dir.join("image.sha256"));
+    // The run keeps its own disk state (data partition, boot counters) across runs of
+    // the same image; a new image or --fresh starts over.
+    let same_image = std::fs::read_to_string(&stamp).ok().as_deref() == Some(output.image_sha256.as_str());
+    if fresh || !same_image || !disk.exists() || !vars.exists() {
+        qemu::create_overlay(&output.image, &disk)?;
+        qemu::fresh_vars(&board, &vars)?;
+        std::fs::write(&stamp, &output.image_sha256)?;
+    }
+    eprintln!("==> booting {} in QEMU (TCG: expect ~20 s to stage 2); ctrl-a x quits", board.name);
+    for (host, guest) in qemu::PORT_FORWARDS {
+        eprintln!("    device port {guest} is at 127.0.0.1:{host}");
+    }
+    qemu::run_interactive(&board, &disk, &vars)
+}
+
+fn test(project: &Project, board: &str, args: &[String]) -> Result<()> {
+    let output = build::build(project, &BuildOptions { board: board.into(), out_dir: None, cache_dir: None })?;
+    eprintln!("==> cargo test (boot tests use {})", output.image.display());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&project.root)
+        .args(["test", "--workspace", "--locked", "--"])
+        .args(args)
+        .env("LLAMABOX_TEST_IMAGE", &output.image)
+        .env("LLAMABOX_TEST_BOARD", board)
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}

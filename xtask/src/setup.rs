@@ -1,0 +1,75 @@
+//! Host set-up: the Debian packages and Rust targets the build needs. Missing pieces
+//! are installed when we can (root with apt-get), otherwise the error says what to run.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::config::Arch;
+
+/// (command that must exist, Debian package providing it)
+const HOST_TOOLS: &[(&str, &str)] = &[
+    ("mkfs.erofs", "erofs-utils"),
+    ("veritysetup", "cryptsetup-bin"),
+    ("objcopy", "binutils"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-img", "qemu-utils"),
+];
+const FILES: &[(&str, &str)] = &[("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf")];
+
+fn have_command(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).is_file())
+}
+
+pub fn missing_packages() -> Vec<&'static str> {
+    let mut missing: Vec<&str> = HOST_TOOLS.iter().filter(|(c, _)| !have_command(c)).map(|(_, p)| *p).collect();
+    missing.extend(FILES.iter().filter(|(f, _)| !Path::new(f).exists()).map(|(_, p)| *p));
+    missing.dedup();
+    missing
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn ensure_host_tools(arch: Arch) -> Result<()> {
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        let cmd = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+        if is_root() && have_command("apt-get") {
+            eprintln!("==> installing host packages: {}", missing.join(" "));
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(format!("DEBIAN_FRONTEND=noninteractive {cmd} || (apt-get update && DEBIAN_FRONTEND=noninteractive {cmd})"))
+                .status()?;
+            if !status.success() {
+                bail!("installing host packages failed; run `sudo {cmd}` yourself");
+            }
+        } else {
+            bail!("missing host packages: {}\n  run: sudo {cmd}", missing.join(" "));
+        }
+    }
+    ensure_rust_target(arch.rust_target(true))
+}
+
+fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match installed {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == target) => Ok(()),
+        Ok(_) => {
+            eprintln!("==> rustup target add {target}");
+            let status = Command::new("rustup").args(["target", "add", target]).status()?;
+            if !status.success() {
+                bail!("`rustup target add {target}` failed");
+            }
+            Ok(())
+        }
+        // No rustup: the toolchain may still have the target; cargo will say if not.
+        Err(_) => Ok(()),
+    }
+}
