@@ -6,6 +6,25 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Stamps every entry 1980-01-01 00:00:00, the FAT epoch. fatfs's own fallback encodes
+/// a zero date (month 0, day 0), which UEFI's FAT driver rejects when systemd-boot
+/// renames an entry to count a boot attempt.
+#[derive(Debug)]
+struct FixedTime;
+
+static FIXED_TIME: FixedTime = FixedTime;
+
+const EPOCH: fatfs::Date = fatfs::Date { year: 1980, month: 1, day: 1 };
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        EPOCH
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime { date: EPOCH, time: fatfs::Time { hour: 0, min: 0, sec: 0, millis: 0 } }
+    }
+}
+
 /// Writes a FAT filesystem of `size` bytes to `out` holding `files` (path on the ESP,
 /// contents). Directories are created as needed.
 pub fn build(out: &Path, size: u64, volume_id: u32, files: &[(String, Vec<u8>)]) -> Result<()> {
@@ -24,8 +43,7 @@ pub fn build(out: &Path, size: u64, volume_id: u32, files: &[(String, Vec<u8>)])
             .volume_label(*b"ESP        "),
     )
     .context("formatting the ESP")?;
-    // Without the `chrono` feature fatfs stamps every entry 1980-01-01 00:00.
-    let fs = fatfs::FileSystem::new(storage, fatfs::FsOptions::new())?;
+    let fs = fatfs::FileSystem::new(storage, fatfs::FsOptions::new().time_provider(&FIXED_TIME))?;
     let mut sorted: Vec<_> = files.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (path, data) in sorted {

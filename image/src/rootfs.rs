@@ -55,7 +55,6 @@ pub fn build_slot(
         .arg(format!("-U{}", derived_uuid(format!("erofs:{seed}").as_bytes())))
         .arg("-T0")
         .arg("--all-root")
-        .arg("-b4096")
         .arg(&erofs)
         .arg(tree))
     .context("packing the root filesystem with mkfs.erofs")?;

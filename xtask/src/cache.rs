@@ -8,8 +8,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-/// Bumped when the build logic changes in a way the inputs do not show.
-const BUILDER_VERSION: &str = "llamabox-builder-1";
+/// The build tool itself is an input of every step: a changed builder rebuilds.
+fn builder_identity() -> &'static str {
+    static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| llamabox_image::sha256_file(&exe).ok())
+            .unwrap_or_else(|| "unknown-builder".into())
+    })
+}
 
 pub struct Cache {
     dir: PathBuf,
@@ -49,7 +57,7 @@ pub struct KeyHasher(Sha256);
 impl Default for KeyHasher {
     fn default() -> Self {
         let mut h = KeyHasher(Sha256::new());
-        h.add("builder", BUILDER_VERSION.as_bytes());
+        h.add("builder", builder_identity().as_bytes());
         h
     }
 }
