@@ -131,3 +131,36 @@ mod tests {
         assert_eq!(t[4].0, size - SECTOR);
     }
 }
+
+/// Reads the partition table of a disk image: (label, byte offset, byte size) per
+/// partition, in table order. For tools and tests that work on built images.
+pub fn read(image: &std::path::Path) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(image)?;
+    let mut header = [0u8; 92];
+    file.seek(SeekFrom::Start(SECTOR))?;
+    file.read_exact(&mut header)?;
+    if &header[0..8] != b"EFI PART" {
+        anyhow::bail!("{}: no GPT header", image.display());
+    }
+    let entries_lba = u64::from_le_bytes(header[72..80].try_into()?);
+    let count = u32::from_le_bytes(header[80..84].try_into()?) as usize;
+    let size = u32::from_le_bytes(header[84..88].try_into()?) as usize;
+    if count > 1024 || !(128..=4096).contains(&size) {
+        anyhow::bail!("{}: implausible GPT entry table ({count} x {size})", image.display());
+    }
+    let mut entries = vec![0u8; count * size];
+    file.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+    file.read_exact(&mut entries)?;
+    let mut out = Vec::new();
+    for e in entries.chunks_exact(size) {
+        if e[0..16].iter().all(|b| *b == 0) {
+            continue;
+        }
+        let first = u64::from_le_bytes(e[32..40].try_into()?);
+        let last = u64::from_le_bytes(e[40..48].try_into()?);
+        let units: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
+        out.push((String::from_utf16_lossy(&units), first * SECTOR, (last + 1 - first) * SECTOR));
+    }
+    Ok(out)
+}

@@ -40,5 +40,39 @@ pub fn build(parts: &UkiParts, work_dir: &Path, out: &Path) -> Result<()> {
         .arg(parts.stub)
         .arg(out);
     run(&mut cmd).context("assembling the unified kernel image with objcopy")?;
+    let mut pe = std::fs::read(out)?;
+    make_reproducible(&mut pe)?;
+    std::fs::write(out, pe)?;
     Ok(())
+}
+
+/// objcopy stamps PE output with the current time (it ignores SOURCE_DATE_EPOCH):
+/// zero the COFF timestamp and recompute the optional header's checksum.
+fn make_reproducible(pe: &mut [u8]) -> Result<()> {
+    let field = |pe: &[u8], at: usize| -> Result<u32> {
+        Ok(u32::from_le_bytes(pe.get(at..at + 4).context("truncated PE file")?.try_into()?))
+    };
+    let coff = field(pe, 0x3c)? as usize + 4;
+    if pe.get(coff - 4..coff) != Some(b"PE\0\0") {
+        anyhow::bail!("objcopy did not produce a PE file");
+    }
+    pe[coff + 4..coff + 8].fill(0);
+    let checksum_at = coff + 20 + 64;
+    field(pe, checksum_at)?;
+    pe[checksum_at..checksum_at + 4].fill(0);
+    let checksum = pe_checksum(pe);
+    pe[checksum_at..checksum_at + 4].copy_from_slice(&checksum.to_le_bytes());
+    Ok(())
+}
+
+/// The PE image checksum: 16-bit one's-complement-style sum plus the file length.
+fn pe_checksum(pe: &[u8]) -> u32 {
+    let mut sum: u64 = 0;
+    for chunk in pe.chunks(2) {
+        let word = u64::from(chunk[0]) | u64::from(*chunk.get(1).unwrap_or(&0)) << 8;
+        sum += word;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32) + pe.len() as u32
 }

@@ -33,7 +33,7 @@ pub fn fresh_vars(board: &Board, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn base_args(board: &Board, disk: &Path, vars: &Path) -> Result<Command> {
+fn base_args(board: &Board, disk: &Path, vars: &Path, forwards: &[(u16, u16)]) -> Result<Command> {
     let qemu = board.qemu.as_ref().with_context(|| format!("board {} cannot run in QEMU (no [qemu] section)", board.name))?;
     let binary = match board.arch {
         crate::config::Arch::X86_64 => "qemu-system-x86_64",
@@ -51,14 +51,14 @@ fn base_args(board: &Board, disk: &Path, vars: &Path) -> Result<Command> {
     if let Some(wd) = &qemu.watchdog {
         cmd.args(["-device", wd]);
     }
-    let forwards: String = PORT_FORWARDS.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+    let forwards: String = forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
     cmd.args(["-nic", &format!("user,model=virtio-net-pci{forwards}")]);
     Ok(cmd)
 }
 
 /// Boots with the serial console on this terminal (ctrl-a x quits).
 pub fn run_interactive(board: &Board, disk: &Path, vars: &Path) -> Result<()> {
-    let mut cmd = base_args(board, disk, vars)?;
+    let mut cmd = base_args(board, disk, vars, PORT_FORWARDS)?;
     cmd.arg("-nographic");
     let status = cmd.status().context("cannot start QEMU")?;
     if !status.success() {
@@ -74,8 +74,9 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// Boots without port forwards, so several machines can run side by side.
     pub fn start(board: &Board, disk: &Path, vars: &Path, log: &Path) -> Result<Machine> {
-        let mut cmd = base_args(board, disk, vars)?;
+        let mut cmd = base_args(board, disk, vars, &[])?;
         let _ = std::fs::remove_file(log);
         cmd.args(["-display", "none", "-monitor", "none", "-serial"])
             .arg(format!("file:{}", log.display()))

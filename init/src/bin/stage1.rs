@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use llamabox_format::{BootEntry, PublicKey, SignedManifest, Slot, SlotManifest, MANIFEST_BLOCK_SIZE};
+use llamabox_format::{PublicKey, SignedManifest, Slot, SlotManifest, MANIFEST_BLOCK_SIZE};
 use llamabox_init::boot_info::BootInfo;
 use llamabox_init::esp::MountedEsp;
 use llamabox_init::{block, cmdline, device_mapper, fs, info, kmod, power};
