@@ -16,7 +16,11 @@ pub fn build(image: &Path, always_mapped: &[(u64, u64)]) -> Result<String> {
     let mut file = std::fs::File::open(image)?;
     let size = file.metadata()?.len();
     let blocks = size.div_ceil(BLOCK);
-    let forced = |b: u64| always_mapped.iter().any(|&(start, len)| b * BLOCK >= start && b * BLOCK < start + len);
+    let forced = |b: u64| {
+        always_mapped
+            .iter()
+            .any(|&(start, len)| b * BLOCK >= start && b * BLOCK < start + len)
+    };
 
     let mut ranges: Vec<(u64, u64, Sha256)> = Vec::new();
     let mut buf = vec![0u8; BLOCK as usize];
@@ -42,8 +46,15 @@ pub fn build(image: &Path, always_mapped: &[(u64, u64)]) -> Result<String> {
     let mapped: u64 = ranges.iter().map(|(s, e, _)| e - s + 1).sum();
     let mut body = String::new();
     for (start, end, hasher) in ranges {
-        let span = if start == end { start.to_string() } else { format!("{start}-{end}") };
-        body += &format!("        <Range chksum=\"{}\"> {span} </Range>\n", hex::encode(hasher.finalize()));
+        let span = if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        };
+        body += &format!(
+            "        <Range chksum=\"{}\"> {span} </Range>\n",
+            hex::encode(hasher.finalize())
+        );
     }
     let render = |checksum: &str| {
         format!(

@@ -27,7 +27,9 @@ impl Archive {
                 prefix.push('/');
             }
             prefix.push_str(part);
-            self.entries.entry(prefix.clone()).or_insert(Entry::Directory { mode: 0o755 });
+            self.entries
+                .entry(prefix.clone())
+                .or_insert(Entry::Directory { mode: 0o755 });
         }
     }
 
@@ -46,12 +48,18 @@ impl Archive {
 
     pub fn symlink(&mut self, path: &str, target: &str) {
         let path = self.parent_of(path);
-        self.entries.insert(path, Entry::Symlink { target: target.to_string() });
+        self.entries.insert(
+            path,
+            Entry::Symlink {
+                target: target.to_string(),
+            },
+        );
     }
 
     pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
         let path = self.parent_of(path);
-        self.entries.insert(path, Entry::CharDevice { mode, major, minor });
+        self.entries
+            .insert(path, Entry::CharDevice { mode, major, minor });
     }
 
     /// Adds every file under `dir` (a staged tree) at the archive's root.
@@ -59,7 +67,11 @@ impl Archive {
         use std::os::unix::fs::PermissionsExt;
         for entry in walkdir::WalkDir::new(dir).sort_by_file_name().min_depth(1) {
             let entry = entry?;
-            let rel = entry.path().strip_prefix(dir)?.to_string_lossy().into_owned();
+            let rel = entry
+                .path()
+                .strip_prefix(dir)?
+                .to_string_lossy()
+                .into_owned();
             let meta = entry.path().symlink_metadata()?;
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(entry.path())?;
@@ -67,7 +79,8 @@ impl Archive {
             } else if meta.is_dir() {
                 self.directory(&rel);
             } else {
-                let data = std::fs::read(entry.path()).with_context(|| entry.path().display().to_string())?;
+                let data = std::fs::read(entry.path())
+                    .with_context(|| entry.path().display().to_string())?;
                 self.file(&rel, meta.permissions().mode() & 0o7777, data);
             }
         }
@@ -81,7 +94,9 @@ impl Archive {
                 Entry::Directory { mode } => (0o040000 | mode, &[], (0, 0)),
                 Entry::File { mode, data } => (0o100000 | mode, data, (0, 0)),
                 Entry::Symlink { target } => (0o120777, target.as_bytes(), (0, 0)),
-                Entry::CharDevice { mode, major, minor } => (0o020000 | mode, &[], (*major, *minor)),
+                Entry::CharDevice { mode, major, minor } => {
+                    (0o020000 | mode, &[], (*major, *minor))
+                }
             };
             push_entry(&mut out, ino as u32 + 1, mode, path, data, rdev);
         }
@@ -119,7 +134,7 @@ fn push_entry(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8], r
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

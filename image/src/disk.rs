@@ -49,7 +49,12 @@ pub fn assemble(out: &Path, inputs: &DiskInputs) -> Result<Written> {
     for (label, type_guid, mib) in sizes {
         let first = next / SECTOR;
         let last = (next + mib * MIB) / SECTOR - 1;
-        partitions.push(Partition { label: label.to_string(), type_guid, first_lba: first, last_lba: last });
+        partitions.push(Partition {
+            label: label.to_string(),
+            type_guid,
+            first_lba: first,
+            last_lba: last,
+        });
         next += mib * MIB;
     }
     let disk_size = gpt::disk_size_for(partitions.last().unwrap().last_lba).next_multiple_of(MIB);
@@ -60,13 +65,24 @@ pub fn assemble(out: &Path, inputs: &DiskInputs) -> Result<Written> {
         write_at(&mut file, offset, &bytes)?;
     }
 
-    let range = |p: &Partition| (p.first_lba * SECTOR, (p.last_lba + 1 - p.first_lba) * SECTOR);
+    let range = |p: &Partition| {
+        (
+            p.first_lba * SECTOR,
+            (p.last_lba + 1 - p.first_lba) * SECTOR,
+        )
+    };
     let (esp_off, esp_len) = range(&partitions[0]);
     if std::fs::metadata(inputs.esp_image)?.len() > esp_len {
-        bail!("the ESP image is larger than the board's esp partition ({} MiB)", l.esp_mib);
+        bail!(
+            "the ESP image is larger than the board's esp partition ({} MiB)",
+            l.esp_mib
+        );
     }
     copy_at(&mut file, esp_off, inputs.esp_image)?;
-    for (slot, partition) in [(Some(inputs.slot_a), &partitions[1]), (inputs.slot_b, &partitions[2])] {
+    for (slot, partition) in [
+        (Some(inputs.slot_a), &partitions[1]),
+        (inputs.slot_b, &partitions[2]),
+    ] {
         let Some(slot) = slot else { continue };
         let (off, len) = range(partition);
         let need = slot.required_size()?;
@@ -79,7 +95,11 @@ pub fn assemble(out: &Path, inputs: &DiskInputs) -> Result<Written> {
         }
         copy_at(&mut file, off, &slot.erofs)?;
         copy_at(&mut file, off + slot.manifest.hash_offset, &slot.hash_tree)?;
-        write_at(&mut file, off + len - slot.manifest_block.len() as u64, &slot.manifest_block)?;
+        write_at(
+            &mut file,
+            off + len - slot.manifest_block.len() as u64,
+            &slot.manifest_block,
+        )?;
     }
     file.sync_all()?;
     Ok(Written {

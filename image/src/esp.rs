@@ -14,14 +14,26 @@ struct FixedTime;
 
 static FIXED_TIME: FixedTime = FixedTime;
 
-const EPOCH: fatfs::Date = fatfs::Date { year: 1980, month: 1, day: 1 };
+const EPOCH: fatfs::Date = fatfs::Date {
+    year: 1980,
+    month: 1,
+    day: 1,
+};
 
 impl fatfs::TimeProvider for FixedTime {
     fn get_current_date(&self) -> fatfs::Date {
         EPOCH
     }
     fn get_current_date_time(&self) -> fatfs::DateTime {
-        fatfs::DateTime { date: EPOCH, time: fatfs::Time { hour: 0, min: 0, sec: 0, millis: 0 } }
+        fatfs::DateTime {
+            date: EPOCH,
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
     }
 }
 
@@ -53,12 +65,17 @@ pub fn build(out: &Path, size: u64, volume_id: u32, files: &[(String, Vec<u8>)])
         for part in &parts[..parts.len() - 1] {
             dir = match dir.open_dir(part) {
                 Ok(d) => d,
-                Err(_) => dir.create_dir(part).with_context(|| format!("ESP: mkdir {part}"))?,
+                Err(_) => dir
+                    .create_dir(part)
+                    .with_context(|| format!("ESP: mkdir {part}"))?,
             };
         }
-        let mut file = dir.create_file(parts[parts.len() - 1]).with_context(|| format!("ESP: {path}"))?;
+        let mut file = dir
+            .create_file(parts[parts.len() - 1])
+            .with_context(|| format!("ESP: {path}"))?;
         file.truncate()?;
-        file.write_all(data).with_context(|| format!("ESP: writing {path} (is the ESP too small?)"))?;
+        file.write_all(data)
+            .with_context(|| format!("ESP: writing {path} (is the ESP too small?)"))?;
     }
     fs.unmount()?;
     Ok(())

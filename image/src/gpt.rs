@@ -106,32 +106,6 @@ pub fn tables(disk_size: u64, partitions: &[Partition], seed: &str) -> Vec<(u64,
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guid_is_mixed_endian() {
-        let b = guid_bytes(TYPE_ESP);
-        assert_eq!(&b[..4], &[0x28, 0x73, 0x2A, 0xC1]);
-        assert_eq!(&b[8..], &[0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B]);
-    }
-
-    #[test]
-    fn headers_carry_valid_crcs() {
-        let parts = [Partition { label: "esp".into(), type_guid: TYPE_ESP, first_lba: 2048, last_lba: 4095 }];
-        let size = disk_size_for(4095);
-        let t = tables(size, &parts, "seed");
-        for (_, header) in [&t[1], &t[4]] {
-            let mut h = header[..92].to_vec();
-            let stored = u32::from_le_bytes(h[16..20].try_into().unwrap());
-            h[16..20].fill(0);
-            assert_eq!(crc32fast::hash(&h), stored);
-        }
-        assert_eq!(t[4].0, size - SECTOR);
-    }
-}
-
 /// Reads the partition table of a disk image: (label, byte offset, byte size) per
 /// partition, in table order. For tools and tests that work on built images.
 pub fn read(image: &std::path::Path) -> anyhow::Result<Vec<(String, u64, u64)>> {
@@ -147,7 +121,10 @@ pub fn read(image: &std::path::Path) -> anyhow::Result<Vec<(String, u64, u64)>> 
     let count = u32::from_le_bytes(header[80..84].try_into()?) as usize;
     let size = u32::from_le_bytes(header[84..88].try_into()?) as usize;
     if count > 1024 || !(128..=4096).contains(&size) {
-        anyhow::bail!("{}: implausible GPT entry table ({count} x {size})", image.display());
+        anyhow::bail!(
+            "{}: implausible GPT entry table ({count} x {size})",
+            image.display()
+        );
     }
     let mut entries = vec![0u8; count * size];
     file.seek(SeekFrom::Start(entries_lba * SECTOR))?;
@@ -159,8 +136,47 @@ pub fn read(image: &std::path::Path) -> anyhow::Result<Vec<(String, u64, u64)>> 
         }
         let first = u64::from_le_bytes(e[32..40].try_into()?);
         let last = u64::from_le_bytes(e[40..48].try_into()?);
-        let units: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
-        out.push((String::from_utf16_lossy(&units), first * SECTOR, (last + 1 - first) * SECTOR));
+        let units: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|u| *u != 0)
+            .collect();
+        out.push((
+            String::from_utf16_lossy(&units),
+            first * SECTOR,
+            (last + 1 - first) * SECTOR,
+        ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_is_mixed_endian() {
+        let b = guid_bytes(TYPE_ESP);
+        assert_eq!(&b[..4], &[0x28, 0x73, 0x2A, 0xC1]);
+        assert_eq!(&b[8..], &[0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B]);
+    }
+
+    #[test]
+    fn headers_carry_valid_crcs() {
+        let parts = [Partition {
+            label: "esp".into(),
+            type_guid: TYPE_ESP,
+            first_lba: 2048,
+            last_lba: 4095,
+        }];
+        let size = disk_size_for(4095);
+        let t = tables(size, &parts, "seed");
+        for (_, header) in [&t[1], &t[4]] {
+            let mut h = header[..92].to_vec();
+            let stored = u32::from_le_bytes(h[16..20].try_into().unwrap());
+            h[16..20].fill(0);
+            assert_eq!(crc32fast::hash(&h), stored);
+        }
+        assert_eq!(t[4].0, size - SECTOR);
+    }
 }

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -22,14 +22,21 @@ pub fn normalize(name: &str) -> String {
 
 fn read_modinfo(path: &Path) -> Result<ModInfo> {
     let data = std::fs::read(path).with_context(|| path.display().to_string())?;
-    let file = object::File::parse(&*data).with_context(|| format!("{}: not an ELF module", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{}: not an ELF module", path.display()))?;
     let mut info = ModInfo::default();
-    let Some(section) = file.section_by_name(".modinfo") else { return Ok(info) };
+    let Some(section) = file.section_by_name(".modinfo") else {
+        return Ok(info);
+    };
     for field in section.data()?.split(|b| *b == 0) {
         let field = String::from_utf8_lossy(field);
-        let Some((key, value)) = field.split_once('=') else { continue };
+        let Some((key, value)) = field.split_once('=') else {
+            continue;
+        };
         match key {
-            "depends" => info.depends.extend(value.split(',').filter(|s| !s.is_empty()).map(normalize)),
+            "depends" => info
+                .depends
+                .extend(value.split(',').filter(|s| !s.is_empty()).map(normalize)),
             "alias" => info.aliases.push(value.to_string()),
             "softdep" => {
                 // "pre: a b post: c"
@@ -76,7 +83,14 @@ pub fn closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<PathBuf>> {
                 modules_dir.display()
             );
         }
-        visit(&name, &paths, &mut infos, &mut aliases, &mut visiting, &mut order)?;
+        visit(
+            &name,
+            &paths,
+            &mut infos,
+            &mut aliases,
+            &mut visiting,
+            &mut order,
+        )?;
     }
     Ok(order.into_iter().map(|n| paths[&n].clone()).collect())
 }

@@ -35,7 +35,14 @@ pub fn derived_uuid(seed: &[u8]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout, derived rather than random
     b[8] = (b[8] & 0x3f) | 0x80;
     let x = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }
 
 /// Packs `tree` into `out_dir/rootfs.erofs`, computes its verity hash tree and signs
@@ -52,7 +59,10 @@ pub fn build_slot(
     let erofs = out_dir.join("rootfs.erofs");
     run(Command::new("mkfs.erofs")
         .arg("-zlz4hc")
-        .arg(format!("-U{}", derived_uuid(format!("erofs:{seed}").as_bytes())))
+        .arg(format!(
+            "-U{}",
+            derived_uuid(format!("erofs:{seed}").as_bytes())
+        ))
         .arg("-T0")
         .arg("--all-root")
         .arg(&erofs)
@@ -64,7 +74,10 @@ pub fn build_slot(
     let block = u64::from(VERITY_BLOCK_SIZE);
     let data_size = len.div_ceil(block) * block;
     if data_size != len {
-        std::fs::OpenOptions::new().write(true).open(&erofs)?.set_len(data_size)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&erofs)?
+            .set_len(data_size)?;
     }
 
     let salt = hex::encode(Sha256::digest(format!("verity-salt:{seed}")));
@@ -102,5 +115,10 @@ pub fn build_slot(
     };
     let manifest_block = manifest.sign(key)?;
     std::fs::write(out_dir.join("manifest.bin"), &manifest_block)?;
-    Ok(SlotImage { erofs, hash_tree, manifest_block, manifest })
+    Ok(SlotImage {
+        erofs,
+        hash_tree,
+        manifest_block,
+        manifest,
+    })
 }

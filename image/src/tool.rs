@@ -8,9 +8,11 @@ use anyhow::{bail, Context, Result};
 /// carries its stderr, so a failing `mkfs.erofs` explains itself.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}").replace('"', "");
-    let output = cmd
-        .output()
-        .with_context(|| format!("cannot run `{shown}` (is the tool installed? `cargo xtask setup` installs host tools)"))?;
+    let output = cmd.output().with_context(|| {
+        format!(
+            "cannot run `{shown}` (is the tool installed? `cargo xtask setup` installs host tools)"
+        )
+    })?;
     if !output.status.success() {
         bail!(
             "`{shown}` failed ({}):\n{}",

@@ -50,7 +50,11 @@ pub fn build(parts: &UkiParts, work_dir: &Path, out: &Path) -> Result<()> {
 /// zero the COFF timestamp and recompute the optional header's checksum.
 fn make_reproducible(pe: &mut [u8]) -> Result<()> {
     let field = |pe: &[u8], at: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(pe.get(at..at + 4).context("truncated PE file")?.try_into()?))
+        Ok(u32::from_le_bytes(
+            pe.get(at..at + 4)
+                .context("truncated PE file")?
+                .try_into()?,
+        ))
     };
     let coff = field(pe, 0x3c)? as usize + 4;
     if pe.get(coff - 4..coff) != Some(b"PE\0\0") {

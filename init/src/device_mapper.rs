@@ -29,7 +29,8 @@ impl Request {
         }
         let total = DM_IOCTL_SIZE + payload.len();
         let mut bytes = vec![0u8; total.next_multiple_of(8)];
-        let put_u32 = |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        let put_u32 =
+            |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
         // version 4.0.0: the kernel accepts any minor it supports.
         put_u32(&mut bytes, 0, 4);
         let data_size = bytes.len() as u32;
@@ -57,7 +58,10 @@ impl Request {
         // data_size field tells the kernel how much of it may be read and written.
         let rc = unsafe { libc::ioctl(control.as_raw_fd(), request as _, self.buf.as_mut_ptr()) };
         if rc < 0 {
-            return Err(format!("device-mapper {what} failed: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "device-mapper {what} failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(())
     }
@@ -71,11 +75,15 @@ impl Request {
 /// (`start length type params`). Returns the device node, e.g. `/dev/dm-0`.
 pub fn create_read_only(name: &str, table: &str) -> Result<String, String> {
     let mut parts = table.splitn(4, ' ');
-    let (start, length, target, params) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(s), Some(l), Some(t), Some(p)) => (s, l, t, p),
-        _ => return Err(format!("malformed device-mapper table: {table}")),
+    let (start, length, target, params) =
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(s), Some(l), Some(t), Some(p)) => (s, l, t, p),
+            _ => return Err(format!("malformed device-mapper table: {table}")),
+        };
+    let parse = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("malformed device-mapper table: {table}"))
     };
-    let parse = |v: &str| v.parse::<u64>().map_err(|_| format!("malformed device-mapper table: {table}"));
     let (start, length) = (parse(start)?, parse(length)?);
     if target.len() >= 16 {
         return Err(format!("device-mapper target name too long: {target}"));
@@ -97,7 +105,8 @@ pub fn create_read_only(name: &str, table: &str) -> Result<String, String> {
     spec[20..24].copy_from_slice(&next.to_ne_bytes());
 
     let result = (|| {
-        Request::new(name, DM_READONLY_FLAG, &spec)?.send(DM_TABLE_LOAD, &format!("table load for {name}"))?;
+        Request::new(name, DM_READONLY_FLAG, &spec)?
+            .send(DM_TABLE_LOAD, &format!("table load for {name}"))?;
         Request::new(name, 0, &[])?.send(DM_DEV_SUSPEND, &format!("resume of {name}"))
     })();
     if let Err(e) = result {

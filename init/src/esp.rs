@@ -20,8 +20,16 @@ impl MountedEsp {
         let esp = block::wait_for_label(LABEL, std::time::Duration::from_secs(10))
             .ok_or_else(|| format!("no partition labelled `{LABEL}`"))?;
         let device = esp.device.to_string_lossy().into_owned();
-        fs::mount_fs(&device, at, "vfat", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
-        Ok(MountedEsp { root: PathBuf::from(at) })
+        fs::mount_fs(
+            &device,
+            at,
+            "vfat",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        )?;
+        Ok(MountedEsp {
+            root: PathBuf::from(at),
+        })
     }
 
     /// The entry of `slot`, if the ESP has one.
@@ -40,7 +48,8 @@ impl MountedEsp {
             return Ok(());
         }
         let (a, b) = (self.root.join(from.path()), self.root.join(to.path()));
-        std::fs::rename(&a, &b).map_err(|e| format!("cannot rename {} to {}: {e}", a.display(), b.display()))?;
+        std::fs::rename(&a, &b)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", a.display(), b.display()))?;
         nix::unistd::sync();
         Ok(())
     }

@@ -17,13 +17,25 @@ pub fn mount_fs(
 }
 
 pub fn bind(source: &str, target: &str) -> Result<(), String> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| format!("cannot bind {source} on {target}: {e}"))
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot bind {source} on {target}: {e}"))
 }
 
 pub fn move_mount(source: &str, target: &str) -> Result<(), String> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| format!("cannot move mount {source} to {target}: {e}"))
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot move mount {source} to {target}: {e}"))
 }
 
 /// Is the filesystem holding `path` mounted read-only?

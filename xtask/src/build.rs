@@ -50,7 +50,10 @@ impl Step {
     pub fn start(name: impl Into<String>) -> Step {
         let name = name.into();
         eprintln!("==> {name}");
-        Step { name, start: Instant::now() }
+        Step {
+            name,
+            start: Instant::now(),
+        }
     }
     pub fn done(self) {
         let secs = self.start.elapsed().as_secs_f32();
@@ -82,19 +85,14 @@ impl Ctx<'_> {
     fn debian_package(&mut self, name: &str) -> Result<(PathBuf, String)> {
         let package = self.lock.get(name, self.board.arch)?.clone();
         let key = package.sha256[..32].to_string();
-        let unpacked = self.cache.dir_for("deb", &key);
+        let unpacked = self.cache.entry_dir("deb", &key);
         if !unpacked.exists() {
             let mirror = self.mirror()?;
             let deb = debian::fetch(&mirror, &package, &self.project.downloads_dir())?;
-            self.cache.get_or_build("deb", &key, |dir| debian::unpack(&deb, dir))?;
+            self.cache
+                .get_or_build("deb", &key, |dir| debian::unpack(&deb, dir))?;
         }
         Ok((unpacked, package.sha256))
-    }
-}
-
-impl Cache {
-    fn dir_for(&self, kind: &str, key: &str) -> PathBuf {
-        self.path().join(kind).join(key)
     }
 }
 
@@ -105,7 +103,11 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     let lock = DebianLock::load(&project.debian_lock())?;
     for name in image.rootfs.iter().chain(&image.initramfs) {
         if !recipes[name].supports(board.arch) {
-            bail!("recipe `{name}` does not support {} (board {})", board.arch.name(), board.name);
+            bail!(
+                "recipe `{name}` does not support {} (board {})",
+                board.arch.name(),
+                board.name
+            );
         }
     }
     crate::setup::ensure_host_tools(board.arch)?;
@@ -118,10 +120,20 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
         recipes: &recipes,
         lock: &lock,
         mirror: None,
-        cache: Cache::new(options.cache_dir.clone().unwrap_or_else(|| project.default_cache_dir())),
+        cache: Cache::new(
+            options
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| project.default_cache_dir()),
+        ),
     };
 
-    let step = Step::start(format!("building {} for {} ({})", image.name, board.name, board.arch.name()));
+    let step = Step::start(format!(
+        "building {} for {} ({})",
+        image.name,
+        board.name,
+        board.arch.name()
+    ));
     let binaries = build_crates(&ctx)?;
     step.done();
 
@@ -142,7 +154,13 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     let step = Step::start("kernel and initramfs");
     let (kernel_dir, kernel_sha) = ctx.debian_package(&board.kernel.package.clone())?;
     let kernel_image = find_one(&kernel_dir, &board.kernel.image)?;
-    let initramfs = build_initramfs(&mut ctx, &staged, &kernel_dir, &kernel_sha, &signing.public())?;
+    let initramfs = build_initramfs(
+        &mut ctx,
+        &staged,
+        &kernel_dir,
+        &kernel_sha,
+        &signing.public(),
+    )?;
     step.done();
 
     let step = Step::start("boot entries and ESP");
@@ -166,15 +184,29 @@ struct Staged {
 fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
     let mut by_mode: BTreeMap<bool, Vec<(&str, &Vec<String>)>> = BTreeMap::new();
     for name in ctx.image.rootfs.iter().chain(&ctx.image.initramfs) {
-        if let Source::Crate { package, binaries, static_link } = &ctx.recipes[name].source {
-            by_mode.entry(*static_link).or_default().push((package, binaries));
+        if let Source::Crate {
+            package,
+            binaries,
+            static_link,
+        } = &ctx.recipes[name].source
+        {
+            by_mode
+                .entry(*static_link)
+                .or_default()
+                .push((package, binaries));
         }
     }
     let mut out = BTreeMap::new();
     for (static_link, crates) in by_mode {
         let target = ctx.board.arch.rust_target(static_link);
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&ctx.project.root).args(["build", "--release", "--locked", "--target", target]);
+        cmd.current_dir(&ctx.project.root).args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            target,
+        ]);
         for (package, binaries) in &crates {
             cmd.args(["--package", package]);
             for b in *binaries {
@@ -195,12 +227,19 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-fn stage_recipe(ctx: &mut Ctx, recipe: &Recipe, binaries: &BTreeMap<String, PathBuf>) -> Result<Staged> {
+fn stage_recipe(
+    ctx: &mut Ctx,
+    recipe: &Recipe,
+    binaries: &BTreeMap<String, PathBuf>,
+) -> Result<Staged> {
     let arch = ctx.board.arch;
     let mut key = KeyHasher::default();
-    key.add_file("recipe", &recipe.file)?.add_str("arch", arch.name());
+    key.add_file("recipe", &recipe.file)?
+        .add_str("arch", arch.name());
     let sources: Vec<PathBuf> = match &recipe.source {
-        Source::Crate { binaries: names, .. } => {
+        Source::Crate {
+            binaries: names, ..
+        } => {
             let mut dirs = Vec::new();
             for b in names {
                 let path = &binaries[b];
@@ -233,22 +272,41 @@ fn stage_recipe(ctx: &mut Ctx, recipe: &Recipe, binaries: &BTreeMap<String, Path
         Source::Overlay { path } => {
             let dir = ctx.project.root.join(path);
             if !dir.is_dir() {
-                bail!("recipe `{}`: overlay {} is not a directory", recipe.name, dir.display());
+                bail!(
+                    "recipe `{}`: overlay {} is not a directory",
+                    recipe.name,
+                    dir.display()
+                );
             }
             key.add_tree("overlay", &dir)?;
             vec![dir]
         }
     };
     let key = key.finish();
-    let entry = ctx.cache.get_or_build("recipe", &format!("{}-{key}", recipe.name), |dir| {
-        eprintln!("    staging {}", recipe.name);
-        stage::install(recipe, arch, &sources, &dir.join("tree"))
-    })?;
-    Ok(Staged { key, tree: entry.join("tree") })
+    let entry = ctx
+        .cache
+        .get_or_build("recipe", &format!("{}-{key}", recipe.name), |dir| {
+            eprintln!("    staging {}", recipe.name);
+            stage::install(recipe, arch, &sources, &dir.join("tree"))
+        })?;
+    Ok(Staged {
+        key,
+        tree: entry.join("tree"),
+    })
 }
 
 /// Mount points stage 1 needs in every root filesystem.
-const MOUNT_POINTS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "data", "var", "efi", "etc/llamabox/local"];
+const MOUNT_POINTS: &[&str] = &[
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "data",
+    "var",
+    "efi",
+    "etc/llamabox/local",
+];
 
 fn os_release(image: &ImageDef, slot: Option<Slot>) -> String {
     let pretty = match slot {
@@ -262,9 +320,14 @@ fn os_release(image: &ImageDef, slot: Option<Slot>) -> String {
     )
 }
 
-fn build_rootfs(ctx: &mut Ctx, staged: &BTreeMap<String, Staged>, signing: &SecretKey) -> Result<rootfs::SlotImage> {
+fn build_rootfs(
+    ctx: &mut Ctx,
+    staged: &BTreeMap<String, Staged>,
+    signing: &SecretKey,
+) -> Result<rootfs::SlotImage> {
     let mut key = KeyHasher::default();
-    key.add_str("board", &ctx.board.name).add_str("version", &ctx.image.version);
+    key.add_str("board", &ctx.board.name)
+        .add_str("version", &ctx.image.version);
     for name in &ctx.image.rootfs {
         key.add_str(name, &staged[name].key);
     }
@@ -284,7 +347,10 @@ fn build_rootfs(ctx: &mut Ctx, staged: &BTreeMap<String, Staged>, signing: &Secr
         std::fs::write(tree.join("etc/llamabox/board"), format!("{board}\n"))?;
         normalize_directories(&tree)?;
         let slot = rootfs::build_slot(&tree, dir, &key, &board, &image.version, signing)?;
-        std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&slot.manifest)?)?;
+        std::fs::write(
+            dir.join("manifest.json"),
+            serde_json::to_string_pretty(&slot.manifest)?,
+        )?;
         // The tree is only an intermediate; the EROFS image is what the cache keeps.
         std::fs::remove_dir_all(&tree)?;
         Ok(())
@@ -317,7 +383,10 @@ fn find_one(dir: &Path, pattern: &str) -> Result<PathBuf> {
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => bail!("nothing matches {pattern} in {}", dir.display()),
-        n => bail!("{n} files match {pattern} in {}; make the pattern exact", dir.display()),
+        n => bail!(
+            "{n} files match {pattern} in {}; make the pattern exact",
+            dir.display()
+        ),
     }
 }
 
@@ -329,7 +398,8 @@ fn build_initramfs(
     trusted: &PublicKey,
 ) -> Result<PathBuf> {
     let mut key = KeyHasher::default();
-    key.add_str("kernel", kernel_sha).add_str("board", &ctx.board.name);
+    key.add_str("kernel", kernel_sha)
+        .add_str("board", &ctx.board.name);
     for m in &ctx.board.kernel.early_modules {
         key.add_str("module", m);
     }
@@ -359,14 +429,24 @@ fn build_initramfs(
         archive.file(
             &format!("etc/llamabox/trusted-keys/{}.pub", trusted.id()),
             0o644,
-            trusted.to_file("trusted to sign root filesystems").into_bytes(),
+            trusted
+                .to_file("trusted to sign root filesystems")
+                .into_bytes(),
         );
-        archive.file("etc/llamabox/board", 0o644, format!("{}\n", board.name).into_bytes());
+        archive.file(
+            "etc/llamabox/board",
+            0o644,
+            format!("{}\n", board.name).into_bytes(),
+        );
         for name in &initramfs_recipes {
             archive.add_tree(&staged[name].tree)?;
         }
         std::fs::write(dir.join("initramfs.cpio"), archive.write())?;
-        eprintln!("    {} early modules: {}", order.len(), board.kernel.early_modules.join(" "));
+        eprintln!(
+            "    {} early modules: {}",
+            order.len(),
+            board.kernel.early_modules.join(" ")
+        );
         Ok(())
     })?;
     Ok(dir.join("initramfs.cpio"))
@@ -395,10 +475,16 @@ fn build_esp(ctx: &mut Ctx, kernel: &Path, initramfs: &Path) -> Result<PathBuf> 
     let dir = ctx.cache.get_or_build("esp", &key, |dir| {
         // The factory image fills both slots; slot A has the higher install generation,
         // so it boots first and slot B is its fallback. Both start on trial.
-        let entries = [BootEntry::new_trial(2, Slot::A, board.tries), BootEntry::new_trial(1, Slot::B, board.tries)];
+        let entries = [
+            BootEntry::new_trial(2, Slot::A, board.tries),
+            BootEntry::new_trial(1, Slot::B, board.tries),
+        ];
         let mut files = vec![
             (format!("EFI/BOOT/{removable}"), std::fs::read(&loader)?),
-            ("loader/loader.conf".to_string(), b"timeout 0\neditor no\nauto-entries no\nauto-firmware no\n".to_vec()),
+            (
+                "loader/loader.conf".to_string(),
+                b"timeout 0\neditor no\nauto-entries no\nauto-firmware no\n".to_vec(),
+            ),
         ];
         for entry in &entries {
             let out = dir.join(entry.file_name());
@@ -416,15 +502,31 @@ fn build_esp(ctx: &mut Ctx, kernel: &Path, initramfs: &Path) -> Result<PathBuf> 
             files.push((entry.path(), std::fs::read(&out)?));
         }
         let volume_id = u32::from_str_radix(&key[..8], 16)?;
-        esp::build(&dir.join("esp.img"), board.layout.esp_mib << 20, volume_id, &files)
+        esp::build(
+            &dir.join("esp.img"),
+            board.layout.esp_mib << 20,
+            volume_id,
+            &files,
+        )
     })?;
     Ok(dir.join("esp.img"))
 }
 
-fn write_disk(ctx: &Ctx, options: &BuildOptions, esp_image: &Path, slot: &rootfs::SlotImage) -> Result<BuildOutput> {
-    let out_dir = options.out_dir.clone().unwrap_or_else(|| ctx.project.default_out_dir(&ctx.board.name));
+fn write_disk(
+    ctx: &Ctx,
+    options: &BuildOptions,
+    esp_image: &Path,
+    slot: &rootfs::SlotImage,
+) -> Result<BuildOutput> {
+    let out_dir = options
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| ctx.project.default_out_dir(&ctx.board.name));
     std::fs::create_dir_all(&out_dir)?;
-    let base = format!("{}-{}-{}", ctx.image.name, ctx.board.name, ctx.image.version);
+    let base = format!(
+        "{}-{}-{}",
+        ctx.image.name, ctx.board.name, ctx.image.version
+    );
     let image = out_dir.join(format!("{base}.img"));
     let bmap_path = out_dir.join(format!("{base}.img.bmap"));
     let sha_path = out_dir.join(format!("{base}.img.sha256"));
@@ -434,18 +536,29 @@ fn write_disk(ctx: &Ctx, options: &BuildOptions, esp_image: &Path, slot: &rootfs
     let mut key = KeyHasher::default();
     key.add_file("esp", esp_image)?
         .add_str("root-hash", &slot.manifest.root_hash)
-        .add(
-            "layout",
-            format!("{:?}", ctx.board.layout).as_bytes(),
-        );
+        .add("layout", format!("{:?}", ctx.board.layout).as_bytes());
     let key = key.finish();
 
     let rootfs_sha256 = llamabox_image::sha256_file(&slot.erofs)?;
-    let all_present = [&image, &bmap_path, &sha_path, &rootfs_out].iter().all(|p| p.exists());
+    let all_present = [&image, &bmap_path, &sha_path, &rootfs_out]
+        .iter()
+        .all(|p| p.exists());
     if all_present && std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) {
-        let image_sha256 = std::fs::read_to_string(&sha_path)?.split_whitespace().next().unwrap_or("").to_string();
+        let image_sha256 = std::fs::read_to_string(&sha_path)?
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
         eprintln!("    up to date");
-        return Ok(BuildOutput { image, bmap: bmap_path, sha256_file: sha_path, rootfs: rootfs_out, image_sha256, rootfs_sha256, reused: true });
+        return Ok(BuildOutput {
+            image,
+            bmap: bmap_path,
+            sha256_file: sha_path,
+            rootfs: rootfs_out,
+            image_sha256,
+            rootfs_sha256,
+            reused: true,
+        });
     }
     let _ = std::fs::remove_file(&stamp);
     let root_type = match ctx.board.arch {
@@ -465,11 +578,29 @@ fn write_disk(ctx: &Ctx, options: &BuildOptions, esp_image: &Path, slot: &rootfs
     )?;
     // Clear the head of every partition when flashing, so leftovers on the card
     // (an old filesystem in the data partition) are not mistaken for ours.
-    let heads: Vec<(u64, u64)> = written.partitions.iter().map(|(_, off, _)| (*off, 1 << 20)).collect();
+    let heads: Vec<(u64, u64)> = written
+        .partitions
+        .iter()
+        .map(|(_, off, _)| (*off, 1 << 20))
+        .collect();
     std::fs::write(&bmap_path, bmap::build(&image, &heads)?)?;
     let image_sha256 = llamabox_image::sha256_file(&image)?;
-    std::fs::write(&sha_path, format!("{image_sha256}  {}\n", image.file_name().unwrap().to_string_lossy()))?;
+    std::fs::write(
+        &sha_path,
+        format!(
+            "{image_sha256}  {}\n",
+            image.file_name().unwrap().to_string_lossy()
+        ),
+    )?;
     std::fs::copy(&slot.erofs, &rootfs_out)?;
     std::fs::write(&stamp, &key)?;
-    Ok(BuildOutput { image, bmap: bmap_path, sha256_file: sha_path, rootfs: rootfs_out, image_sha256, rootfs_sha256, reused: false })
+    Ok(BuildOutput {
+        image,
+        bmap: bmap_path,
+        sha256_file: sha_path,
+        rootfs: rootfs_out,
+        image_sha256,
+        rootfs_sha256,
+        reused: false,
+    })
 }

@@ -28,24 +28,37 @@ impl Cache {
         Cache { dir }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
+    /// Where the entry for `(kind, key)` lives. The build tool's own identity is part of
+    /// the entry's name, not of `key`: keys also seed generated ids (UUIDs, salts), and
+    /// those must not change with the build tool's binary.
+    pub fn entry_dir(&self, kind: &str, key: &str) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(builder_identity());
+        h.update(key);
+        let builder = hex::encode(&h.finalize()[..4]);
+        self.dir.join(kind).join(format!("{key}-{builder}"))
     }
 
     /// Returns the entry for `(kind, key)`, running `build` into it first if it is missing.
-    pub fn get_or_build(&self, kind: &str, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
-        let dir = self.dir.join(kind).join(key);
+    pub fn get_or_build(
+        &self,
+        kind: &str,
+        key: &str,
+        build: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let dir = self.entry_dir(kind, key);
         if dir.exists() {
             return Ok(dir);
         }
-        let tmp = self.dir.join(kind).join(format!("{key}.tmp-{}", std::process::id()));
+        let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         if let Err(e) = build(&tmp) {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} into the cache", tmp.display()))?;
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot move {} into the cache", tmp.display()))?;
         Ok(dir)
     }
 }
@@ -56,9 +69,7 @@ pub struct KeyHasher(Sha256);
 
 impl Default for KeyHasher {
     fn default() -> Self {
-        let mut h = KeyHasher(Sha256::new());
-        h.add("builder", builder_identity().as_bytes());
-        h
+        KeyHasher(Sha256::new())
     }
 }
 
@@ -86,12 +97,21 @@ impl KeyHasher {
         self.add("tree", label.as_bytes());
         for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
             let entry = entry?;
-            let rel = entry.path().strip_prefix(dir)?.to_string_lossy().into_owned();
+            let rel = entry
+                .path()
+                .strip_prefix(dir)?
+                .to_string_lossy()
+                .into_owned();
             let meta = entry.path().symlink_metadata()?;
             self.add("path", rel.as_bytes());
             self.add("mode", &meta.permissions().mode().to_le_bytes());
             if meta.file_type().is_symlink() {
-                self.add("link", std::fs::read_link(entry.path())?.to_string_lossy().as_bytes());
+                self.add(
+                    "link",
+                    std::fs::read_link(entry.path())?
+                        .to_string_lossy()
+                        .as_bytes(),
+                );
             } else if meta.is_file() {
                 self.add_file("file", entry.path())?;
             }

@@ -31,22 +31,30 @@ pub fn signing_key(project: &Project) -> Result<SecretKey> {
 }
 
 pub fn read_secret(path: &Path) -> Result<SecretKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read signing key {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read signing key {}", path.display()))?;
     SecretKey::parse(&text).with_context(|| format!("{}: not a signing key", path.display()))
 }
 
 /// Writes a new key pair as `<out>/<name>.secret` and `<out>/<name>.pub`.
 pub fn generate(out: &Path, name: &str, comment: &str) -> Result<(PathBuf, PathBuf)> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(out)?;
     let secret_path = out.join(format!("{name}.secret"));
     let public_path = out.join(format!("{name}.pub"));
     if secret_path.exists() {
-        bail!("{} exists; refusing to overwrite a key", secret_path.display());
+        bail!(
+            "{} exists; refusing to overwrite a key",
+            secret_path.display()
+        );
     }
     let key = SecretKey::generate(&mut rand_core::OsRng);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&secret_path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret_path)?;
     f.write_all(key.to_file(comment).as_bytes())?;
     std::fs::write(&public_path, key.public().to_file(comment))?;
     Ok((secret_path, public_path))

@@ -31,8 +31,14 @@ pub fn run(project: &Project) -> Result<()> {
 
     let path = project.debian_lock();
     let old = DebianLock::load(&path).ok();
-    let suite = old.as_ref().map(|l| l.suite.clone()).unwrap_or_else(|| "bookworm".into());
-    let component = old.as_ref().map(|l| l.component.clone()).unwrap_or_else(|| "main".into());
+    let suite = old
+        .as_ref()
+        .map(|l| l.suite.clone())
+        .unwrap_or_else(|| "bookworm".into());
+    let component = old
+        .as_ref()
+        .map(|l| l.component.clone())
+        .unwrap_or_else(|| "main".into());
     let mirror = debian::mirror(&suite)?;
     let mut packages = Vec::new();
     for (arch, names) in &wanted {
@@ -40,9 +46,17 @@ pub fn run(project: &Project) -> Result<()> {
         packages.extend(debian::resolve(&mirror, &suite, &component, *arch, &names)?);
     }
     packages.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
-    let lock = DebianLock { suite, component, packages };
+    let lock = DebianLock {
+        suite,
+        component,
+        packages,
+    };
     lock.save(&path)?;
-    eprintln!("wrote {} ({} packages)", path.display(), lock.packages.len());
+    eprintln!(
+        "wrote {} ({} packages)",
+        path.display(),
+        lock.packages.len()
+    );
 
     let dists: BTreeSet<(String, String)> = recipes
         .values()
@@ -58,7 +72,11 @@ pub fn run(project: &Project) -> Result<()> {
             lock.packages.push(pypi::resolve(&index, &name, &version)?);
         }
         lock.save(&project.pypi_lock())?;
-        eprintln!("wrote {} ({} distributions)", project.pypi_lock().display(), lock.packages.len());
+        eprintln!(
+            "wrote {} ({} distributions)",
+            project.pypi_lock().display(),
+            lock.packages.len()
+        );
     }
     Ok(())
 }

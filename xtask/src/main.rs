@@ -12,7 +12,11 @@ use xtask::{config, keys, lock, qemu, setup};
 const DEFAULT_BOARD: &str = "qemu-x86_64";
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, boot and test Llama Box images", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, boot and test Llama Box images",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -71,8 +75,19 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let project = Project::locate();
     match cli.command {
-        Cmd::Image { board, out, cache_dir } => {
-            let output = build::build(&project, &BuildOptions { board, out_dir: out, cache_dir })?;
+        Cmd::Image {
+            board,
+            out,
+            cache_dir,
+        } => {
+            let output = build::build(
+                &project,
+                &BuildOptions {
+                    board,
+                    out_dir: out,
+                    cache_dir,
+                },
+            )?;
             println!("image:  {}", output.image.display());
             println!("bmap:   {}", output.bmap.display());
             println!("sha256: {}", output.sha256_file.display());
@@ -81,10 +96,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run { board, fresh } => run_in_qemu(&project, &board, fresh)?,
         Cmd::Test { board, args } => test(&project, &board, &args)?,
         Cmd::Keys { out, name } => {
-            let (secret, public) = keys::generate(&out, &name, &format!("Llama Box signing key `{name}`"))?;
-            println!("secret key: {} (keep it out of the repository)", secret.display());
+            let (secret, public) =
+                keys::generate(&out, &name, &format!("Llama Box signing key `{name}`"))?;
+            println!(
+                "secret key: {} (keep it out of the repository)",
+                secret.display()
+            );
             println!("public key: {}", public.display());
-            println!("sign images with it: {}={} cargo xtask image", keys::SIGNING_KEY_ENV, secret.display());
+            println!(
+                "sign images with it: {}={} cargo xtask image",
+                keys::SIGNING_KEY_ENV,
+                secret.display()
+            );
         }
         Cmd::Lock => lock::run(&project)?,
         Cmd::Setup => {
@@ -96,20 +119,35 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_in_qemu(project: &Project, board_name: &str, fresh: bool) -> Result<()> {
-    let output = build::build(project, &BuildOptions { board: board_name.into(), out_dir: None, cache_dir: None })?;
+    let output = build::build(
+        project,
+        &BuildOptions {
+            board: board_name.into(),
+            out_dir: None,
+            cache_dir: None,
+        },
+    )?;
     let board = config::board::load(&project.boards_dir(), board_name)?;
     let dir = project.build_dir().join("run").join(board_name);
     std::fs::create_dir_all(&dir)?;
-    let (disk, vars, stamp) = (dir.join("disk.qcow2"), dir.join("efivars.fd"), dir.join("image.sha256"));
+    let (disk, vars, stamp) = (
+        dir.join("disk.qcow2"),
+        dir.join("efivars.fd"),
+        dir.join("image.sha256"),
+    );
     // The run keeps its own disk state (data partition, boot counters) across runs of
     // the same image; a new image or --fresh starts over.
-    let same_image = std::fs::read_to_string(&stamp).ok().as_deref() == Some(output.image_sha256.as_str());
+    let same_image =
+        std::fs::read_to_string(&stamp).ok().as_deref() == Some(output.image_sha256.as_str());
     if fresh || !same_image || !disk.exists() || !vars.exists() {
         qemu::create_overlay(&output.image, &disk)?;
         qemu::fresh_vars(&board, &vars)?;
         std::fs::write(&stamp, &output.image_sha256)?;
     }
-    eprintln!("==> booting {} in QEMU (TCG: expect ~20 s to stage 2); ctrl-a x quits", board.name);
+    eprintln!(
+        "==> booting {} in QEMU (TCG: expect ~20 s to stage 2); ctrl-a x quits",
+        board.name
+    );
     for (host, guest) in qemu::PORT_FORWARDS {
         eprintln!("    device port {guest} is at 127.0.0.1:{host}");
     }
@@ -117,7 +155,14 @@ fn run_in_qemu(project: &Project, board_name: &str, fresh: bool) -> Result<()> {
 }
 
 fn test(project: &Project, board: &str, args: &[String]) -> Result<()> {
-    let output = build::build(project, &BuildOptions { board: board.into(), out_dir: None, cache_dir: None })?;
+    let output = build::build(
+        project,
+        &BuildOptions {
+            board: board.into(),
+            out_dir: None,
+            cache_dir: None,
+        },
+    )?;
     eprintln!("==> cargo test (boot tests use {})", output.image.display());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)

@@ -9,7 +9,12 @@ pub struct Project {
 impl Project {
     pub fn locate() -> Project {
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        Project { root: manifest_dir.parent().expect("xtask lives in the workspace").to_path_buf() }
+        Project {
+            root: manifest_dir
+                .parent()
+                .expect("xtask lives in the workspace")
+                .to_path_buf(),
+        }
     }
 
     pub fn recipes_dir(&self) -> PathBuf {
@@ -34,7 +39,9 @@ impl Project {
         self.root.join("keys")
     }
     pub fn target_dir(&self) -> PathBuf {
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"))
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("target"))
     }
     /// Everything the image build writes lives below here.
     pub fn build_dir(&self) -> PathBuf {

@@ -29,29 +29,56 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
 /// A fresh copy of the firmware's variable store: boot entries and counters live there.
 pub fn fresh_vars(board: &Board, dest: &Path) -> Result<()> {
     let qemu = board.qemu.as_ref().context("board has no [qemu] section")?;
-    std::fs::copy(&qemu.firmware_vars, dest).with_context(|| format!("copying {}", qemu.firmware_vars.display()))?;
+    std::fs::copy(&qemu.firmware_vars, dest)
+        .with_context(|| format!("copying {}", qemu.firmware_vars.display()))?;
     Ok(())
 }
 
 fn base_args(board: &Board, disk: &Path, vars: &Path, forwards: &[(u16, u16)]) -> Result<Command> {
-    let qemu = board.qemu.as_ref().with_context(|| format!("board {} cannot run in QEMU (no [qemu] section)", board.name))?;
+    let qemu = board.qemu.as_ref().with_context(|| {
+        format!(
+            "board {} cannot run in QEMU (no [qemu] section)",
+            board.name
+        )
+    })?;
     let binary = match board.arch {
         crate::config::Arch::X86_64 => "qemu-system-x86_64",
         crate::config::Arch::Aarch64 => "qemu-system-aarch64",
     };
-    let format = if disk.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+    let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
     let mut cmd = Command::new(binary);
-    cmd.args(["-machine", &qemu.machine, "-m", &qemu.memory_mib.to_string(), "-smp", "1"]);
+    cmd.args([
+        "-machine",
+        &qemu.machine,
+        "-m",
+        &qemu.memory_mib.to_string(),
+        "-smp",
+        "1",
+    ]);
     if let Some(cpu) = &qemu.cpu {
         cmd.args(["-cpu", cpu]);
     }
-    cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", qemu.firmware_code.display()));
-    cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-    cmd.arg("-drive").arg(format!("if=virtio,format={format},file={}", disk.display()));
+    cmd.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        qemu.firmware_code.display()
+    ));
+    cmd.arg("-drive").arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ));
+    cmd.arg("-drive")
+        .arg(format!("if=virtio,format={format},file={}", disk.display()));
     if let Some(wd) = &qemu.watchdog {
         cmd.args(["-device", wd]);
     }
-    let forwards: String = forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+    let forwards: String = forwards
+        .iter()
+        .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+        .collect();
     cmd.args(["-nic", &format!("user,model=virtio-net-pci{forwards}")]);
     Ok(cmd)
 }
@@ -84,7 +111,10 @@ impl Machine {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let child = cmd.spawn().context("cannot start QEMU")?;
-        Ok(Machine { child, log: log.to_path_buf() })
+        Ok(Machine {
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     /// Everything the serial console printed so far.
@@ -110,7 +140,10 @@ impl Machine {
                 bail!("QEMU exited ({status}) before the console showed {needles:?}\n--- console ---\n{}", tail(&console));
             }
             if start.elapsed() > timeout {
-                bail!("the console did not show {needles:?} within {timeout:?}\n--- console ---\n{}", tail(&console));
+                bail!(
+                    "the console did not show {needles:?} within {timeout:?}\n--- console ---\n{}",
+                    tail(&console)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }

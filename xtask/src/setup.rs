@@ -22,12 +22,23 @@ fn have_command(name: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
         .unwrap_or(false)
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).is_file())
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(name).is_file())
 }
 
 pub fn missing_packages() -> Vec<&'static str> {
-    let mut missing: Vec<&str> = HOST_TOOLS.iter().filter(|(c, _)| !have_command(c)).map(|(_, p)| *p).collect();
-    missing.extend(FILES.iter().filter(|(f, _)| !Path::new(f).exists()).map(|(_, p)| *p));
+    let mut missing: Vec<&str> = HOST_TOOLS
+        .iter()
+        .filter(|(c, _)| !have_command(c))
+        .map(|(_, p)| *p)
+        .collect();
+    missing.extend(
+        FILES
+            .iter()
+            .filter(|(f, _)| !Path::new(f).exists())
+            .map(|(_, p)| *p),
+    );
     missing.dedup();
     missing
 }
@@ -40,30 +51,48 @@ fn is_root() -> bool {
 pub fn ensure_host_tools(arch: Arch) -> Result<()> {
     let missing = missing_packages();
     if !missing.is_empty() {
-        let cmd = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
-        if is_root() && have_command("apt-get") {
+        let cmd = format!(
+            "apt-get install -y --no-install-recommends {}",
+            missing.join(" ")
+        );
+        let sudo = if is_root() { "" } else { "sudo " };
+        if have_command("apt-get") && (is_root() || have_command("sudo")) {
             eprintln!("==> installing host packages: {}", missing.join(" "));
+            let install = format!("{sudo}env DEBIAN_FRONTEND=noninteractive {cmd}");
             let status = Command::new("sh")
                 .arg("-c")
-                .arg(format!("DEBIAN_FRONTEND=noninteractive {cmd} || (apt-get update && DEBIAN_FRONTEND=noninteractive {cmd})"))
+                .arg(format!("{install} || ({sudo}apt-get update && {install})"))
                 .status()?;
             if !status.success() {
                 bail!("installing host packages failed; run `sudo {cmd}` yourself");
             }
         } else {
-            bail!("missing host packages: {}\n  run: sudo {cmd}", missing.join(" "));
+            bail!(
+                "missing host packages: {}\n  run: sudo {cmd}",
+                missing.join(" ")
+            );
         }
     }
     ensure_rust_target(arch.rust_target(true))
 }
 
 fn ensure_rust_target(target: &str) -> Result<()> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match installed {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == target) => Ok(()),
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == target) =>
+        {
+            Ok(())
+        }
         Ok(_) => {
             eprintln!("==> rustup target add {target}");
-            let status = Command::new("rustup").args(["target", "add", target]).status()?;
+            let status = Command::new("rustup")
+                .args(["target", "add", target])
+                .status()?;
             if !status.success() {
                 bail!("`rustup target add {target}` failed");
             }

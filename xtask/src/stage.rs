@@ -21,7 +21,12 @@ pub fn install(recipe: &Recipe, arch: Arch, sources: &[PathBuf], tree: &Path) ->
         for source in sources {
             let pattern = source.join(&from);
             let pattern = pattern.to_string_lossy();
-            for path in glob::glob(&pattern).with_context(|| format!("recipe {}: install[{i}].from is not a valid glob", recipe.name))? {
+            for path in glob::glob(&pattern).with_context(|| {
+                format!(
+                    "recipe {}: install[{i}].from is not a valid glob",
+                    recipe.name
+                )
+            })? {
                 matches.push(path?);
             }
         }
@@ -30,7 +35,11 @@ pub fn install(recipe: &Recipe, arch: Arch, sources: &[PathBuf], tree: &Path) ->
                 "recipe `{}` ({}): install[{i}].from `{from}` matched nothing in {}",
                 recipe.name,
                 recipe.file.display(),
-                sources.iter().map(|s| s.display().to_string()).collect::<Vec<_>>().join(", ")
+                sources
+                    .iter()
+                    .map(|s| s.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         let into_dir = to.ends_with('/') || matches.len() > 1;
@@ -85,12 +94,16 @@ pub fn copy_entry(src: &Path, dest: &Path, mode: Option<u32>) -> Result<()> {
         if same {
             return Ok(());
         }
-        bail!("{} is installed twice with different contents", dest.display());
+        bail!(
+            "{} is installed twice with different contents",
+            dest.display()
+        );
     }
     if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(std::fs::read_link(src)?, dest)?;
     } else {
-        std::fs::copy(src, dest).with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+        std::fs::copy(src, dest)
+            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
         let m = mode.unwrap_or(meta.permissions().mode() & 0o7777);
         std::fs::set_permissions(dest, std::fs::Permissions::from_mode(m))?;
     }

@@ -28,8 +28,14 @@ fn built_image() -> &'static Path {
     IMAGE.get_or_init(|| match std::env::var_os("LLAMABOX_TEST_IMAGE") {
         Some(path) => PathBuf::from(path),
         None => {
-            let options = BuildOptions { board: board_name(), out_dir: None, cache_dir: None };
-            build::build(&Project::locate(), &options).expect("building the image").image
+            let options = BuildOptions {
+                board: board_name(),
+                out_dir: None,
+                cache_dir: None,
+            };
+            build::build(&Project::locate(), &options)
+                .expect("building the image")
+                .image
         }
     })
 }
@@ -51,11 +57,22 @@ impl TestMachine {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let disk = dir.join("disk.img");
-        let status = Command::new("cp").arg("--sparse=always").arg(built_image()).arg(&disk).status().unwrap();
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(built_image())
+            .arg(&disk)
+            .status()
+            .unwrap();
         assert!(status.success(), "copying the image failed");
         let vars = dir.join("efivars.fd");
         xtask::qemu::fresh_vars(&board, &vars).unwrap();
-        TestMachine { dir, disk, vars, board, boots: 0 }
+        TestMachine {
+            dir,
+            disk,
+            vars,
+            board,
+            boots: 0,
+        }
     }
 
     fn boot(&mut self) -> Machine {
@@ -67,7 +84,10 @@ impl TestMachine {
     /// (byte offset, size) of the partition labelled `label`.
     fn partition(&self, label: &str) -> (u64, u64) {
         let table = llamabox_image::gpt::read(&self.disk).unwrap();
-        let (_, offset, size) = table.into_iter().find(|(l, _, _)| l == label).unwrap_or_else(|| panic!("no partition {label}"));
+        let (_, offset, size) = table
+            .into_iter()
+            .find(|(l, _, _)| l == label)
+            .unwrap_or_else(|| panic!("no partition {label}"));
         (offset, size)
     }
 
@@ -80,7 +100,10 @@ impl TestMachine {
     }
 
     fn write_at(&self, offset: u64, bytes: &[u8]) {
-        let mut f = std::fs::OpenOptions::new().write(true).open(&self.disk).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.disk)
+            .unwrap();
         f.seek(SeekFrom::Start(offset)).unwrap();
         f.write_all(bytes).unwrap();
         f.sync_all().unwrap();
@@ -90,7 +113,10 @@ impl TestMachine {
     fn manifest(&self, label: &str) -> (u64, SignedManifest) {
         let (offset, size) = self.partition(label);
         let at = offset + size - MANIFEST_BLOCK_SIZE as u64;
-        (at, SignedManifest::decode(&self.read_at(at, MANIFEST_BLOCK_SIZE)).unwrap())
+        (
+            at,
+            SignedManifest::decode(&self.read_at(at, MANIFEST_BLOCK_SIZE)).unwrap(),
+        )
     }
 }
 
@@ -98,10 +124,21 @@ impl TestMachine {
 fn boots_to_stage_2_from_slot_a() {
     let mut vm = TestMachine::new("boots-slot-a");
     let mut machine = vm.boot();
-    let console = machine.wait_for("llamabox-init: ready", BOOT_TIMEOUT).unwrap();
-    assert!(console.contains("llamabox-stage1: booting slot a"), "{console}");
-    assert!(console.contains("llamabox-init: stage 2 reached: slot a"), "{console}");
-    assert!(console.contains("slot a: manifest signed by a trusted key"), "{console}");
+    let console = machine
+        .wait_for("llamabox-init: ready", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        console.contains("llamabox-stage1: booting slot a"),
+        "{console}"
+    );
+    assert!(
+        console.contains("llamabox-init: stage 2 reached: slot a"),
+        "{console}"
+    );
+    assert!(
+        console.contains("slot a: manifest signed by a trusted key"),
+        "{console}"
+    );
     assert!(console.contains("slot a blessed"), "{console}");
 }
 
@@ -117,12 +154,23 @@ fn corrupt_slot_a_fails_verification_and_slot_b_boots() {
     vm.write_at(target, &[byte ^ 0x01]);
 
     let mut machine = vm.boot();
-    let console = machine.wait_for("llamabox-init: ready", BOOT_TIMEOUT * 2).unwrap();
-    assert!(console.contains("slot verification FAILED: slot a: root filesystem block"), "{console}");
-    assert!(console.contains("does not match its dm-verity hash"), "{console}");
+    let console = machine
+        .wait_for("llamabox-init: ready", BOOT_TIMEOUT * 2)
+        .unwrap();
+    assert!(
+        console.contains("slot verification FAILED: slot a: root filesystem block"),
+        "{console}"
+    );
+    assert!(
+        console.contains("does not match its dm-verity hash"),
+        "{console}"
+    );
     assert!(console.contains("marked slot a bad"), "{console}");
     assert!(!console.contains("stage 2 reached: slot a"), "{console}");
-    assert!(console.contains("llamabox-init: stage 2 reached: slot b"), "{console}");
+    assert!(
+        console.contains("llamabox-init: stage 2 reached: slot b"),
+        "{console}"
+    );
 }
 
 #[test]
@@ -131,12 +179,21 @@ fn root_hash_signed_by_an_untrusted_key_is_refused() {
     let (at, manifest) = vm.manifest("llamabox-a");
     // The same, genuine root hash, signed by a key the initramfs does not trust.
     let impostor = SecretKey::generate(&mut rand_core::OsRng);
-    let block = manifest.unverified_payload().unwrap().sign(&impostor).unwrap();
+    let block = manifest
+        .unverified_payload()
+        .unwrap()
+        .sign(&impostor)
+        .unwrap();
     vm.write_at(at, &block);
 
     let mut machine = vm.boot();
-    let console = machine.wait_for("llamabox-init: ready", BOOT_TIMEOUT * 2).unwrap();
-    let refusal = format!("manifest is signed by key {}, which is not a trusted key", impostor.public().id());
+    let console = machine
+        .wait_for("llamabox-init: ready", BOOT_TIMEOUT * 2)
+        .unwrap();
+    let refusal = format!(
+        "manifest is signed by key {}, which is not a trusted key",
+        impostor.public().id()
+    );
     assert!(console.contains(&refusal), "{console}");
     assert!(!console.contains("stage 2 reached: slot a"), "{console}");
     assert!(console.contains("stage 2 reached: slot b"), "{console}");
@@ -146,16 +203,32 @@ fn root_hash_signed_by_an_untrusted_key_is_refused() {
 fn data_partition_is_created_on_first_boot_and_survives_a_reboot() {
     let mut vm = TestMachine::new("data-partition");
     let mut first = vm.boot();
-    let console = first.wait_for("llamabox-init: ready", BOOT_TIMEOUT).unwrap();
-    assert!(console.contains("first boot: formatting the data partition"), "{console}");
+    let console = first
+        .wait_for("llamabox-init: ready", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        console.contains("first boot: formatting the data partition"),
+        "{console}"
+    );
     assert!(console.contains("boot number 1 recorded"), "{console}");
-    assert!(console.contains("root filesystem is read-only"), "{console}");
+    assert!(
+        console.contains("root filesystem is read-only"),
+        "{console}"
+    );
     first.kill(); // pull the plug: the boot record was made durable before "ready"
 
     let mut second = vm.boot();
-    let console = second.wait_for("llamabox-init: ready", BOOT_TIMEOUT).unwrap();
-    assert!(!console.contains("formatting the data partition"), "{console}");
+    let console = second
+        .wait_for("llamabox-init: ready", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        !console.contains("formatting the data partition"),
+        "{console}"
+    );
     assert!(console.contains("boot number 2 recorded"), "{console}");
-    assert!(console.contains("root filesystem is read-only"), "{console}");
+    assert!(
+        console.contains("root filesystem is read-only"),
+        "{console}"
+    );
     assert!(console.contains("slot a already blessed"), "{console}");
 }

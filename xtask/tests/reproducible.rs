@@ -20,8 +20,14 @@ fn two_clean_builds_are_byte_identical() {
         outputs.push(build::build(&project, &options).unwrap());
     }
     let (a, b) = (&outputs[0], &outputs[1]);
-    assert!(!a.reused && !b.reused, "both builds must start from empty directories");
-    assert_eq!(a.rootfs_sha256, b.rootfs_sha256, "root filesystem images differ");
+    assert!(
+        !a.reused && !b.reused,
+        "both builds must start from empty directories"
+    );
+    assert_eq!(
+        a.rootfs_sha256, b.rootfs_sha256,
+        "root filesystem images differ"
+    );
     assert_eq!(
         llamabox_image::sha256_file(&a.rootfs).unwrap(),
         llamabox_image::sha256_file(&b.rootfs).unwrap()
@@ -31,6 +37,9 @@ fn two_clean_builds_are_byte_identical() {
         llamabox_image::sha256_file(&a.image).unwrap(),
         llamabox_image::sha256_file(&b.image).unwrap()
     );
-    assert_eq!(std::fs::read(&a.bmap).unwrap(), std::fs::read(&b.bmap).unwrap());
+    assert_eq!(
+        std::fs::read(&a.bmap).unwrap(),
+        std::fs::read(&b.bmap).unwrap()
+    );
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -170,7 +170,12 @@ mod tests {
 
     #[test]
     fn foreign_names_are_ignored() {
-        for name in ["systemd-bootx64.efi", "llamabox-x-a.efi", "llamabox-1-c.efi", "llamabox-1-a+x.efi"] {
+        for name in [
+            "systemd-bootx64.efi",
+            "llamabox-x-a.efi",
+            "llamabox-1-c.efi",
+            "llamabox-1-a+x.efi",
+        ] {
             assert_eq!(BootEntry::parse(name), None, "{name}");
         }
     }
@@ -182,6 +187,12 @@ mod tests {
         assert_eq!(e.blessed().file_name(), "llamabox-2-a.efi");
         assert_eq!(e.marked_bad().file_name(), "llamabox-2-a+0-2.efi");
         assert!(!e.marked_bad().is_on_trial());
-        assert_eq!(BootEntry::parse("llamabox-2-a.efi").unwrap().marked_bad().file_name(), "llamabox-2-a+0-1.efi");
+        assert_eq!(
+            BootEntry::parse("llamabox-2-a.efi")
+                .unwrap()
+                .marked_bad()
+                .file_name(),
+            "llamabox-2-a+0-1.efi"
+        );
     }
 }

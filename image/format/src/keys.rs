@@ -107,7 +107,10 @@ impl SecretKey {
     }
 
     pub fn to_file(&self, comment: &str) -> String {
-        format!("# {comment}\n{SECRET_TAG}{}\n", hex::encode(self.0.to_bytes()))
+        format!(
+            "# {comment}\n{SECRET_TAG}{}\n",
+            hex::encode(self.0.to_bytes())
+        )
     }
 
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {

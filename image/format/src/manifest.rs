@@ -99,10 +99,13 @@ impl SlotManifest {
         if self.hash_algorithm != "sha256" {
             return Err(invalid("hash-algorithm", "only sha256 is supported"));
         }
-        if self.data_size == 0 || self.data_size % u64::from(VERITY_BLOCK_SIZE) != 0 {
+        if self.data_size == 0 || !self.data_size.is_multiple_of(u64::from(VERITY_BLOCK_SIZE)) {
             return Err(invalid("data-size", "must be a non-zero multiple of 4096"));
         }
-        if self.hash_offset < self.data_size || self.hash_offset % u64::from(VERITY_BLOCK_SIZE) != 0
+        if self.hash_offset < self.data_size
+            || !self
+                .hash_offset
+                .is_multiple_of(u64::from(VERITY_BLOCK_SIZE))
         {
             return Err(invalid(
                 "hash-offset",
@@ -251,7 +254,10 @@ mod tests {
                 .unwrap()
                 .verify(&[key.public()])
                 .unwrap_err();
-            assert!(matches!(err, ManifestError::BadSignature(_)), "byte {i}: {err}");
+            assert!(
+                matches!(err, ManifestError::BadSignature(_)),
+                "byte {i}: {err}"
+            );
         }
     }
 

@@ -6,10 +6,10 @@
 
 use std::io::Write;
 
+use llamabox_format::Slot;
 use llamabox_init::boot_info::BootInfo;
 use llamabox_init::esp::MountedEsp;
 use llamabox_init::{cmdline, fs, info, power};
-use llamabox_format::Slot;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
@@ -81,7 +81,11 @@ fn bless(slot: Slot) {
         Some(entry) if entry.is_on_trial() => {
             let blessed = entry.blessed();
             match esp.rename(&entry, &blessed) {
-                Ok(()) => info!("slot {slot} blessed: {} -> {}", entry.file_name(), blessed.file_name()),
+                Ok(()) => info!(
+                    "slot {slot} blessed: {} -> {}",
+                    entry.file_name(),
+                    blessed.file_name()
+                ),
                 Err(e) => info!("cannot bless slot {slot}: {e}"),
             }
         }
@@ -93,7 +97,12 @@ fn bless(slot: Slot) {
 
 fn supervise() -> ! {
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         signals.add(s);
     }
     if let Err(e) = signals.thread_block() {

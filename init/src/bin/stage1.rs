@@ -55,8 +55,12 @@ fn run(boot: &mut BootInfo, started: Instant) -> Result<std::convert::Infallible
 
     mount_pseudo_filesystems().map_err(System)?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let slot = cmdline::slot(&cmdline)
-        .ok_or_else(|| System(format!("no `{}=a|b` on the kernel command line", cmdline::SLOT)))?;
+    let slot = cmdline::slot(&cmdline).ok_or_else(|| {
+        System(format!(
+            "no `{}=a|b` on the kernel command line",
+            cmdline::SLOT
+        ))
+    })?;
     boot.set("slot", slot);
     info!("booting slot {slot}");
 
@@ -65,7 +69,12 @@ fn run(boot: &mut BootInfo, started: Instant) -> Result<std::convert::Infallible
 
     let on_trial = inspect_boot_entry(slot, boot);
     let partition = block::wait_for_label(slot.partition_label(), Duration::from_secs(20))
-        .ok_or_else(|| System(format!("no partition labelled `{}` appeared", slot.partition_label())))?;
+        .ok_or_else(|| {
+            System(format!(
+                "no partition labelled `{}` appeared",
+                slot.partition_label()
+            ))
+        })?;
     let device = partition.device.to_string_lossy().into_owned();
 
     let manifest = verify_manifest(&device, partition.size_bytes).map_err(SlotFailure)?;
@@ -82,8 +91,13 @@ fn run(boot: &mut BootInfo, started: Instant) -> Result<std::convert::Infallible
         // A slot on trial is read in full once, so every block is checked before the
         // slot can be blessed; afterwards dm-verity checks blocks as they are read.
         let t = Instant::now();
-        scan_every_block(&verity, manifest.data_size).map_err(|e| SlotFailure(format!("slot {slot}: {e}")))?;
-        info!("slot {slot}: all {} bytes verified in {:.1} s", manifest.data_size, t.elapsed().as_secs_f32());
+        scan_every_block(&verity, manifest.data_size)
+            .map_err(|e| SlotFailure(format!("slot {slot}: {e}")))?;
+        info!(
+            "slot {slot}: all {} bytes verified in {:.1} s",
+            manifest.data_size,
+            t.elapsed().as_secs_f32()
+        );
     }
     fs::mount_fs(&verity, SYSROOT, "erofs", MsFlags::MS_RDONLY, None)
         .map_err(|e| SlotFailure(format!("slot {slot}: {e}")))?;
@@ -92,7 +106,12 @@ fn run(boot: &mut BootInfo, started: Instant) -> Result<std::convert::Infallible
     prepare_data_partition(boot).map_err(System)?;
 
     boot.set("stage1-ms", started.elapsed().as_millis());
-    boot.write().map_err(|e| System(format!("cannot write {}: {e}", llamabox_init::boot_info::PATH)))?;
+    boot.write().map_err(|e| {
+        System(format!(
+            "cannot write {}: {e}",
+            llamabox_init::boot_info::PATH
+        ))
+    })?;
     info!("root is verified and mounted read-only; starting stage 2 ({STAGE2})");
     let err = std::process::Command::new(STAGE2).exec();
     Err(System(format!("cannot exec {STAGE2}: {err}")))
@@ -103,8 +122,20 @@ fn mount_pseudo_filesystems() -> Result<(), String> {
     fs::mount_fs("proc", "/proc", "proc", nosuid, None)?;
     fs::mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
     // Debian's kernel does not mount devtmpfs by itself (DEVTMPFS_MOUNT is off).
-    fs::mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    fs::mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    fs::mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    fs::mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
     Ok(())
 }
 
@@ -123,7 +154,11 @@ fn inspect_boot_entry(slot: Slot, boot: &mut BootInfo) -> bool {
     match entry {
         Some(entry) => {
             let trial = entry.is_on_trial();
-            info!("boot entry {} ({})", entry.file_name(), if trial { "on trial" } else { "blessed" });
+            info!(
+                "boot entry {} ({})",
+                entry.file_name(),
+                if trial { "on trial" } else { "blessed" }
+            );
             boot.set("entry", entry.file_name());
             trial
         }
@@ -135,7 +170,9 @@ fn inspect_boot_entry(slot: Slot, boot: &mut BootInfo) -> bool {
 }
 
 fn mark_booted_slot_bad(boot: &BootInfo) {
-    let Some(slot) = boot.get("slot").and_then(Slot::parse) else { return };
+    let Some(slot) = boot.get("slot").and_then(Slot::parse) else {
+        return;
+    };
     let esp = match MountedEsp::mount("/run/esp") {
         Ok(esp) => esp,
         Err(e) => return info!("cannot mark slot {slot} bad: {e}"),
@@ -143,7 +180,11 @@ fn mark_booted_slot_bad(boot: &BootInfo) {
     if let Some(entry) = esp.entry(slot) {
         let bad = entry.marked_bad();
         match esp.rename(&entry, &bad) {
-            Ok(()) => info!("marked slot {slot} bad: {} -> {}", entry.file_name(), bad.file_name()),
+            Ok(()) => info!(
+                "marked slot {slot} bad: {} -> {}",
+                entry.file_name(),
+                bad.file_name()
+            ),
             Err(e) => info!("cannot mark slot {slot} bad: {e}"),
         }
     }
@@ -152,7 +193,8 @@ fn mark_booted_slot_bad(boot: &BootInfo) {
 
 fn trusted_keys() -> Result<Vec<PublicKey>, String> {
     let mut keys = Vec::new();
-    let dir = std::fs::read_dir(TRUSTED_KEYS).map_err(|e| format!("cannot read {TRUSTED_KEYS}: {e}"))?;
+    let dir =
+        std::fs::read_dir(TRUSTED_KEYS).map_err(|e| format!("cannot read {TRUSTED_KEYS}: {e}"))?;
     for entry in dir.flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
         match PublicKey::parse(&text) {
@@ -178,10 +220,17 @@ fn verify_manifest(device: &str, partition_size: u64) -> Result<SlotManifest, St
         .map_err(|e| format!("{device}: {e}"))?;
     let board = std::fs::read_to_string(BOARD_FILE).unwrap_or_default();
     if manifest.board != board.trim() {
-        return Err(format!("{device}: built for board `{}`, this is `{}`", manifest.board, board.trim()));
+        return Err(format!(
+            "{device}: built for board `{}`, this is `{}`",
+            manifest.board,
+            board.trim()
+        ));
     }
     if manifest.hash_offset + 4096 > partition_size {
-        return Err(format!("{device}: hash tree offset {} lies outside the partition", manifest.hash_offset));
+        return Err(format!(
+            "{device}: hash tree offset {} lies outside the partition",
+            manifest.hash_offset
+        ));
     }
     Ok(manifest)
 }
@@ -199,7 +248,10 @@ fn scan_every_block(device: &str, size: u64) -> Result<(), String> {
             // Find the first failing 4 KiB block in this chunk for the message.
             let mut block = [0u8; 4096];
             for b in (offset..offset + want as u64).step_by(4096) {
-                let bad = file.seek(SeekFrom::Start(b)).and_then(|_| file.read_exact(&mut block)).is_err();
+                let bad = file
+                    .seek(SeekFrom::Start(b))
+                    .and_then(|_| file.read_exact(&mut block))
+                    .is_err();
                 if bad {
                     return Err(format!(
                         "root filesystem block {} (byte offset {b}) does not match its dm-verity hash: the slot is corrupt or was tampered with",
@@ -207,7 +259,9 @@ fn scan_every_block(device: &str, size: u64) -> Result<(), String> {
                     ));
                 }
             }
-            return Err(format!("read error in the root filesystem near byte offset {offset}"));
+            return Err(format!(
+                "read error in the root filesystem near byte offset {offset}"
+            ));
         }
         offset += want as u64;
     }
@@ -233,9 +287,21 @@ fn prepare_data_partition(boot: &mut BootInfo) -> Result<(), String> {
         .ok_or_else(|| format!("no partition labelled `{DATA_LABEL}`"))?;
     let device = data.device.to_string_lossy().into_owned();
     if !has_ext4_superblock(&device) {
-        info!("first boot: formatting the data partition {device} ({} MiB)", data.size_bytes >> 20);
+        info!(
+            "first boot: formatting the data partition {device} ({} MiB)",
+            data.size_bytes >> 20
+        );
         let output = std::process::Command::new("/sbin/mke2fs")
-            .args(["-q", "-F", "-t", "ext4", "-L", DATA_LABEL, "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                DATA_LABEL,
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ])
             .arg(&device)
             .output()
             .map_err(|e| format!("cannot run /sbin/mke2fs: {e}"))?;
@@ -248,13 +314,25 @@ fn prepare_data_partition(boot: &mut BootInfo) -> Result<(), String> {
         }
         boot.set("data-formatted", "yes");
     }
-    fs::mount_fs(&device, "/data", "ext4", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
+    fs::mount_fs(
+        &device,
+        "/data",
+        "ext4",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
     for dir in ["/data/var", "/data/config"] {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
     }
     fs::bind("/data/var", "/var")?;
     fs::bind("/data/config", "/etc/llamabox/local")?;
-    fs::mount_fs("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    fs::mount_fs(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     Ok(())
 }
 

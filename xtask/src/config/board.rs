@@ -160,19 +160,31 @@ pub fn load(board_dir: &Path, name: &str) -> Result<Board> {
     let mut problems = Problems::default();
     let arch = Arch::parse(&raw.arch);
     if arch.is_none() {
-        problems.add("arch", format!("unknown architecture `{}` (known: x86_64, aarch64)", raw.arch));
+        problems.add(
+            "arch",
+            format!(
+                "unknown architecture `{}` (known: x86_64, aarch64)",
+                raw.arch
+            ),
+        );
     }
     let firmware = match raw.boot.firmware.as_str() {
         "uefi" => Some(Firmware::Uefi),
         other => {
-            problems.add("boot.firmware", format!("unknown firmware `{other}` (known: uefi)"));
+            problems.add(
+                "boot.firmware",
+                format!("unknown firmware `{other}` (known: uefi)"),
+            );
             None
         }
     };
     let loader = match raw.boot.loader.as_str() {
         "systemd-boot" => Some(Loader::SystemdBoot),
         other => {
-            problems.add("boot.loader", format!("unknown loader `{other}` (known: systemd-boot)"));
+            problems.add(
+                "boot.loader",
+                format!("unknown loader `{other}` (known: systemd-boot)"),
+            );
             None
         }
     };
@@ -180,13 +192,20 @@ pub fn load(board_dir: &Path, name: &str) -> Result<Board> {
         problems.add("boot.tries", "must be between 1 and 9");
     }
     let p = &raw.partitions;
-    for (key, v, min) in [("partitions.esp-mib", p.esp_mib, 32), ("partitions.slot-mib", p.slot_mib, 16), ("partitions.data-mib", p.data_mib, 16)] {
+    for (key, v, min) in [
+        ("partitions.esp-mib", p.esp_mib, 32),
+        ("partitions.slot-mib", p.slot_mib, 16),
+        ("partitions.data-mib", p.data_mib, 16),
+    ] {
         if v < min {
             problems.add(key, format!("{v} MiB is too small (at least {min})"));
         }
     }
     if raw.kernel.cmdline.contains("llamabox.slot") {
-        problems.add("kernel.cmdline", "must not set llamabox.slot: the image sets it per slot");
+        problems.add(
+            "kernel.cmdline",
+            "must not set llamabox.slot: the image sets it per slot",
+        );
     }
     problems.finish(&path)?;
     Ok(Board {
@@ -204,7 +223,11 @@ pub fn load(board_dir: &Path, name: &str) -> Result<Board> {
         firmware: firmware.unwrap(),
         loader: loader.unwrap(),
         tries: raw.boot.tries,
-        layout: llamabox_image::disk::Layout { esp_mib: p.esp_mib, slot_mib: p.slot_mib, data_mib: p.data_mib },
+        layout: llamabox_image::disk::Layout {
+            esp_mib: p.esp_mib,
+            slot_mib: p.slot_mib,
+            data_mib: p.data_mib,
+        },
         qemu: raw.qemu.map(|q| Qemu {
             machine: q.machine,
             memory_mib: q.memory_mib,

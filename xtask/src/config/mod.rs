@@ -71,13 +71,19 @@ impl Problems {
         if self.0.is_empty() {
             return Ok(());
         }
-        bail!("{}: {} problem(s):\n  - {}", file.display(), self.0.len(), self.0.join("\n  - "))
+        bail!(
+            "{}: {} problem(s):\n  - {}",
+            file.display(),
+            self.0.len(),
+            self.0.join("\n  - ")
+        )
     }
 }
 
 /// Reads and parses a TOML file into its raw form; serde's message names the key.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -114,7 +120,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names() {
-        assert_eq!(suggest("e2fsprog", ["e2fsprogs", "init"]), " (did you mean `e2fsprogs`?)");
+        assert_eq!(
+            suggest("e2fsprog", ["e2fsprogs", "init"]),
+            " (did you mean `e2fsprogs`?)"
+        );
         assert_eq!(suggest("zzz", ["e2fsprogs", "init"]), "");
     }
 }

@@ -45,7 +45,11 @@ struct RawInstall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// Binaries of a workspace package, built for the board's target triple.
-    Crate { package: String, binaries: Vec<String>, static_link: bool },
+    Crate {
+        package: String,
+        binaries: Vec<String>,
+        static_link: bool,
+    },
     /// Debian binary packages, pinned in `recipes/debian.lock`.
     Debian { packages: Vec<String> },
     /// A PyPI distribution `name==version`, pinned (with its sha256) in `recipes/pypi.lock`.
@@ -84,20 +88,32 @@ impl Recipe {
 
 pub fn load(path: &Path) -> Result<Recipe> {
     let raw: RawRecipe = read_toml(path)?;
-    let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let name = path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let mut problems = Problems::default();
 
     let mut arch = Vec::new();
     for a in &raw.arch {
         match Arch::parse(a) {
             Some(a) => arch.push(a),
-            None => problems.add("arch", format!("unknown architecture `{a}` (known: x86_64, aarch64)")),
+            None => problems.add(
+                "arch",
+                format!("unknown architecture `{a}` (known: x86_64, aarch64)"),
+            ),
         }
     }
 
     let s = raw.source;
     let crate_only_keys = s.binaries.is_some() || s.static_link.is_some();
-    let kinds = [s.krate.is_some(), s.debian.is_some(), s.pypi.is_some(), s.overlay.is_some()];
+    let kinds = [
+        s.krate.is_some(),
+        s.debian.is_some(),
+        s.pypi.is_some(),
+        s.overlay.is_some(),
+    ];
     let source = match kinds.iter().filter(|k| **k).count() {
         1 => {
             if let Some(package) = s.krate {
@@ -113,45 +129,72 @@ pub fn load(path: &Path) -> Result<Recipe> {
                 Some(Source::Debian { packages })
             } else if let Some(spec) = s.pypi {
                 match spec.split_once("==") {
-                    Some((n, v)) if !n.is_empty() && !v.is_empty() => {
-                        Some(Source::Pypi { name: n.to_string(), version: v.to_string() })
-                    }
+                    Some((n, v)) if !n.is_empty() && !v.is_empty() => Some(Source::Pypi {
+                        name: n.to_string(),
+                        version: v.to_string(),
+                    }),
                     _ => {
                         problems.add("source.pypi", format!("`{spec}` is not `name==version`"));
                         None
                     }
                 }
             } else {
-                s.overlay.map(|p| Source::Overlay { path: PathBuf::from(p) })
+                s.overlay.map(|p| Source::Overlay {
+                    path: PathBuf::from(p),
+                })
             }
         }
         0 => {
-            problems.add("source", "needs one of `crate`, `debian`, `pypi` or `overlay`");
+            problems.add(
+                "source",
+                "needs one of `crate`, `debian`, `pypi` or `overlay`",
+            );
             None
         }
         _ => {
-            problems.add("source", "names more than one of `crate`, `debian`, `pypi`, `overlay`");
+            problems.add(
+                "source",
+                "names more than one of `crate`, `debian`, `pypi`, `overlay`",
+            );
             None
         }
     };
     if !matches!(source, Some(Source::Crate { .. })) && crate_only_keys {
-        problems.add("source.binaries", "`binaries` and `static` only apply to `crate` sources");
+        problems.add(
+            "source.binaries",
+            "`binaries` and `static` only apply to `crate` sources",
+        );
     }
 
     let mut install = Vec::new();
     for (i, raw) in raw.install.into_iter().enumerate() {
         let key = format!("install[{i}]");
         if !raw.to.starts_with('/') {
-            problems.add(&format!("{key}.to"), format!("`{}` must be an absolute path", raw.to));
+            problems.add(
+                &format!("{key}.to"),
+                format!("`{}` must be an absolute path", raw.to),
+            );
         }
         if raw.from.starts_with('/') || raw.from.split('/').any(|c| c == "..") {
-            problems.add(&format!("{key}.from"), format!("`{}` must be relative to the source, without `..`", raw.from));
+            problems.add(
+                &format!("{key}.from"),
+                format!(
+                    "`{}` must be relative to the source, without `..`",
+                    raw.from
+                ),
+            );
         }
         let mode = match raw.mode.as_deref().map(|m| u32::from_str_radix(m, 8)) {
             None => None,
             Some(Ok(m)) if m <= 0o7777 => Some(m),
             Some(_) => {
-                problems.add(&format!("{key}.mode"), format!("`{}` is not an octal mode such as \"0755\"", raw.mode.unwrap()));
+                problems.add(
+                    &format!("{key}.mode"),
+                    format!(
+                        "`{}` is not an octal mode such as \"0755\"",
+                        raw.mode.unwrap()
+                    ),
+                );
                 None
             }
         };
@@ -159,26 +202,47 @@ pub fn load(path: &Path) -> Result<Recipe> {
             None => None,
             Some((_, Some(a))) => Some(a),
             Some((a, None)) => {
-                problems.add(&format!("{key}.arch"), format!("unknown architecture `{a}` (known: x86_64, aarch64)"));
+                problems.add(
+                    &format!("{key}.arch"),
+                    format!("unknown architecture `{a}` (known: x86_64, aarch64)"),
+                );
                 None
             }
         };
-        install.push(Install { from: raw.from, to: raw.to, mode, arch: only });
+        install.push(Install {
+            from: raw.from,
+            to: raw.to,
+            mode,
+            arch: only,
+        });
     }
     if install.is_empty() {
         problems.add("install", "installs nothing; add [[install]] tables");
     }
     problems.finish(path)?;
-    Ok(Recipe { name, file: path.to_path_buf(), description: raw.description, arch, source: source.unwrap(), install })
+    Ok(Recipe {
+        name,
+        file: path.to_path_buf(),
+        description: raw.description,
+        arch,
+        source: source.unwrap(),
+        install,
+    })
 }
 
 /// Every recipe in `dir`, by name. All files are checked before any error is returned.
 pub fn load_all(dir: &Path) -> Result<BTreeMap<String, Recipe>> {
     let mut recipes = BTreeMap::new();
     let mut errors = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
-    for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+    for path in files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    {
         match load(&path) {
             Ok(r) => {
                 recipes.insert(r.name.clone(), r);
@@ -210,7 +274,12 @@ mod tests {
             "description = \"mke2fs\"\narch = [\"x86_64\"]\n[source]\ndebian = [\"e2fsprogs\"]\n[[install]]\nfrom = \"sbin/mke2fs\"\nto = \"/sbin/\"\nmode = \"0755\"\n",
         )
         .unwrap();
-        assert_eq!(r.source, Source::Debian { packages: vec!["e2fsprogs".into()] });
+        assert_eq!(
+            r.source,
+            Source::Debian {
+                packages: vec!["e2fsprogs".into()]
+            }
+        );
         assert_eq!(r.install[0].mode, Some(0o755));
         assert!(r.supports(Arch::X86_64) && !r.supports(Arch::Aarch64));
     }
@@ -222,14 +291,22 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        for needle in ["mips", "more than one", "install[0].to", "install[0].from", "install[0].mode"] {
+        for needle in [
+            "mips",
+            "more than one",
+            "install[0].to",
+            "install[0].from",
+            "install[0].mode",
+        ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = parse("description = \"x\"\n[source]\ndebian = [\"a\"]\ndebain = 1\n").unwrap_err().to_string();
+        let err = parse("description = \"x\"\n[source]\ndebian = [\"a\"]\ndebain = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("debain"), "{err}");
     }
 }

@@ -28,7 +28,9 @@ pub fn mirror(suite: &str) -> Result<String> {
         files.extend(more);
     }
     for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
         let found = match file.extension().and_then(|e| e.to_str()) {
             Some("sources") => find_in_deb822(&text, suite),
             Some("list") | None => find_in_one_line(&text, suite),
@@ -64,7 +66,9 @@ fn find_in_deb822(text: &str, suite: &str) -> Option<String> {
         let field = |name: &str| {
             stanza.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
             })
         };
         if field("Enabled").is_some_and(|e| e == "no") {
@@ -72,7 +76,9 @@ fn find_in_deb822(text: &str, suite: &str) -> Option<String> {
         }
         let types = field("Types")?;
         let suites = field("Suites")?;
-        if !types.split_whitespace().any(|t| t == "deb") || !suites.split_whitespace().any(|s| s == suite) {
+        if !types.split_whitespace().any(|t| t == "deb")
+            || !suites.split_whitespace().any(|s| s == suite)
+        {
             return None;
         }
         field("URIs")?.split_whitespace().next().map(str::to_string)
@@ -80,8 +86,17 @@ fn find_in_deb822(text: &str, suite: &str) -> Option<String> {
 }
 
 /// Looks `names` up in the suite's package index for `arch`.
-pub fn resolve(mirror: &str, suite: &str, component: &str, arch: Arch, names: &[String]) -> Result<Vec<LockedPackage>> {
-    let url = format!("{mirror}/dists/{suite}/{component}/binary-{}/Packages.xz", arch.debian());
+pub fn resolve(
+    mirror: &str,
+    suite: &str,
+    component: &str,
+    arch: Arch,
+    names: &[String],
+) -> Result<Vec<LockedPackage>> {
+    let url = format!(
+        "{mirror}/dists/{suite}/{component}/binary-{}/Packages.xz",
+        arch.debian()
+    );
     eprintln!("    reading {url}");
     let compressed = http::get_bytes(&url)?;
     let mut text = String::new();
@@ -106,7 +121,11 @@ pub fn resolve(mirror: &str, suite: &str, component: &str, arch: Arch, names: &[
             missing.push(name.clone());
             continue;
         };
-        let get = |k: &str| f.get(k).map(|v| v.to_string()).with_context(|| format!("{name}: no {k} in the index"));
+        let get = |k: &str| {
+            f.get(k)
+                .map(|v| v.to_string())
+                .with_context(|| format!("{name}: no {k} in the index"))
+        };
         out.push(LockedPackage {
             name: name.clone(),
             arch: arch.debian().to_string(),
@@ -117,7 +136,11 @@ pub fn resolve(mirror: &str, suite: &str, component: &str, arch: Arch, names: &[
         });
     }
     if !missing.is_empty() {
-        bail!("not in Debian {suite}/{component} ({}): {}", arch.debian(), missing.join(", "));
+        bail!(
+            "not in Debian {suite}/{component} ({}): {}",
+            arch.debian(),
+            missing.join(", ")
+        );
     }
     Ok(out)
 }
@@ -130,8 +153,19 @@ pub fn fetch(mirror: &str, package: &LockedPackage, downloads: &Path) -> Result<
         return Ok(dest);
     }
     let url = format!("{mirror}/{}", package.filename);
-    http::download_verified(&url, &dest, Some(package.size), &package.sha256, &package.name)
-        .with_context(|| format!("fetching Debian package {} {}", package.name, package.version))?;
+    http::download_verified(
+        &url,
+        &dest,
+        Some(package.size),
+        &package.sha256,
+        &package.name,
+    )
+    .with_context(|| {
+        format!(
+            "fetching Debian package {} {}",
+            package.name, package.version
+        )
+    })?;
     Ok(dest)
 }
 
@@ -146,13 +180,16 @@ pub fn unpack(deb: &Path, dest: &Path) -> Result<()> {
             "data.tar.xz" => Box::new(xz2::read::XzDecoder::new(entry)),
             "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(entry)),
             "data.tar" => Box::new(entry),
-            n if n.starts_with("data.tar") => bail!("{}: unsupported compression {n}", deb.display()),
+            n if n.starts_with("data.tar") => {
+                bail!("{}: unsupported compression {n}", deb.display())
+            }
             _ => continue,
         };
         std::fs::create_dir_all(dest)?;
         let mut tar = tar::Archive::new(reader);
         tar.set_preserve_permissions(true);
-        tar.unpack(dest).with_context(|| format!("unpacking {}", deb.display()))?;
+        tar.unpack(dest)
+            .with_context(|| format!("unpacking {}", deb.display()))?;
         return Ok(());
     }
     bail!("{}: no data.tar member", deb.display())
@@ -164,11 +201,21 @@ mod tests {
 
     #[test]
     fn finds_mirrors_in_both_apt_formats() {
-        let one = "# comment\ndeb [arch=amd64 signed-by=/x] http://mirror.example/debian bookworm main\n";
-        assert_eq!(find_in_one_line(one, "bookworm").as_deref(), Some("http://mirror.example/debian"));
+        let one =
+            "# comment\ndeb [arch=amd64 signed-by=/x] http://mirror.example/debian bookworm main\n";
+        assert_eq!(
+            find_in_one_line(one, "bookworm").as_deref(),
+            Some("http://mirror.example/debian")
+        );
         assert_eq!(find_in_one_line(one, "trixie"), None);
         let deb822 = "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://m.example/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(find_in_deb822(deb822, "bookworm").as_deref(), Some("http://m.example/debian"));
-        assert_eq!(find_in_deb822(deb822, "bookworm-security").as_deref(), Some("http://m.example/debian-security"));
+        assert_eq!(
+            find_in_deb822(deb822, "bookworm").as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(
+            find_in_deb822(deb822, "bookworm-security").as_deref(),
+            Some("http://m.example/debian-security")
+        );
     }
 }

@@ -15,17 +15,32 @@ fn client() -> Result<reqwest::blocking::Client> {
 }
 
 pub fn get_bytes(url: &str) -> Result<Vec<u8>> {
-    let response = client()?.get(url).send().with_context(|| format!("GET {url}"))?;
+    let response = client()?
+        .get(url)
+        .send()
+        .with_context(|| format!("GET {url}"))?;
     if !response.status().is_success() {
         bail!("GET {url}: {}", response.status());
     }
-    Ok(response.bytes().with_context(|| format!("GET {url}"))?.to_vec())
+    Ok(response
+        .bytes()
+        .with_context(|| format!("GET {url}"))?
+        .to_vec())
 }
 
 /// Downloads `url` to `dest`, checking length and SHA-256 before the file appears
 /// under its final name. A mismatch leaves nothing behind.
-pub fn download_verified(url: &str, dest: &Path, size: Option<u64>, sha256: &str, label: &str) -> Result<()> {
-    let mut response = client()?.get(url).send().with_context(|| format!("GET {url}"))?;
+pub fn download_verified(
+    url: &str,
+    dest: &Path,
+    size: Option<u64>,
+    sha256: &str,
+    label: &str,
+) -> Result<()> {
+    let mut response = client()?
+        .get(url)
+        .send()
+        .with_context(|| format!("GET {url}"))?;
     if !response.status().is_success() {
         bail!("GET {url}: {}", response.status());
     }
@@ -41,7 +56,9 @@ pub fn download_verified(url: &str, dest: &Path, size: Option<u64>, sha256: &str
     let mut buf = vec![0u8; 1 << 16];
     let mut received = 0u64;
     loop {
-        let n = response.read(&mut buf).with_context(|| format!("reading {url}"))?;
+        let n = response
+            .read(&mut buf)
+            .with_context(|| format!("reading {url}"))?;
         if n == 0 {
             break;
         }

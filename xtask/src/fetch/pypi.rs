@@ -59,10 +59,15 @@ pub fn index_url() -> Result<String> {
             return Ok(v.trim_end_matches('/').to_string());
         }
     }
-    let configured = Command::new("python3").args(["-m", "pip", "config", "get", "global.index-url"]).output();
+    let configured = Command::new("python3")
+        .args(["-m", "pip", "config", "get", "global.index-url"])
+        .output();
     if let Ok(out) = configured {
         if out.status.success() && !out.stdout.is_empty() {
-            return Ok(String::from_utf8_lossy(&out.stdout).trim().trim_end_matches('/').to_string());
+            return Ok(String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .trim_end_matches('/')
+                .to_string());
         }
     }
     let default = llamabox_image::tool::run(Command::new("python3").args([
@@ -101,16 +106,24 @@ pub fn resolve(index: &str, name: &str, version: &str) -> Result<LockedDist> {
         bail!("GET {url}: {}", response.status());
     }
     let body = response.text().with_context(|| format!("GET {url}"))?;
-    let project: SimpleProject = serde_json::from_str(&body).with_context(|| format!("{url}: not a JSON simple index"))?;
+    let project: SimpleProject =
+        serde_json::from_str(&body).with_context(|| format!("{url}: not a JSON simple index"))?;
     let prefix = format!("{}-{version}", normalized(name).replace('-', "_"));
-    let matches = |f: &&SimpleFile| normalized(&f.filename).replace('-', "_").starts_with(&prefix.to_ascii_lowercase());
+    let matches = |f: &&SimpleFile| {
+        normalized(&f.filename)
+            .replace('-', "_")
+            .starts_with(&prefix.to_ascii_lowercase())
+    };
     let candidates: Vec<&SimpleFile> = project.files.iter().filter(matches).collect();
     let pick = candidates
         .iter()
         .find(|f| f.filename.ends_with("-none-any.whl"))
         .or_else(|| candidates.iter().find(|f| f.filename.ends_with(".tar.gz")))
         .with_context(|| format!("{name}=={version}: no pure wheel or sdist in {url}"))?;
-    let sha256 = pick.hashes.get("sha256").with_context(|| format!("{}: no sha256 in the index", pick.filename))?;
+    let sha256 = pick
+        .hashes
+        .get("sha256")
+        .with_context(|| format!("{}: no sha256 in the index", pick.filename))?;
     let file_url = reqwest::Url::parse(&url)?.join(&pick.url)?.to_string();
     Ok(LockedDist {
         name: name.to_string(),
