@@ -25,7 +25,6 @@ pub struct LockedDist {
     pub version: String,
     /// The distribution file (a wheel, or the sdist when there is no pure wheel).
     pub filename: String,
-    pub url: String,
     pub sha256: String,
 }
 
@@ -94,8 +93,8 @@ fn normalized(name: &str) -> String {
     name.to_ascii_lowercase().replace(['_', '.'], "-")
 }
 
-/// Finds `name==version` in the index and pins it.
-pub fn resolve(index: &str, name: &str, version: &str) -> Result<LockedDist> {
+/// The files the index lists for `name`, with absolute URLs.
+fn index_files(index: &str, name: &str) -> Result<Vec<SimpleFile>> {
     let url = format!("{index}/{}/", normalized(name));
     let response = reqwest::blocking::Client::new()
         .get(&url)
@@ -108,28 +107,44 @@ pub fn resolve(index: &str, name: &str, version: &str) -> Result<LockedDist> {
     let body = response.text().with_context(|| format!("GET {url}"))?;
     let project: SimpleProject =
         serde_json::from_str(&body).with_context(|| format!("{url}: not a JSON simple index"))?;
-    let prefix = format!("{}-{version}", normalized(name).replace('-', "_"));
+    let base = reqwest::Url::parse(&url)?;
+    project
+        .files
+        .into_iter()
+        .map(|f| {
+            Ok(SimpleFile {
+                url: base.join(&f.url)?.to_string(),
+                ..f
+            })
+        })
+        .collect()
+}
+
+/// Finds `name==version` in the index and pins it. The lock records the file name and
+/// hash, not the URL: where files live is the index's business, resolved at fetch time.
+pub fn resolve(index: &str, name: &str, version: &str) -> Result<LockedDist> {
+    let files = index_files(index, name)?;
+    // Wheels spell the name with `_`, sdists with either; compare in one spelling.
+    let dist = normalized(name).replace('-', "_");
     let matches = |f: &&SimpleFile| {
-        normalized(&f.filename)
-            .replace('-', "_")
-            .starts_with(&prefix.to_ascii_lowercase())
+        let file = f.filename.to_ascii_lowercase().replace('-', "_");
+        file.starts_with(&format!("{dist}_{version}_"))
+            || file == format!("{dist}_{version}.tar.gz")
     };
-    let candidates: Vec<&SimpleFile> = project.files.iter().filter(matches).collect();
+    let candidates: Vec<&SimpleFile> = files.iter().filter(matches).collect();
     let pick = candidates
         .iter()
         .find(|f| f.filename.ends_with("-none-any.whl"))
         .or_else(|| candidates.iter().find(|f| f.filename.ends_with(".tar.gz")))
-        .with_context(|| format!("{name}=={version}: no pure wheel or sdist in {url}"))?;
+        .with_context(|| format!("{name}=={version}: no pure wheel or sdist in the index"))?;
     let sha256 = pick
         .hashes
         .get("sha256")
         .with_context(|| format!("{}: no sha256 in the index", pick.filename))?;
-    let file_url = reqwest::Url::parse(&url)?.join(&pick.url)?.to_string();
     Ok(LockedDist {
         name: name.to_string(),
         version: version.to_string(),
         filename: pick.filename.clone(),
-        url: file_url,
         sha256: sha256.clone(),
     })
 }
@@ -139,7 +154,12 @@ pub fn fetch(dist: &LockedDist, downloads: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(downloads)?;
     let dest = downloads.join(format!("{}-{}", dist.sha256, dist.filename));
     if !dest.exists() {
-        http::download_verified(&dist.url, &dest, None, &dist.sha256, &dist.filename)?;
+        let files = index_files(&index_url()?, &dist.name)?;
+        let file = files
+            .iter()
+            .find(|f| f.filename == dist.filename)
+            .with_context(|| format!("{}: no longer listed by the index", dist.filename))?;
+        http::download_verified(&file.url, &dest, None, &dist.sha256, &dist.filename)?;
     }
     Ok(dest)
 }
