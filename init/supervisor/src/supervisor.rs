@@ -1,0 +1,831 @@
+//! The event loop and each service's state machine.
+//!
+//! ```text
+//! waiting ──(dependencies settled)──> starting ──(READY=1 or running)──> running
+//!    ^                                   │  \____________________________/ │
+//!    └──── backoff <──(exited, restart)──┘          (exited)               │
+//!                                                                          v
+//!                          stopping ──(exited / SIGKILL after timeout)──> stopped
+//! ```
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::logs::{LineSplitter, LogFile};
+use crate::notify::{Message, NotifySocket};
+use crate::service::{self, Readiness, RestartPolicy, Service};
+use crate::state::{ServiceState, Snapshot};
+
+pub struct Config {
+    /// Directories of service files, later ones overriding earlier ones.
+    pub service_dirs: Vec<PathBuf>,
+    pub log_dir: PathBuf,
+    /// Notify sockets live here.
+    pub run_dir: PathBuf,
+    pub state_file: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+    /// Where to put services' cgroups (cgroup v2), if anywhere.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// Why the supervisor stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    PowerOff,
+    Reboot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Starting,
+    Running,
+    Backoff,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Backoff => "backoff",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+struct Svc {
+    def: Service,
+    phase: Phase,
+    pid: Option<Pid>,
+    ready: bool,
+    run_started: Option<Instant>,
+    started_at_ms: Option<u64>,
+    ready_at_ms: Option<u64>,
+    starts: u32,
+    next_delay: Duration,
+    backoff_history_ms: Vec<u64>,
+    /// When the current timer (backoff, readiness or stop timeout) fires.
+    deadline: Option<Instant>,
+    killed: bool,
+    /// Has failed at least once: `after` dependents stop waiting for it.
+    settled_by_failure: bool,
+    last_exit: Option<String>,
+    status: Option<String>,
+    failure: Option<String>,
+    notify: Option<NotifySocket>,
+    output: Option<OwnedFd>,
+    splitter: LineSplitter,
+    log: Option<LogFile>,
+}
+
+pub struct Supervisor {
+    config: Config,
+    services: BTreeMap<String, Svc>,
+    problems: Vec<String>,
+    epoch: Instant,
+    orphans_reaped: u64,
+    shutting_down: Option<Exit>,
+    events: Option<LogFile>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl Supervisor {
+    pub fn new(config: Config) -> Supervisor {
+        let (defs, problems) = service::load_dirs(&config.service_dirs);
+        let events = LogFile::open(
+            &config.log_dir,
+            "supervisor",
+            config.log_max_bytes,
+            config.log_keep,
+        )
+        .ok();
+        let services = defs
+            .into_iter()
+            .map(|(name, def)| {
+                let log = LogFile::open(
+                    &config.log_dir,
+                    &name,
+                    config.log_max_bytes,
+                    config.log_keep,
+                )
+                .ok();
+                let svc = Svc {
+                    next_delay: def.restart.initial_delay,
+                    def,
+                    phase: Phase::Waiting,
+                    pid: None,
+                    ready: false,
+                    run_started: None,
+                    started_at_ms: None,
+                    ready_at_ms: None,
+                    starts: 0,
+                    backoff_history_ms: Vec::new(),
+                    deadline: None,
+                    killed: false,
+                    settled_by_failure: false,
+                    last_exit: None,
+                    status: None,
+                    failure: None,
+                    notify: None,
+                    output: None,
+                    splitter: LineSplitter::default(),
+                    log,
+                };
+                (name, svc)
+            })
+            .collect();
+        let mut s = Supervisor {
+            config,
+            services,
+            problems,
+            epoch: Instant::now(),
+            orphans_reaped: 0,
+            shutting_down: None,
+            events,
+        };
+        for p in s.problems.clone() {
+            s.event(&format!("service file problem: {p}"));
+        }
+        s
+    }
+
+    fn event(&mut self, message: &str) {
+        eprintln!("llamabox-supervisor: {message}");
+        if let Some(log) = &mut self.events {
+            let _ = log.write_line(message.as_bytes());
+        }
+    }
+
+    /// Runs until a shutdown request has stopped every service. Never panics on a
+    /// service's behaviour; errors are logged and survived.
+    pub fn run(&mut self) -> Exit {
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        if let Err(e) = mask.thread_block() {
+            self.event(&format!("cannot block signals: {e}"));
+        }
+        let signals =
+            match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    self.event(&format!("cannot create signalfd: {e}; polling instead"));
+                    return self.run_without_signalfd();
+                }
+            };
+        loop {
+            if let Some(exit) = self.step() {
+                return exit;
+            }
+            self.wait(Some(&signals));
+            while let Ok(Some(info)) = signals.read_signal() {
+                self.on_signal(info.ssi_signo as i32);
+            }
+        }
+    }
+
+    fn run_without_signalfd(&mut self) -> Exit {
+        loop {
+            if let Some(exit) = self.step() {
+                return exit;
+            }
+            self.wait(None);
+            self.reap();
+        }
+    }
+
+    /// Everything that does not wait: start what can start, fire timers, write state.
+    fn step(&mut self) -> Option<Exit> {
+        self.reap();
+        self.fire_timers();
+        if self.shutting_down.is_some() {
+            self.advance_shutdown();
+        } else {
+            self.start_eligible();
+        }
+        self.write_state();
+        match self.shutting_down {
+            Some(exit)
+                if self
+                    .services
+                    .values()
+                    .all(|s| matches!(s.phase, Phase::Stopped | Phase::Failed)) =>
+            {
+                self.drain_all_output();
+                self.event("all services stopped");
+                if let Some(log) = &self.events {
+                    let _ = log.sync();
+                }
+                Some(exit)
+            }
+            _ => None,
+        }
+    }
+
+    fn on_signal(&mut self, signo: i32) {
+        match Signal::try_from(signo) {
+            Ok(Signal::SIGCHLD) => self.reap(),
+            Ok(Signal::SIGTERM) => self.request_shutdown(Exit::PowerOff),
+            Ok(Signal::SIGINT) => self.request_shutdown(Exit::Reboot),
+            _ => {}
+        }
+    }
+
+    pub fn request_shutdown(&mut self, exit: Exit) {
+        if self.shutting_down.is_none() {
+            self.event(&format!(
+                "shutdown requested ({exit:?}): stopping services in reverse order"
+            ));
+            self.shutting_down = Some(exit);
+        }
+    }
+
+    /// Blocks in poll until a signal, a notification, log output or the next timer.
+    fn wait(&mut self, signals: Option<&SignalFd>) {
+        let now = Instant::now();
+        let next = self.services.values().filter_map(|s| s.deadline).min();
+        let mut timeout = next
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(60));
+        if signals.is_none() {
+            timeout = timeout.min(Duration::from_millis(50));
+        }
+        let timeout = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+
+        // (service, is notify socket) for each fd after the signalfd.
+        let mut owners: Vec<(String, bool)> = Vec::new();
+        let mut raw: Vec<i32> = Vec::new();
+        for (name, s) in &self.services {
+            if let Some(n) = &s.notify {
+                owners.push((name.clone(), true));
+                raw.push(n.socket.as_raw_fd());
+            }
+            if let Some(o) = &s.output {
+                owners.push((name.clone(), false));
+                raw.push(o.as_raw_fd());
+            }
+        }
+        let ready: Vec<bool> = {
+            // SAFETY: the fds stay open for the duration of this poll: they are owned by
+            // `self.services`, which is not modified until the poll returns.
+            let borrowed: Vec<BorrowedFd> = raw
+                .iter()
+                .map(|fd| unsafe { BorrowedFd::borrow_raw(*fd) })
+                .collect();
+            let mut fds: Vec<PollFd> = Vec::new();
+            if let Some(sig) = signals {
+                fds.push(PollFd::new(sig.as_fd(), PollFlags::POLLIN));
+            }
+            fds.extend(
+                borrowed
+                    .iter()
+                    .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
+            );
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => eprintln!("llamabox-supervisor: poll: {e}"),
+            }
+            let skip = usize::from(signals.is_some());
+            fds[skip..]
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        for ((name, is_notify), active) in owners.into_iter().zip(ready) {
+            if !active {
+                continue;
+            }
+            if is_notify {
+                self.on_notify(&name);
+            } else {
+                self.read_output(&name);
+            }
+        }
+    }
+
+    fn on_notify(&mut self, name: &str) {
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        let messages = s.notify.as_ref().map(|n| n.drain()).unwrap_or_default();
+        for m in messages {
+            match m {
+                Message::Ready => self.mark_ready(name),
+                Message::Status(text) => {
+                    if let Some(s) = self.services.get_mut(name) {
+                        s.status = Some(text);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, name: &str) {
+        let now_ms = ms(self.epoch.elapsed());
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        if s.phase == Phase::Starting {
+            s.phase = Phase::Running;
+            s.ready = true;
+            s.ready_at_ms = Some(now_ms);
+            s.deadline = None;
+            self.event(&format!("{name}: ready"));
+        }
+    }
+
+    /// Moves a service's output into its log, line by line.
+    fn read_output(&mut self, name: &str) {
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        let Some(fd) = &s.output else { return };
+        let mut buf = [0u8; 8192];
+        loop {
+            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    s.output = None;
+                    if let Some(log) = &mut s.log {
+                        s.splitter.finish(|line| {
+                            let _ = log.write_line(line);
+                        });
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    if let Some(log) = &mut s.log {
+                        s.splitter.push(&buf[..n], |line| {
+                            let _ = log.write_line(line);
+                        });
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => return, // EAGAIN: drained for now
+            }
+        }
+    }
+
+    fn drain_all_output(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.read_output(&name);
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    let owner = self
+                        .services
+                        .iter()
+                        .find(|(_, s)| s.pid == Some(pid))
+                        .map(|(n, _)| n.clone());
+                    match owner {
+                        Some(name) => self.on_exit(&name, status),
+                        None => self.orphans_reaped += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, name: &str, status: WaitStatus) {
+        let description = match status {
+            WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+            WaitStatus::Signaled(_, sig, _) => format!("killed by {sig}"),
+            other => format!("{other:?}"),
+        };
+        let success = matches!(status, WaitStatus::Exited(_, 0));
+        self.read_output(name);
+        let shutting_down = self.shutting_down.is_some();
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        // Whatever the main process left behind in its process group goes with it.
+        if let Some(pid) = s.pid.take() {
+            let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+        }
+        s.ready = false;
+        s.notify = None;
+        s.last_exit = Some(description.clone());
+        let lasted = s.run_started.map(|t| t.elapsed()).unwrap_or_default();
+        if s.phase == Phase::Stopping || shutting_down {
+            s.phase = Phase::Stopped;
+            s.deadline = None;
+            let how = if s.killed { " (after SIGKILL)" } else { "" };
+            self.event(&format!("{name}: stopped, {description}{how}"));
+            return;
+        }
+        s.settled_by_failure = true;
+        let restart = match s.def.restart.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            s.phase = if success {
+                Phase::Stopped
+            } else {
+                Phase::Failed
+            };
+            s.deadline = None;
+            self.event(&format!("{name}: {description}; not restarting (policy)"));
+            return;
+        }
+        // Exponential backoff: doubles per consecutive failure, capped; a long run resets it.
+        if lasted >= s.def.restart.reset_after {
+            s.next_delay = s.def.restart.initial_delay;
+        }
+        let delay = s.next_delay;
+        s.next_delay = (delay * 2).min(s.def.restart.max_delay);
+        s.backoff_history_ms.push(ms(delay));
+        s.phase = Phase::Backoff;
+        s.deadline = Some(Instant::now() + delay);
+        self.event(&format!(
+            "{name}: {description}; restarting in {} ms",
+            ms(delay)
+        ));
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.deadline.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let Some(s) = self.services.get_mut(&name) else {
+                continue;
+            };
+            s.deadline = None;
+            match s.phase {
+                Phase::Backoff => s.phase = Phase::Waiting,
+                Phase::Starting => {
+                    // Never reported ready: treat as a failed start.
+                    if let Some(pid) = s.pid {
+                        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                    }
+                    let secs = s.def.ready_timeout.as_secs_f32();
+                    self.event(&format!("{name}: not ready after {secs:.1} s; killing it"));
+                }
+                Phase::Stopping => {
+                    if let Some(pid) = s.pid {
+                        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                        s.killed = true;
+                        let secs = s.def.stop_timeout.as_secs_f32();
+                        self.event(&format!("{name}: still running {secs:.1} s after its stop signal; sending SIGKILL"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Is `dep` far enough along for a service that waits for it?
+    fn settled(&self, dep: &str, required: bool) -> Option<bool> {
+        let Some(d) = self.services.get(dep) else {
+            return Some(true);
+        };
+        if d.ready {
+            return Some(true);
+        }
+        if required {
+            // A required service that has given up for good fails its dependents.
+            return if d.phase == Phase::Failed || d.phase == Phase::Stopped {
+                None
+            } else {
+                Some(false)
+            };
+        }
+        Some(d.settled_by_failure || matches!(d.phase, Phase::Failed | Phase::Stopped))
+    }
+
+    fn start_eligible(&mut self) {
+        let waiting: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Waiting)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            let def = &self.services[&name].def;
+            let mut go = true;
+            let mut failed_dep = None;
+            for dep in &def.requires {
+                match self.settled(dep, true) {
+                    Some(true) => {}
+                    Some(false) => go = false,
+                    None => failed_dep = Some(dep.clone()),
+                }
+            }
+            for dep in &def.after {
+                if self.settled(dep, false) != Some(true) {
+                    go = false;
+                }
+            }
+            if let Some(dep) = failed_dep {
+                let s = self.services.get_mut(&name).unwrap();
+                s.phase = Phase::Failed;
+                s.failure = Some(format!("required service `{dep}` failed"));
+                self.event(&format!(
+                    "{name}: not started: required service `{dep}` failed"
+                ));
+            } else if go {
+                self.start(&name);
+            }
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        let now_ms = ms(self.epoch.elapsed());
+        let run_dir = self.config.run_dir.join("notify");
+        let cgroup_root = self.config.cgroup_root.clone();
+        let s = self.services.get_mut(name).unwrap();
+        s.starts += 1;
+        s.killed = false;
+        s.status = None;
+        let notify = match s.def.readiness {
+            Readiness::Notify => match NotifySocket::bind(&run_dir, name) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let message = format!("{name}: cannot create its notify socket: {e}");
+                    s.phase = Phase::Failed;
+                    s.failure = Some(message.clone());
+                    self.event(&message);
+                    return;
+                }
+            },
+            Readiness::Started => None,
+        };
+        match spawn(&s.def, notify.as_ref().map(|n| n.path.clone()), cgroup_root) {
+            Ok((pid, output)) => {
+                s.pid = Some(pid);
+                s.output = Some(output);
+                s.notify = notify;
+                s.run_started = Some(Instant::now());
+                s.started_at_ms = Some(now_ms);
+                s.failure = None;
+                s.phase = Phase::Starting;
+                if s.def.readiness == Readiness::Notify {
+                    s.deadline = Some(Instant::now() + s.def.ready_timeout);
+                }
+                let started = format!("{name}: started (pid {pid})");
+                let immediately_ready = s.def.readiness == Readiness::Started;
+                self.event(&started);
+                if immediately_ready {
+                    self.mark_ready(name);
+                }
+            }
+            Err(e) => {
+                // Cannot even start (missing binary, bad user…): back off and retry like a
+                // crash, so a file that appears later still gets its service started.
+                s.settled_by_failure = true;
+                s.failure = Some(e.clone());
+                s.last_exit = Some(format!("failed to start: {e}"));
+                let delay = s.next_delay;
+                s.next_delay = (delay * 2).min(s.def.restart.max_delay);
+                s.backoff_history_ms.push(ms(delay));
+                if s.def.restart.policy == RestartPolicy::Never {
+                    s.phase = Phase::Failed;
+                    self.event(&format!("{name}: failed to start: {e}"));
+                } else {
+                    s.phase = Phase::Backoff;
+                    s.deadline = Some(Instant::now() + delay);
+                    self.event(&format!(
+                        "{name}: failed to start: {e}; retrying in {} ms",
+                        ms(delay)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Stops services whose dependents have all stopped, newest dependencies last.
+    fn advance_shutdown(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let phase = self.services[&name].phase;
+            match phase {
+                Phase::Waiting | Phase::Backoff => {
+                    let s = self.services.get_mut(&name).unwrap();
+                    s.phase = Phase::Stopped;
+                    s.deadline = None;
+                }
+                Phase::Starting | Phase::Running => {
+                    let dependents_running = self.services.values().any(|other| {
+                        other.def.waits_for().any(|d| *d == name)
+                            && matches!(
+                                other.phase,
+                                Phase::Starting | Phase::Running | Phase::Stopping
+                            )
+                    });
+                    if dependents_running {
+                        continue;
+                    }
+                    let s = self.services.get_mut(&name).unwrap();
+                    s.phase = Phase::Stopping;
+                    s.deadline = Some(Instant::now() + s.def.stop_timeout);
+                    let sig = s.def.stop_signal;
+                    if let Some(pid) = s.pid {
+                        let _ = kill(Pid::from_raw(-pid.as_raw()), sig);
+                    }
+                    self.event(&format!("{name}: stopping ({sig})"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let services: Vec<ServiceState> = self
+            .services
+            .iter()
+            .map(|(name, s)| ServiceState {
+                name: name.clone(),
+                description: s.def.description.clone(),
+                state: s.phase.name().to_string(),
+                ready: s.ready,
+                critical: s.def.critical,
+                pid: s.pid.map(|p| p.as_raw()),
+                started_at_ms: s.started_at_ms,
+                ready_at_ms: s.ready_at_ms,
+                starts: s.starts,
+                backoff_history_ms: s.backoff_history_ms.clone(),
+                last_exit: s.last_exit.clone(),
+                status: s.status.clone(),
+                failure: s.failure.clone(),
+            })
+            .collect();
+        Snapshot {
+            supervisor_pid: std::process::id(),
+            healthy: self
+                .services
+                .values()
+                .filter(|s| s.def.critical)
+                .all(|s| s.ready),
+            services,
+            orphans_reaped: self.orphans_reaped,
+            shutting_down: self.shutting_down.is_some(),
+            problems: self.problems.clone(),
+        }
+    }
+
+    fn write_state(&mut self) {
+        if let Some(path) = &self.config.state_file {
+            if let Err(e) = self.snapshot().write(path) {
+                eprintln!("llamabox-supervisor: cannot write {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// Starts a service's process in its own session (so its whole process group can be
+/// signalled), with stdout and stderr on one pipe for its log.
+fn spawn(
+    def: &Service,
+    notify: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+) -> Result<(Pid, OwnedFd), String> {
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    nix::fcntl::fcntl(
+        read_end.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| format!("pipe: {e}"))?;
+    let stderr = write_end.try_clone().map_err(|e| format!("pipe: {e}"))?;
+
+    let mut cmd = Command::new(&def.command);
+    cmd.args(&def.args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .envs(&def.environment)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::from(stderr));
+    if let Some(path) = &notify {
+        cmd.env("NOTIFY_SOCKET", path);
+    }
+    if let Some(dir) = &def.working_directory {
+        cmd.current_dir(dir);
+    }
+    if let Some(user) = &def.user {
+        let u = nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("unknown user `{user}`"))?;
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    if let Some(group) = &def.group {
+        let g = nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("unknown group `{group}`"))?;
+        cmd.gid(g.gid.as_raw());
+    }
+    let cgroup_procs = cgroup_root.and_then(|root| prepare_cgroup(&root, def));
+    let limits = def.limits.clone();
+    // SAFETY: between fork and exec only async-signal-safe calls are made: sigprocmask,
+    // signal, setsid, setrlimit, open and write (into a path prepared before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            // The supervisor blocks the signals it reads through its signalfd; a service
+            // must start with a clean mask and default dispositions.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (resource, value) in [
+                (libc::RLIMIT_NOFILE, limits.open_files),
+                (libc::RLIMIT_NPROC, limits.processes),
+                (libc::RLIMIT_CORE, limits.core_size),
+            ] {
+                if let Some(v) = value {
+                    let lim = libc::rlimit {
+                        rlim_cur: v as _,
+                        rlim_max: v as _,
+                    };
+                    if libc::setrlimit(resource, &lim) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            if let Some(path) = &cgroup_procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", def.command))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // The supervisor reaps with waitpid(-1); the Child handle must not wait itself.
+    std::mem::forget(child);
+    // SAFETY: read_end is an fd we own; OwnedFd takes it over.
+    let output = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(read_end)) };
+    Ok((pid, output))
+}
+
+/// Creates `<root>/<service>` with its memory and CPU limits; returns the path of its
+/// `cgroup.procs` for the child to join. Best effort: without cgroup v2, limits are skipped.
+fn prepare_cgroup(root: &std::path::Path, def: &Service) -> Option<std::ffi::CString> {
+    let dir = root.join(&def.name);
+    std::fs::create_dir_all(&dir).ok()?;
+    if let Some(mib) = def.limits.memory_max_mib {
+        let _ = std::fs::write(dir.join("memory.max"), format!("{}\n", mib << 20));
+    }
+    if let Some(percent) = def.limits.cpu_max_percent {
+        let _ = std::fs::write(dir.join("cpu.max"), format!("{} 100000\n", percent * 1000));
+    }
+    std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().into_owned()).ok()
+}
