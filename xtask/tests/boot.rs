@@ -124,9 +124,7 @@ impl TestMachine {
 fn boots_to_stage_2_from_slot_a() {
     let mut vm = TestMachine::new("boots-slot-a");
     let mut machine = vm.boot();
-    let console = machine
-        .wait_for("llamabox-init: ready", BOOT_TIMEOUT)
-        .unwrap();
+    let console = machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
     assert!(
         console.contains("llamabox-stage1: booting slot a"),
         "{console}"
@@ -139,7 +137,10 @@ fn boots_to_stage_2_from_slot_a() {
         console.contains("slot a: manifest signed by a trusted key"),
         "{console}"
     );
-    assert!(console.contains("slot a blessed"), "{console}");
+    assert!(
+        console.contains("healthy: every critical service ready"),
+        "{console}"
+    );
 }
 
 #[test]
@@ -155,7 +156,7 @@ fn corrupt_slot_a_fails_verification_and_slot_b_boots() {
 
     let mut machine = vm.boot();
     let console = machine
-        .wait_for("llamabox-init: ready", BOOT_TIMEOUT * 2)
+        .wait_for("slot b blessed", BOOT_TIMEOUT * 2)
         .unwrap();
     assert!(
         console.contains("slot verification FAILED: slot a: root filesystem block"),
@@ -188,7 +189,7 @@ fn root_hash_signed_by_an_untrusted_key_is_refused() {
 
     let mut machine = vm.boot();
     let console = machine
-        .wait_for("llamabox-init: ready", BOOT_TIMEOUT * 2)
+        .wait_for("slot b blessed", BOOT_TIMEOUT * 2)
         .unwrap();
     let refusal = format!(
         "manifest is signed by key {}, which is not a trusted key",
@@ -203,9 +204,7 @@ fn root_hash_signed_by_an_untrusted_key_is_refused() {
 fn data_partition_is_created_on_first_boot_and_survives_a_reboot() {
     let mut vm = TestMachine::new("data-partition");
     let mut first = vm.boot();
-    let console = first
-        .wait_for("llamabox-init: ready", BOOT_TIMEOUT)
-        .unwrap();
+    let console = first.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
     assert!(
         console.contains("first boot: formatting the data partition"),
         "{console}"
@@ -215,11 +214,11 @@ fn data_partition_is_created_on_first_boot_and_survives_a_reboot() {
         console.contains("root filesystem is read-only"),
         "{console}"
     );
-    first.kill(); // pull the plug: the boot record was made durable before "ready"
+    first.kill(); // pull the plug: the boot record was made durable before services started
 
     let mut second = vm.boot();
     let console = second
-        .wait_for("llamabox-init: ready", BOOT_TIMEOUT)
+        .wait_for("slot a already blessed", BOOT_TIMEOUT)
         .unwrap();
     assert!(
         !console.contains("formatting the data partition"),
@@ -230,5 +229,8 @@ fn data_partition_is_created_on_first_boot_and_survives_a_reboot() {
         console.contains("root filesystem is read-only"),
         "{console}"
     );
-    assert!(console.contains("slot a already blessed"), "{console}");
+    assert!(
+        console.contains("boot entry llamabox-2-a.efi (blessed)"),
+        "{console}"
+    );
 }

@@ -1,19 +1,25 @@
 //! Stage 2: `/sbin/init`, PID 1 in the verified root.
 //!
-//! For now it reports that the system came up, records the boot on the data partition,
-//! blesses the booted slot, then reaps children and waits for power-off (SIGTERM) or
-//! reboot (SIGINT, ctrl-alt-del). The supervisor (services, health gate) grows here.
+//! Records the boot on the data partition, mounts cgroup v2, then runs the supervisor
+//! over the shipped and local service files. The supervisor's health gate blesses the
+//! booted slot once every critical service has been ready for a grace period, or
+//! reboots if that does not happen in time. When the supervisor has stopped every
+//! service (SIGTERM: power off; SIGINT or ctrl-alt-del: reboot), PID 1 syncs, unmounts
+//! the data partition and leaves.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use llamabox_format::Slot;
 use llamabox_init::boot_info::BootInfo;
 use llamabox_init::esp::MountedEsp;
 use llamabox_init::{cmdline, fs, info, power};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use llamabox_supervisor::supervisor::{Config, Exit, HealthGate, Supervisor};
+use nix::mount::MsFlags;
 
 const BOOT_COUNT: &str = "/var/lib/llamabox/boot-count";
+const HEALTH_CONFIG: &str = "/etc/llamabox/health.toml";
 
 fn main() {
     let boot = BootInfo::read().unwrap_or_default();
@@ -32,11 +38,53 @@ fn main() {
         Ok(n) => info!("boot number {n} recorded in {BOOT_COUNT}"),
         Err(e) => info!("cannot record this boot on the data partition: {e}"),
     }
+    let cgroup_root = mount_cgroups();
+    let _ = nix::sys::reboot::set_cad_enabled(false); // ctrl-alt-del becomes SIGINT
+
+    let mut supervisor = Supervisor::new(Config {
+        service_dirs: vec![
+            PathBuf::from("/usr/lib/llamabox/services"),
+            PathBuf::from("/etc/llamabox/services"),
+            PathBuf::from("/etc/llamabox/local/services"),
+        ],
+        log_dir: PathBuf::from("/var/log/llamabox"),
+        run_dir: PathBuf::from("/run/llamabox"),
+        state_file: Some(PathBuf::from("/run/llamabox/supervisor.json")),
+        log_max_bytes: 1 << 20,
+        log_keep: 4,
+        cgroup_root,
+        watchdog: Some(PathBuf::from("/dev/watchdog")),
+    });
     if let Some(slot) = slot {
-        bless(slot);
+        let (grace, deadline) = health_timing();
+        supervisor.set_health_gate(HealthGate {
+            grace,
+            deadline,
+            on_healthy: Box::new(move || bless(slot)),
+        });
     }
-    info!("ready");
-    supervise();
+    let exit = supervisor.run();
+    if exit == Exit::PowerOff {
+        supervisor.release_watchdog();
+    }
+    shutdown(exit)
+}
+
+/// Grace period and deadline of the health gate, from /etc/llamabox/health.toml
+/// (`grace-ms`, `deadline-ms`).
+fn health_timing() -> (Duration, Duration) {
+    let text = std::fs::read_to_string(HEALTH_CONFIG).unwrap_or_default();
+    let value = |key: &str, default: u64| {
+        text.parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get(key).and_then(|v| v.as_integer()))
+            .map(|v| v.max(0) as u64)
+            .unwrap_or(default)
+    };
+    (
+        Duration::from_millis(value("grace-ms", 10_000)),
+        Duration::from_millis(value("deadline-ms", 300_000)),
+    )
 }
 
 fn report_root_read_only() {
@@ -71,83 +119,82 @@ fn record_boot() -> std::io::Result<u64> {
     Ok(n)
 }
 
+/// Mounts cgroup v2 and prepares `/sys/fs/cgroup/llamabox` with the memory and CPU
+/// controllers delegated, for services' limits. None when that is not possible.
+fn mount_cgroups() -> Option<PathBuf> {
+    let root = "/sys/fs/cgroup";
+    if let Err(e) = fs::mount_fs(
+        "cgroup2",
+        root,
+        "cgroup2",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    ) {
+        info!("{e}; services run without resource limits");
+        return None;
+    }
+    let ours = PathBuf::from(root).join("llamabox");
+    let setup = std::fs::write(format!("{root}/cgroup.subtree_control"), "+memory +cpu")
+        .and_then(|_| std::fs::create_dir_all(&ours))
+        .and_then(|_| std::fs::write(ours.join("cgroup.subtree_control"), "+memory +cpu"));
+    if let Err(e) = setup {
+        info!("cannot delegate cgroup controllers: {e}");
+    }
+    Some(ours)
+}
+
 /// Tells the bootloader this slot is good: its entry loses the boot counter.
-fn bless(slot: Slot) {
-    let esp = match MountedEsp::mount("/efi") {
-        Ok(esp) => esp,
-        Err(e) => return info!("cannot bless slot {slot}: {e}"),
-    };
-    match esp.entry(slot) {
+fn bless(slot: Slot) -> Result<String, String> {
+    let esp = MountedEsp::mount("/efi")?;
+    let result = match esp.entry(slot) {
         Some(entry) if entry.is_on_trial() => {
             let blessed = entry.blessed();
-            match esp.rename(&entry, &blessed) {
-                Ok(()) => info!(
+            esp.rename(&entry, &blessed).map(|()| {
+                format!(
                     "slot {slot} blessed: {} -> {}",
                     entry.file_name(),
                     blessed.file_name()
-                ),
-                Err(e) => info!("cannot bless slot {slot}: {e}"),
-            }
+                )
+            })
         }
-        Some(entry) => info!("slot {slot} already blessed ({})", entry.file_name()),
-        None => info!("no boot entry for slot {slot} on the ESP"),
-    }
+        Some(entry) => Ok(format!(
+            "slot {slot} already blessed ({})",
+            entry.file_name()
+        )),
+        None => Err(format!("no boot entry for slot {slot} on the ESP")),
+    };
     esp.unmount();
+    result
 }
 
-fn supervise() -> ! {
-    let mut signals = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        signals.add(s);
-    }
-    if let Err(e) = signals.thread_block() {
-        info!("cannot block signals: {e}");
-    }
-    // Ctrl-alt-del becomes SIGINT to PID 1 instead of an immediate reboot.
-    let _ = nix::sys::reboot::set_cad_enabled(false);
-    loop {
-        match signals.wait() {
-            Ok(Signal::SIGCHLD) => reap(),
-            Ok(Signal::SIGTERM) => shutdown(false),
-            Ok(Signal::SIGINT) => shutdown(true),
-            Ok(_) => {}
-            Err(e) => info!("sigwait: {e}"),
+fn shutdown(exit: Exit) -> ! {
+    info!(
+        "{}",
+        if exit == Exit::Reboot {
+            "rebooting"
+        } else {
+            "powering off"
         }
-    }
-}
-
-fn reap() {
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-fn shutdown(reboot: bool) -> ! {
-    info!("{}", if reboot { "rebooting" } else { "powering off" });
+    );
     nix::unistd::sync();
     for target in ["/etc/llamabox/local", "/var", "/data"] {
-        if let Err(e) = nix::mount::umount(target) {
-            info!("cannot unmount {target}: {e}; remounting read-only");
-            let _ = nix::mount::mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
-                None::<&str>,
-            );
+        match nix::mount::umount(target) {
+            Ok(()) => {}
+            Err(e) => {
+                info!("cannot unmount {target}: {e}; remounting it read-only");
+                let _ = nix::mount::mount(
+                    None::<&str>,
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+            }
         }
     }
-    if reboot {
-        power::reboot_now()
-    } else {
-        power::power_off_now()
+    info!("data partition unmounted");
+    match exit {
+        Exit::Reboot => power::reboot_now(),
+        Exit::PowerOff => power::power_off_now(),
     }
 }

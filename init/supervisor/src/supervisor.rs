@@ -38,7 +38,29 @@ pub struct Config {
     pub log_keep: usize,
     /// Where to put services' cgroups (cgroup v2), if anywhere.
     pub cgroup_root: Option<PathBuf>,
+    /// A hardware watchdog device to pet (`/dev/watchdog`), if any.
+    pub watchdog: Option<PathBuf>,
 }
+
+/// Judges a freshly booted slot: once every critical service has been ready for
+/// `grace`, `on_healthy` runs (it blesses the slot); if that has not happened
+/// `deadline` after the supervisor started, the machine reboots so the bootloader's
+/// boot counting can fall back to the other slot.
+pub struct HealthGate {
+    pub grace: Duration,
+    pub deadline: Duration,
+    pub on_healthy: Box<dyn FnMut() -> Result<String, String>>,
+}
+
+struct GateState {
+    gate: HealthGate,
+    healthy_since: Option<Instant>,
+    done: bool,
+}
+
+/// How often the hardware watchdog is petted; its timeout (30 s on i6300esb by
+/// default, typically 60 s on SoCs) must be longer.
+const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +127,8 @@ pub struct Supervisor {
     orphans_reaped: u64,
     shutting_down: Option<Exit>,
     events: Option<LogFile>,
+    gate: Option<GateState>,
+    watchdog: Option<(std::fs::File, Instant)>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -164,11 +188,114 @@ impl Supervisor {
             orphans_reaped: 0,
             shutting_down: None,
             events,
+            gate: None,
+            watchdog: None,
         };
         for p in s.problems.clone() {
             s.event(&format!("service file problem: {p}"));
         }
         s
+    }
+
+    pub fn set_health_gate(&mut self, gate: HealthGate) {
+        self.gate = Some(GateState {
+            gate,
+            healthy_since: None,
+            done: false,
+        });
+    }
+
+    fn open_watchdog(&mut self) {
+        let Some(path) = self.config.watchdog.clone() else {
+            return;
+        };
+        match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(file) => {
+                self.event(&format!("petting the hardware watchdog {}", path.display()));
+                self.watchdog = Some((file, Instant::now()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => self.event(&format!("cannot open {}: {e}", path.display())),
+        }
+    }
+
+    fn pet_watchdog(&mut self) {
+        use std::io::Write;
+        if let Some((file, last)) = &mut self.watchdog {
+            if last.elapsed() >= WATCHDOG_INTERVAL {
+                let _ = file.write_all(b"\0");
+                *last = Instant::now();
+            }
+        }
+    }
+
+    /// Disarms the watchdog (magic close) before a deliberate power-off.
+    pub fn release_watchdog(&mut self) {
+        use std::io::Write;
+        if let Some((mut file, _)) = self.watchdog.take() {
+            let _ = file.write_all(b"V");
+        }
+    }
+
+    fn check_health(&mut self) {
+        let healthy = self
+            .services
+            .values()
+            .filter(|s| s.def.critical)
+            .all(|s| s.ready);
+        let now = Instant::now();
+        let elapsed = self.epoch.elapsed();
+        let Some(g) = &mut self.gate else { return };
+        if g.done || self.shutting_down.is_some() {
+            return;
+        }
+        match (healthy, g.healthy_since) {
+            (true, None) => g.healthy_since = Some(now),
+            (false, Some(_)) => g.healthy_since = None,
+            _ => {}
+        }
+        let message = if g
+            .healthy_since
+            .is_some_and(|t| now.duration_since(t) >= g.gate.grace)
+        {
+            g.done = true;
+            Some(match (g.gate.on_healthy)() {
+                Ok(m) => format!(
+                    "healthy: every critical service ready for {:.1} s; {m}",
+                    g.gate.grace.as_secs_f32()
+                ),
+                Err(e) => format!("healthy, but the slot could not be blessed: {e}"),
+            })
+        } else if elapsed >= g.gate.deadline {
+            g.done = true;
+            self.shutting_down = Some(Exit::Reboot);
+            Some(format!(
+                "not healthy {:.0} s after start (critical services not ready); rebooting so the bootloader can fall back",
+                g.gate.deadline.as_secs_f32()
+            ))
+        } else {
+            None
+        };
+        if let Some(m) = message {
+            self.event(&m);
+        }
+    }
+
+    /// The next moment the gate or the watchdog needs attention.
+    fn next_housekeeping(&self) -> Option<Instant> {
+        let gate = self
+            .gate
+            .as_ref()
+            .filter(|g| !g.done)
+            .map(|g| match g.healthy_since {
+                Some(t) => (t + g.gate.grace).min(self.epoch + g.gate.deadline),
+                None => self.epoch + g.gate.deadline,
+            });
+        let dog = self
+            .watchdog
+            .as_ref()
+            .map(|(_, last)| *last + WATCHDOG_INTERVAL);
+        [gate, dog].into_iter().flatten().min()
     }
 
     fn event(&mut self, message: &str) {
@@ -181,6 +308,7 @@ impl Supervisor {
     /// Runs until a shutdown request has stopped every service. Never panics on a
     /// service's behaviour; errors are logged and survived.
     pub fn run(&mut self) -> Exit {
+        self.open_watchdog();
         let mut mask = SigSet::empty();
         for s in [
             Signal::SIGCHLD,
@@ -226,11 +354,13 @@ impl Supervisor {
     fn step(&mut self) -> Option<Exit> {
         self.reap();
         self.fire_timers();
+        self.pet_watchdog();
         if self.shutting_down.is_some() {
             self.advance_shutdown();
         } else {
             self.start_eligible();
         }
+        self.check_health();
         self.write_state();
         match self.shutting_down {
             Some(exit)
@@ -271,7 +401,12 @@ impl Supervisor {
     /// Blocks in poll until a signal, a notification, log output or the next timer.
     fn wait(&mut self, signals: Option<&SignalFd>) {
         let now = Instant::now();
-        let next = self.services.values().filter_map(|s| s.deadline).min();
+        let next = self
+            .services
+            .values()
+            .filter_map(|s| s.deadline)
+            .chain(self.next_housekeeping())
+            .min();
         let mut timeout = next
             .map(|d| d.saturating_duration_since(now))
             .unwrap_or(Duration::from_secs(60));

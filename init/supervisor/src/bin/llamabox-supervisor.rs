@@ -22,6 +22,7 @@ fn main() {
         log_max_bytes: 1 << 20,
         log_keep: 3,
         cgroup_root: None,
+        watchdog: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
