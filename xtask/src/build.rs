@@ -23,8 +23,12 @@ use crate::fetch::{debian, pypi};
 use crate::project::Project;
 use crate::{keys, stage};
 
+pub const DEFAULT_IMAGE: &str = "llamabox";
+
 pub struct BuildOptions {
     pub board: String,
+    /// `image/<image>.toml`.
+    pub image: String,
     pub out_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
 }
@@ -99,7 +103,7 @@ impl Ctx<'_> {
 pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     let recipes = config::recipe::load_all(&project.recipes_dir())?;
     let board = config::board::load(&project.boards_dir(), &options.board)?;
-    let image = config::image::load(&project.image_file(), &recipes)?;
+    let image = config::image::load(&project.images_dir(), &options.image, &recipes)?;
     let lock = DebianLock::load(&project.debian_lock())?;
     for name in image.rootfs.iter().chain(&image.initramfs) {
         if !recipes[name].supports(board.arch) {
@@ -327,7 +331,8 @@ fn build_rootfs(
 ) -> Result<rootfs::SlotImage> {
     let mut key = KeyHasher::default();
     key.add_str("board", &ctx.board.name)
-        .add_str("version", &ctx.image.version);
+        .add_str("version", &ctx.image.version)
+        .add_str("health", &ctx.image.health_toml());
     for name in &ctx.image.rootfs {
         key.add_str(name, &staged[name].key);
     }
@@ -345,6 +350,7 @@ fn build_rootfs(
         std::fs::create_dir_all(tree.join("etc/llamabox"))?;
         std::fs::write(tree.join("etc/os-release"), os_release(&image, None))?;
         std::fs::write(tree.join("etc/llamabox/board"), format!("{board}\n"))?;
+        std::fs::write(tree.join("etc/llamabox/health.toml"), image.health_toml())?;
         normalize_directories(&tree)?;
         let slot = rootfs::build_slot(&tree, dir, &key, &board, &image.version, signing)?;
         std::fs::write(
@@ -531,7 +537,7 @@ fn write_disk(
     let bmap_path = out_dir.join(format!("{base}.img.bmap"));
     let sha_path = out_dir.join(format!("{base}.img.sha256"));
     let rootfs_out = out_dir.join(format!("{base}.rootfs.erofs"));
-    let stamp = out_dir.join(".build-key");
+    let stamp = out_dir.join(format!(".{base}.build-key"));
 
     let mut key = KeyHasher::default();
     key.add_file("esp", esp_image)?

@@ -28,6 +28,9 @@ enum Cmd {
     Image {
         #[arg(long, default_value = DEFAULT_BOARD)]
         board: String,
+        /// Image definition: image/<IMAGE>.toml.
+        #[arg(long, default_value = build::DEFAULT_IMAGE)]
+        image: String,
         /// Directory for the outputs (default: target/llamabox/out/<board>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -39,6 +42,9 @@ enum Cmd {
     Run {
         #[arg(long, default_value = DEFAULT_BOARD)]
         board: String,
+        /// Image definition: image/<IMAGE>.toml.
+        #[arg(long, default_value = build::DEFAULT_IMAGE)]
+        image: String,
         /// Start from the freshly built image instead of the previous run's disk state.
         #[arg(long)]
         fresh: bool,
@@ -77,6 +83,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Image {
             board,
+            image,
             out,
             cache_dir,
         } => {
@@ -84,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
                 &project,
                 &BuildOptions {
                     board,
+                    image,
                     out_dir: out,
                     cache_dir,
                 },
@@ -93,7 +101,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("sha256: {}", output.sha256_file.display());
             println!("rootfs: {}", output.rootfs.display());
         }
-        Cmd::Run { board, fresh } => run_in_qemu(&project, &board, fresh)?,
+        Cmd::Run {
+            board,
+            image,
+            fresh,
+        } => run_in_qemu(&project, &board, &image, fresh)?,
         Cmd::Test { board, args } => test(&project, &board, &args)?,
         Cmd::Keys { out, name } => {
             let (secret, public) =
@@ -118,17 +130,21 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn run_in_qemu(project: &Project, board_name: &str, fresh: bool) -> Result<()> {
+fn run_in_qemu(project: &Project, board_name: &str, image: &str, fresh: bool) -> Result<()> {
     let output = build::build(
         project,
         &BuildOptions {
             board: board_name.into(),
+            image: image.into(),
             out_dir: None,
             cache_dir: None,
         },
     )?;
     let board = config::board::load(&project.boards_dir(), board_name)?;
-    let dir = project.build_dir().join("run").join(board_name);
+    let dir = project
+        .build_dir()
+        .join("run")
+        .join(format!("{image}-{board_name}"));
     std::fs::create_dir_all(&dir)?;
     let (disk, vars, stamp) = (
         dir.join("disk.qcow2"),
@@ -159,6 +175,7 @@ fn test(project: &Project, board: &str, args: &[String]) -> Result<()> {
         project,
         &BuildOptions {
             board: board.into(),
+            image: build::DEFAULT_IMAGE.into(),
             out_dir: None,
             cache_dir: None,
         },

@@ -26,8 +26,9 @@ impl Project {
     pub fn overlays_dir(&self) -> PathBuf {
         self.root.join("overlays")
     }
-    pub fn image_file(&self) -> PathBuf {
-        self.root.join("image").join("llamabox.toml")
+    /// Image definitions (`image/<name>.toml`).
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("image")
     }
     pub fn debian_lock(&self) -> PathBuf {
         self.recipes_dir().join("debian.lock")

@@ -103,11 +103,28 @@ pub struct Machine {
 impl Machine {
     /// Boots without port forwards, so several machines can run side by side.
     pub fn start(board: &Board, disk: &Path, vars: &Path, log: &Path) -> Result<Machine> {
+        Machine::start_with_agent(board, disk, vars, log, None)
+    }
+
+    /// Like `start`, with the second serial port on a Unix socket at `agent`, where the
+    /// test agent of test images listens for commands.
+    pub fn start_with_agent(
+        board: &Board,
+        disk: &Path,
+        vars: &Path,
+        log: &Path,
+        agent: Option<&Path>,
+    ) -> Result<Machine> {
         let mut cmd = base_args(board, disk, vars, &[])?;
         let _ = std::fs::remove_file(log);
         cmd.args(["-display", "none", "-monitor", "none", "-serial"])
-            .arg(format!("file:{}", log.display()))
-            .stdin(Stdio::null())
+            .arg(format!("file:{}", log.display()));
+        if let Some(agent) = agent {
+            let _ = std::fs::remove_file(agent);
+            cmd.arg("-serial")
+                .arg(format!("unix:{},server=on,wait=off", agent.display()));
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let child = cmd.spawn().context("cannot start QEMU")?;
@@ -149,6 +166,23 @@ impl Machine {
         }
     }
 
+    /// Waits for QEMU to exit by itself (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "the machine did not power off within {timeout:?}\n--- console ---\n{}",
+                    tail(&self.console())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Pulls the plug.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -166,4 +200,60 @@ impl Drop for Machine {
 fn tail(console: &str) -> String {
     let lines: Vec<&str> = console.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// The test agent on a machine's second serial port (test images only).
+pub struct Agent {
+    stream: std::os::unix::net::UnixStream,
+    pending: Vec<u8>,
+}
+
+impl Agent {
+    pub fn connect(socket: &Path) -> Result<Agent> {
+        let stream = std::os::unix::net::UnixStream::connect(socket)
+            .with_context(|| format!("connecting to the agent socket {}", socket.display()))?;
+        stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(Agent {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Sends one command and returns its output lines. Lines before the answer (a tty
+    /// echo from before the agent made the port raw) are skipped.
+    pub fn command(&mut self, command: &str, timeout: Duration) -> Result<Vec<String>> {
+        use std::io::{Read, Write};
+        self.stream.write_all(format!("{command}\n").as_bytes())?;
+        let start = Instant::now();
+        let mut lines = Vec::new();
+        loop {
+            while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                if let Some(status) = line.strip_prefix("END ") {
+                    if status == "ok" {
+                        return Ok(lines);
+                    }
+                    bail!("agent: `{command}` failed: {status}");
+                }
+                lines.push(line);
+            }
+            if start.elapsed() > timeout {
+                bail!("agent: no answer to `{command}` within {timeout:?} (got {lines:?})");
+            }
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => bail!("agent: connection closed"),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ fn two_clean_builds_are_byte_identical() {
     for run in ["first", "second"] {
         let options = BuildOptions {
             board: board.clone(),
+            image: build::DEFAULT_IMAGE.into(),
             out_dir: Some(root.join(run).join("out")),
             cache_dir: Some(root.join(run).join("cache")),
         };

@@ -67,6 +67,8 @@ fn main() {
     if exit == Exit::PowerOff {
         supervisor.release_watchdog();
     }
+    // Closes the supervisor's log files on /var before unmounting it.
+    drop(supervisor);
     shutdown(exit)
 }
 
@@ -177,10 +179,12 @@ fn shutdown(exit: Exit) -> ! {
         }
     );
     nix::unistd::sync();
+    let mut clean = true;
     for target in ["/etc/llamabox/local", "/var", "/data"] {
         match nix::mount::umount(target) {
             Ok(()) => {}
             Err(e) => {
+                clean = false;
                 info!("cannot unmount {target}: {e}; remounting it read-only");
                 let _ = nix::mount::mount(
                     None::<&str>,
@@ -192,7 +196,9 @@ fn shutdown(exit: Exit) -> ! {
             }
         }
     }
-    info!("data partition unmounted");
+    if clean {
+        info!("data partition unmounted");
+    }
     match exit {
         Exit::Reboot => power::reboot_now(),
         Exit::PowerOff => power::power_off_now(),

@@ -1,0 +1,149 @@
+//! The supervisor as PID 1 in QEMU, driven through the test agent of the test images.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestMachine, BOOT_TIMEOUT};
+use llamabox_supervisor::state::Snapshot;
+use xtask::qemu::Agent;
+
+const TEST_IMAGE: &str = "llamabox-test";
+const ANSWER: Duration = Duration::from_secs(30);
+
+fn state(agent: &mut Agent) -> Snapshot {
+    let lines = agent.command("state", ANSWER).unwrap();
+    let json = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON state line");
+    serde_json::from_str(json).unwrap()
+}
+
+fn wait_state(agent: &mut Agent, what: &str, check: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let start = Instant::now();
+    loop {
+        let s = state(agent);
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < BOOT_TIMEOUT,
+            "timed out waiting for {what}: {s:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn services_come_up_and_a_killed_service_comes_back() {
+    let mut vm = TestMachine::with_image("services-restart", TEST_IMAGE);
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    let s = wait_state(&mut agent, "all services ready", |s| {
+        s.healthy && s.services.iter().all(|x| x.ready)
+    });
+    let names: Vec<&str> = s.services.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["test-agent", "test-idle"]);
+    let idle = s.service("test-idle").unwrap();
+    assert!(idle.critical && idle.starts == 1, "{idle:?}");
+
+    let reply = agent.command("kill test-idle SIGKILL", ANSWER).unwrap();
+    assert!(
+        reply
+            .iter()
+            .any(|l| l.starts_with("sent SIGKILL to test-idle")),
+        "{reply:?}"
+    );
+    let s = wait_state(&mut agent, "test-idle restarted", |s| {
+        s.service("test-idle")
+            .is_some_and(|x| x.starts == 2 && x.ready)
+    });
+    let idle = s.service("test-idle").unwrap();
+    assert_eq!(idle.last_exit.as_deref(), Some("killed by SIGKILL"));
+    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+}
+
+/// `s_feature_incompat` of the ext4 superblock at `offset`: bit 0x4 (RECOVER) is set
+/// while the filesystem is mounted and cleared by a clean unmount.
+fn ext4_needs_recovery(vm: &TestMachine, offset: u64) -> bool {
+    let sb = vm.read_at(offset + 1024, 1024);
+    assert_eq!(&sb[56..58], &[0x53, 0xEF], "no ext4 superblock");
+    let incompat = u32::from_le_bytes(sb[96..100].try_into().unwrap());
+    incompat & 0x4 != 0
+}
+
+#[test]
+fn sigterm_to_pid_1_powers_off_cleanly() {
+    let mut vm = TestMachine::with_image("sigterm-pid1", TEST_IMAGE);
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    wait_state(&mut agent, "all services ready", |s| s.healthy);
+    let (data, _) = vm.partition("llamabox-data");
+    assert!(
+        ext4_needs_recovery(&vm, data),
+        "the mounted data partition should be marked in use"
+    );
+
+    agent.command("signal-pid1 SIGTERM", ANSWER).unwrap();
+    let status = machine.wait_exit(BOOT_TIMEOUT).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    let console = machine.console();
+    for needle in [
+        "shutdown requested (PowerOff)",
+        "test-idle: stopped",
+        "test-agent: stopped",
+        "all services stopped",
+        "data partition unmounted",
+        "powering off",
+    ] {
+        assert!(console.contains(needle), "no `{needle}` in\n{console}");
+    }
+    assert!(
+        console.find("test-idle: stopping").unwrap()
+            < console.find("test-agent: stopping").unwrap(),
+        "test-idle comes after test-agent, so it must stop first"
+    );
+    assert!(
+        !ext4_needs_recovery(&vm, data),
+        "the data partition was not unmounted cleanly"
+    );
+}
+
+#[test]
+fn a_broken_critical_service_leaves_the_slot_unblessed_and_slot_b_boots() {
+    let mut vm = TestMachine::with_image("broken-critical", TEST_IMAGE);
+    // Slot A gets the broken image's root filesystem (same kernel, initramfs and
+    // keys, so the ESP entries are unchanged); slot B keeps the good one.
+    let broken = common::built_image("llamabox-test-broken");
+    let (slot_a, size) = vm.partition("llamabox-a");
+    let mut bytes = vec![0u8; size as usize];
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&broken).unwrap();
+        f.seek(SeekFrom::Start(slot_a)).unwrap();
+        f.read_exact(&mut bytes).unwrap();
+    }
+    vm.write_at(slot_a, &bytes);
+
+    let mut machine = vm.boot();
+    let console = machine
+        .wait_for("slot b blessed", BOOT_TIMEOUT * 3)
+        .unwrap();
+    let attempts = console.matches("llamabox-stage1: booting slot a").count();
+    assert_eq!(
+        attempts, 3,
+        "slot A should get exactly the board's 3 tries\n{console}"
+    );
+    assert_eq!(
+        console.matches("not healthy 25 s after start").count(),
+        3,
+        "{console}"
+    );
+    assert!(!console.contains("slot a blessed"), "{console}");
+    assert!(
+        console.contains("llamabox-init: stage 2 reached: slot b"),
+        "{console}"
+    );
+}
