@@ -45,7 +45,7 @@ fn services_come_up_and_a_killed_service_comes_back() {
         s.healthy && s.services.iter().all(|x| x.ready)
     });
     let names: Vec<&str> = s.services.iter().map(|x| x.name.as_str()).collect();
-    assert_eq!(names, ["test-agent", "test-idle"]);
+    assert_eq!(names, ["dbus", "test-agent", "test-idle"]);
     let idle = s.service("test-idle").unwrap();
     assert!(idle.critical && idle.starts == 1, "{idle:?}");
 

@@ -20,6 +20,7 @@ use nix::mount::MsFlags;
 
 const BOOT_COUNT: &str = "/var/lib/llamabox/boot-count";
 const HEALTH_CONFIG: &str = "/etc/llamabox/health.toml";
+const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 
 fn main() {
     let boot = BootInfo::read().unwrap_or_default();
@@ -39,6 +40,8 @@ fn main() {
         Err(e) => info!("cannot record this boot on the data partition: {e}"),
     }
     let cgroup_root = mount_cgroups();
+    // The system bus's socket directory (see the dbus service).
+    let _ = std::fs::create_dir_all("/run/dbus");
     let _ = nix::sys::reboot::set_cad_enabled(false); // ctrl-alt-del becomes SIGINT
 
     let mut supervisor = Supervisor::new(Config {
@@ -54,6 +57,11 @@ fn main() {
         log_keep: 4,
         cgroup_root,
         watchdog: Some(PathBuf::from("/dev/watchdog")),
+        environment: [(
+            "DBUS_SYSTEM_BUS_ADDRESS".to_string(),
+            SYSTEM_BUS.to_string(),
+        )]
+        .into(),
     });
     if let Some(slot) = slot {
         let (grace, deadline) = health_timing();

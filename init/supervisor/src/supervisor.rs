@@ -40,6 +40,8 @@ pub struct Config {
     pub cgroup_root: Option<PathBuf>,
     /// A hardware watchdog device to pet (`/dev/watchdog`), if any.
     pub watchdog: Option<PathBuf>,
+    /// Environment every service gets (a service's own `environment` wins).
+    pub environment: BTreeMap<String, String>,
 }
 
 /// Judges a freshly booted slot: once every critical service has been ready for
@@ -727,7 +729,13 @@ impl Supervisor {
             },
             Readiness::Started => None,
         };
-        match spawn(&s.def, notify.as_ref().map(|n| n.path.clone()), cgroup_root) {
+        let environment = &self.config.environment;
+        match spawn(
+            &s.def,
+            environment,
+            notify.as_ref().map(|n| n.path.clone()),
+            cgroup_root,
+        ) {
             Ok((pid, output)) => {
                 s.pid = Some(pid);
                 s.output = Some(output);
@@ -853,6 +861,7 @@ impl Supervisor {
 /// signalled), with stdout and stderr on one pipe for its log.
 fn spawn(
     def: &Service,
+    environment: &BTreeMap<String, String>,
     notify: Option<PathBuf>,
     cgroup_root: Option<PathBuf>,
 ) -> Result<(Pid, OwnedFd), String> {
@@ -872,6 +881,7 @@ fn spawn(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
+        .envs(environment)
         .envs(&def.environment)
         .stdin(Stdio::null())
         .stdout(Stdio::from(write_end))

@@ -23,6 +23,7 @@ fn main() {
         log_keep: 3,
         cgroup_root: None,
         watchdog: None,
+        environment: Default::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
