@@ -65,6 +65,76 @@ fn services_come_up_and_a_killed_service_comes_back() {
     machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
 }
 
+#[test]
+fn llamabox_cli_controls_services_over_d_bus() {
+    let mut vm = TestMachine::with_image("cli-over-dbus", TEST_IMAGE);
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    machine
+        .wait_for(
+            "serving org.llamabox.Supervisor1 on the system bus",
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+    wait_state(&mut agent, "all services ready", |s| s.healthy);
+
+    let status = agent
+        .command("exec /usr/bin/llamabox status", ANSWER)
+        .unwrap();
+    for service in ["dbus", "test-agent", "test-idle"] {
+        let row = status
+            .iter()
+            .find(|l| l.starts_with(service))
+            .unwrap_or_else(|| panic!("no row for {service} in {status:#?}"));
+        assert!(row.contains("running") && row.contains("yes"), "{row}");
+    }
+
+    agent
+        .command("exec /usr/bin/llamabox restart test-idle", ANSWER)
+        .unwrap();
+    wait_state(&mut agent, "test-idle restarted on request", |s| {
+        s.service("test-idle")
+            .is_some_and(|x| x.starts == 2 && x.ready)
+    });
+    agent
+        .command("exec /usr/bin/llamabox stop test-idle", ANSWER)
+        .unwrap();
+    let s = wait_state(&mut agent, "test-idle stopped", |s| {
+        s.service("test-idle").is_some_and(|x| x.state == "stopped")
+    });
+    assert!(
+        !s.healthy,
+        "a stopped critical service leaves the system unhealthy"
+    );
+    agent
+        .command("exec /usr/bin/llamabox start test-idle", ANSWER)
+        .unwrap();
+    wait_state(&mut agent, "test-idle started again", |s| {
+        s.service("test-idle")
+            .is_some_and(|x| x.starts == 3 && x.ready)
+    });
+
+    let err = agent
+        .command("exec /usr/bin/llamabox restart no-such-service", ANSWER)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no service `no-such-service`"),
+        "{err}"
+    );
+    let logs = agent
+        .command("exec /usr/bin/llamabox logs supervisor -n 200", ANSWER)
+        .unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("request: Restart(\"test-idle\")")),
+        "{logs:#?}"
+    );
+    let kernel = agent
+        .command("exec /usr/bin/llamabox logs kernel -n 5", ANSWER)
+        .unwrap();
+    assert!(kernel.len() >= 5, "{kernel:#?}");
+}
+
 /// `s_feature_incompat` of the ext4 superblock at `offset`: bit 0x4 (RECOVER) is set
 /// while the filesystem is mounted and cleared by a clean unmount.
 fn ext4_needs_recovery(vm: &TestMachine, offset: u64) -> bool {

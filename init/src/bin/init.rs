@@ -15,7 +15,7 @@ use llamabox_format::Slot;
 use llamabox_init::boot_info::BootInfo;
 use llamabox_init::esp::MountedEsp;
 use llamabox_init::{cmdline, fs, info, power};
-use llamabox_supervisor::supervisor::{Config, Exit, HealthGate, Supervisor};
+use llamabox_supervisor::supervisor::{BusConfig, Config, Exit, HealthGate, Supervisor};
 use nix::mount::MsFlags;
 
 const BOOT_COUNT: &str = "/var/lib/llamabox/boot-count";
@@ -62,6 +62,10 @@ fn main() {
             SYSTEM_BUS.to_string(),
         )]
         .into(),
+        bus: Some(BusConfig {
+            address: SYSTEM_BUS.to_string(),
+            broker: "dbus".to_string(),
+        }),
     });
     if let Some(slot) = slot {
         let (grace, deadline) = health_timing();

@@ -10,6 +10,7 @@
 //! The event loop is single-threaded and synchronous: one `poll` over a signalfd, the
 //! services' notify sockets and log pipes, with the nearest timer as its timeout.
 
+pub mod bus;
 pub mod logs;
 pub mod notify;
 pub mod service;

@@ -22,6 +22,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use crate::bus;
 use crate::logs::{LineSplitter, LogFile};
 use crate::notify::{Message, NotifySocket};
 use crate::service::{self, Readiness, RestartPolicy, Service};
@@ -42,6 +46,23 @@ pub struct Config {
     pub watchdog: Option<PathBuf>,
     /// Environment every service gets (a service's own `environment` wins).
     pub environment: BTreeMap<String, String>,
+    /// Serve `org.llamabox.Supervisor1` on this bus once its broker service is ready.
+    pub bus: Option<BusConfig>,
+}
+
+pub struct BusConfig {
+    /// D-Bus address, e.g. `unix:path=/run/dbus/system_bus_socket`.
+    pub address: String,
+    /// The service that runs the bus broker.
+    pub broker: String,
+}
+
+/// The control plane's link into the event loop.
+struct Control {
+    shared: Arc<bus::Shared>,
+    requests: Receiver<bus::Request>,
+    wake: OwnedFd,
+    serving: bool,
 }
 
 /// Judges a freshly booted slot: once every critical service has been ready for
@@ -63,6 +84,13 @@ struct GateState {
 /// How often the hardware watchdog is petted; its timeout (30 s on i6300esb by
 /// default, typically 60 s on SoCs) must be longer.
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a polled file descriptor belongs to.
+enum Source {
+    Notify(String),
+    Output(String),
+    Control,
+}
 
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +138,10 @@ struct Svc {
     /// When the current timer (backoff, readiness or stop timeout) fires.
     deadline: Option<Instant>,
     killed: bool,
+    /// Stopped by request: not restarted, not started again until asked.
+    held: bool,
+    /// Stopping by request, to be started again once it has exited.
+    restart_requested: bool,
     /// Has failed at least once: `after` dependents stop waiting for it.
     settled_by_failure: bool,
     last_exit: Option<String>,
@@ -131,6 +163,7 @@ pub struct Supervisor {
     events: Option<LogFile>,
     gate: Option<GateState>,
     watchdog: Option<(std::fs::File, Instant)>,
+    control: Option<Control>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -170,6 +203,8 @@ impl Supervisor {
                     backoff_history_ms: Vec::new(),
                     deadline: None,
                     killed: false,
+                    held: false,
+                    restart_requested: false,
                     settled_by_failure: false,
                     last_exit: None,
                     status: None,
@@ -192,11 +227,96 @@ impl Supervisor {
             events,
             gate: None,
             watchdog: None,
+            control: None,
         };
+        if s.config.bus.is_some() {
+            s.control = s.make_control();
+        }
         for p in s.problems.clone() {
             s.event(&format!("service file problem: {p}"));
         }
         s
+    }
+
+    fn make_control(&mut self) -> Option<Control> {
+        let (wake_read, wake_write) = match nix::unistd::pipe2(
+            nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                self.event(&format!("no control plane: cannot create its pipe: {e}"));
+                return None;
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(bus::Shared {
+            snapshot: Mutex::new(Snapshot::default()),
+            log_dir: self.config.log_dir.clone(),
+            requests: Mutex::new(tx),
+            wake: wake_write,
+        });
+        Some(Control {
+            shared,
+            requests: rx,
+            wake: wake_read,
+            serving: false,
+        })
+    }
+
+    /// Carries out what the control plane asked for.
+    fn on_control(&mut self) {
+        let Some(control) = &self.control else { return };
+        let mut buf = [0u8; 64];
+        while nix::unistd::read(control.wake.as_raw_fd(), &mut buf).is_ok_and(|n| n > 0) {}
+        let requests: Vec<bus::Request> = control.requests.try_iter().collect();
+        for request in requests {
+            self.event(&format!("request: {request:?}"));
+            match request {
+                bus::Request::Reboot => self.request_shutdown(Exit::Reboot),
+                bus::Request::PowerOff => self.request_shutdown(Exit::PowerOff),
+                bus::Request::Restart(name) => self.stop_service(&name, true),
+                bus::Request::Stop(name) => self.stop_service(&name, false),
+                bus::Request::Start(name) => {
+                    if let Some(s) = self.services.get_mut(&name) {
+                        s.held = false;
+                        if matches!(s.phase, Phase::Stopped | Phase::Failed) {
+                            s.phase = Phase::Waiting;
+                            s.next_delay = s.def.restart.initial_delay;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops a service on request; with `restart`, starts it again once it has exited.
+    fn stop_service(&mut self, name: &str, restart: bool) {
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        s.held = !restart;
+        match s.phase {
+            Phase::Starting | Phase::Running => {
+                s.restart_requested = restart;
+                s.phase = Phase::Stopping;
+                s.deadline = Some(Instant::now() + s.def.stop_timeout);
+                let sig = s.def.stop_signal;
+                if let Some(pid) = s.pid {
+                    let _ = kill(Pid::from_raw(-pid.as_raw()), sig);
+                }
+                self.event(&format!("{name}: stopping ({sig}) on request"));
+            }
+            Phase::Waiting | Phase::Backoff | Phase::Stopped | Phase::Failed => {
+                s.deadline = None;
+                s.next_delay = s.def.restart.initial_delay;
+                s.phase = if restart {
+                    Phase::Waiting
+                } else {
+                    Phase::Stopped
+                };
+            }
+            Phase::Stopping => s.restart_requested = restart,
+        }
     }
 
     pub fn set_health_gate(&mut self, gate: HealthGate) {
@@ -419,17 +539,21 @@ impl Supervisor {
             .unwrap_or(PollTimeout::MAX);
 
         // (service, is notify socket) for each fd after the signalfd.
-        let mut owners: Vec<(String, bool)> = Vec::new();
+        let mut owners: Vec<Source> = Vec::new();
         let mut raw: Vec<i32> = Vec::new();
         for (name, s) in &self.services {
             if let Some(n) = &s.notify {
-                owners.push((name.clone(), true));
+                owners.push(Source::Notify(name.clone()));
                 raw.push(n.socket.as_raw_fd());
             }
             if let Some(o) = &s.output {
-                owners.push((name.clone(), false));
+                owners.push(Source::Output(name.clone()));
                 raw.push(o.as_raw_fd());
             }
+        }
+        if let Some(control) = &self.control {
+            owners.push(Source::Control);
+            raw.push(control.wake.as_raw_fd());
         }
         let ready: Vec<bool> = {
             // SAFETY: the fds stay open for the duration of this poll: they are owned by
@@ -457,14 +581,14 @@ impl Supervisor {
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect()
         };
-        for ((name, is_notify), active) in owners.into_iter().zip(ready) {
+        for (source, active) in owners.into_iter().zip(ready) {
             if !active {
                 continue;
             }
-            if is_notify {
-                self.on_notify(&name);
-            } else {
-                self.read_output(&name);
+            match source {
+                Source::Notify(name) => self.on_notify(&name),
+                Source::Output(name) => self.read_output(&name),
+                Source::Control => self.on_control(),
             }
         }
     }
@@ -498,6 +622,15 @@ impl Supervisor {
             s.ready_at_ms = Some(now_ms);
             s.deadline = None;
             self.event(&format!("{name}: ready"));
+        }
+        let broker_ready = self.config.bus.as_ref().is_some_and(|b| b.broker == name);
+        if let (true, Some(bus), Some(control)) =
+            (broker_ready, &self.config.bus, &mut self.control)
+        {
+            if !control.serving {
+                control.serving = true;
+                bus::serve(bus.address.clone(), control.shared.clone());
+            }
         }
     }
 
@@ -579,6 +712,15 @@ impl Supervisor {
         s.notify = None;
         s.last_exit = Some(description.clone());
         let lasted = s.run_started.map(|t| t.elapsed()).unwrap_or_default();
+        if s.phase == Phase::Stopping && s.restart_requested && !shutting_down {
+            s.restart_requested = false;
+            s.phase = Phase::Waiting;
+            s.deadline = None;
+            self.event(&format!(
+                "{name}: {description}; starting it again on request"
+            ));
+            return;
+        }
         if s.phase == Phase::Stopping || shutting_down {
             s.phase = Phase::Stopped;
             s.deadline = None;
@@ -849,6 +991,11 @@ impl Supervisor {
     }
 
     fn write_state(&mut self) {
+        if let Some(control) = &self.control {
+            if let Ok(mut shared) = control.shared.snapshot.lock() {
+                *shared = self.snapshot();
+            }
+        }
         if let Some(path) = &self.config.state_file {
             if let Err(e) = self.snapshot().write(path) {
                 eprintln!("llamabox-supervisor: cannot write {}: {e}", path.display());

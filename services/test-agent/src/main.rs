@@ -5,7 +5,8 @@
 //! reports ready and waits; with `--never-ready` it starts but never reports ready.
 //!
 //! Commands: `ping`, `state` (the supervisor's JSON state), `kill <service> <SIGNAL>`
-//! (the service's main process), `signal-pid1 <SIGNAL>`, `cat <path>`.
+//! (the service's main process), `signal-pid1 <SIGNAL>`, `cat <path>`,
+//! `exec <program> <args…>` (its output).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
@@ -104,6 +105,26 @@ fn run(line: &str) -> Result<String, String> {
                 .ok_or_else(|| format!("service {service} has no running process"))?;
             kill(Pid::from_raw(pid as i32), signal(sig)?).map_err(|e| e.to_string())?;
             Ok(format!("sent {sig} to {service} (pid {pid})"))
+        }
+        ["exec", program, args @ ..] => {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                Ok(text.trim_end().to_string())
+            } else {
+                Err(format!(
+                    "{program} failed ({}): {}",
+                    out.status,
+                    text.trim_end().replace('\n', " | ")
+                ))
+            }
         }
         ["signal-pid1", sig] => {
             kill(Pid::from_raw(1), signal(sig)?).map_err(|e| e.to_string())?;

@@ -24,6 +24,7 @@ fn main() {
         cgroup_root: None,
         watchdog: None,
         environment: Default::default(),
+        bus: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

@@ -1,0 +1,204 @@
+//! `llamabox`: talks to the supervisor over the system bus (`org.llamabox.Supervisor1`)
+//! and reads the logs on the data partition.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use llamabox_supervisor::bus::{BUS_NAME, OBJECT_PATH};
+
+const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+const LOG_DIR: &str = "/var/log/llamabox";
+
+#[derive(Parser)]
+#[command(name = "llamabox", about = "Control and inspect a Llama Box", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the services with their state.
+    Status,
+    /// Stop a service and start it again.
+    Restart { service: String },
+    /// Stop a service; it stays stopped until `start`.
+    Stop { service: String },
+    /// Start a stopped service.
+    Start { service: String },
+    /// Show a service's log (`supervisor` for the supervisor's, `kernel` for the kernel's).
+    Logs {
+        #[arg(default_value = "supervisor")]
+        service: String,
+        /// Keep printing new lines as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to show first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        #[arg(long, default_value = LOG_DIR, hide = true)]
+        log_dir: PathBuf,
+    },
+    /// Stop every service and reboot.
+    Reboot,
+    /// Stop every service and power off.
+    Poweroff,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("llamabox: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn proxy() -> Result<zbus::blocking::Proxy<'static>, String> {
+    let address =
+        std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| DEFAULT_BUS.to_string());
+    let connection = zbus::blocking::connection::Builder::address(address.as_str())
+        .and_then(|b| b.build())
+        .map_err(|e| format!("cannot reach the system bus at {address}: {e}"))?;
+    zbus::blocking::Proxy::new_owned(connection, BUS_NAME, OBJECT_PATH, BUS_NAME)
+        .map_err(|e| format!("cannot reach the supervisor: {e}"))
+}
+
+fn call(method: &str, service: &str) -> Result<(), String> {
+    proxy()?
+        .call_method(method, &(service,))
+        .map(|_| ())
+        .map_err(|e| format!("{method} {service}: {e}"))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Cmd::Status => {
+            type Row = (String, String, String, bool, bool, i32, u32, String);
+            let rows: Vec<Row> = proxy()?
+                .call("ListServices", &())
+                .map_err(|e| format!("cannot list services: {e}"))?;
+            println!(
+                "{:<20} {:<9} {:<6} {:<8} {:>7} {:>6}  LAST EXIT",
+                "SERVICE", "STATE", "READY", "CRITICAL", "PID", "STARTS"
+            );
+            for (name, _, state, ready, critical, pid, starts, last_exit) in rows {
+                let pid = if pid > 0 { pid.to_string() } else { "-".into() };
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                println!(
+                    "{name:<20} {state:<9} {:<6} {:<8} {pid:>7} {starts:>6}  {last_exit}",
+                    yes(ready),
+                    yes(critical)
+                );
+            }
+        }
+        Cmd::Restart { service } => call("Restart", &service)?,
+        Cmd::Stop { service } => call("Stop", &service)?,
+        Cmd::Start { service } => call("Start", &service)?,
+        Cmd::Reboot => proxy()?
+            .call_method("Reboot", &())
+            .map(|_| ())
+            .map_err(|e| e.to_string())?,
+        Cmd::Poweroff => proxy()?
+            .call_method("PowerOff", &())
+            .map(|_| ())
+            .map_err(|e| e.to_string())?,
+        Cmd::Logs {
+            service,
+            follow,
+            lines,
+            log_dir,
+        } if service == "kernel" => kernel_log(follow, lines, &log_dir)?,
+        Cmd::Logs {
+            service,
+            follow,
+            lines,
+            log_dir,
+        } => service_log(&log_dir, &service, follow, lines)?,
+    }
+    Ok(())
+}
+
+fn service_log(dir: &Path, service: &str, follow: bool, lines: usize) -> Result<(), String> {
+    let all = llamabox_supervisor::logs::read_lines(dir, service)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if all.is_empty() && !follow {
+        return Err(format!(
+            "no log for `{service}` in {} (is the name right?)",
+            dir.display()
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        let _ = writeln!(out, "{line}");
+    }
+    if !follow {
+        return Ok(());
+    }
+    // Follow the current file; when it is rotated (it shrinks), start it over.
+    let path = dir.join(format!("{service}.log"));
+    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    loop {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0;
+        }
+        if len > offset {
+            if let Ok(mut f) = std::fs::File::open(&path) {
+                let mut buf = Vec::new();
+                if f.seek(SeekFrom::Start(offset)).is_ok() && f.read_to_end(&mut buf).is_ok() {
+                    offset += buf.len() as u64;
+                    let _ = out.write_all(&buf);
+                    let _ = out.flush();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The kernel's ring buffer from /dev/kmsg: one record per read, `prio,seq,usec,flags;text`.
+fn kernel_log(follow: bool, lines: usize, _dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut kmsg = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(if follow { 0 } else { libc::O_NONBLOCK })
+        .open("/dev/kmsg")
+        .map_err(|e| format!("/dev/kmsg: {e}"))?;
+    let mut records = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let mut out = std::io::stdout().lock();
+    loop {
+        match kmsg.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let record = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (header, text) = record.split_once(';').unwrap_or(("", &record));
+                let usec: u64 = header
+                    .split(',')
+                    .nth(2)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let line = format!(
+                    "[{:>5}.{:06}] {}",
+                    usec / 1_000_000,
+                    usec % 1_000_000,
+                    text.lines().next().unwrap_or("")
+                );
+                if follow {
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                } else {
+                    records.push(line);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue, // records were overwritten
+            Err(e) => return Err(format!("/dev/kmsg: {e}")),
+        }
+    }
+    for line in &records[records.len().saturating_sub(lines)..] {
+        let _ = writeln!(out, "{line}");
+    }
+    Ok(())
+}
