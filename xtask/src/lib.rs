@@ -5,6 +5,7 @@ pub mod build;
 pub mod cache;
 pub mod config;
 pub mod fetch;
+pub mod fuzz;
 pub mod keys;
 pub mod lock;
 pub mod project;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xtask::build::{self, BuildOptions};
 use xtask::project::Project;
-use xtask::{config, keys, lock, qemu, setup};
+use xtask::{config, fuzz, keys, lock, qemu, setup};
 
 const DEFAULT_BOARD: &str = "qemu-x86_64";
 
@@ -49,10 +49,14 @@ enum Cmd {
         #[arg(long)]
         fresh: bool,
     },
-    /// Run the whole test suite: unit tests, then boot tests in QEMU.
+    /// Run the whole test suite: unit tests, boot tests in QEMU, then the fuzz targets
+    /// for a bounded time.
     Test {
         #[arg(long, default_value = DEFAULT_BOARD)]
         board: String,
+        /// Seconds to run each fuzz target (0 skips fuzzing).
+        #[arg(long, default_value_t = 60)]
+        fuzz_seconds: u64,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -67,6 +71,11 @@ enum Cmd {
     },
     /// Pin the Debian packages and PyPI distributions that recipes and boards name.
     Lock,
+    /// Run the fuzz targets (cargo-fuzz) for a bounded time.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Install the host tools the build needs (Debian packages, Rust targets).
     Setup,
 }
@@ -106,7 +115,17 @@ fn run(cli: Cli) -> Result<()> {
             image,
             fresh,
         } => run_in_qemu(&project, &board, &image, fresh)?,
-        Cmd::Test { board, args } => test(&project, &board, &args)?,
+        Cmd::Test {
+            board,
+            fuzz_seconds,
+            args,
+        } => {
+            test(&project, &board, &args)?;
+            if fuzz_seconds > 0 {
+                fuzz::run(&project, fuzz_seconds)?;
+            }
+        }
+        Cmd::Fuzz { seconds } => fuzz::run(&project, seconds)?,
         Cmd::Keys { out, name } => {
             let (secret, public) =
                 keys::generate(&out, &name, &format!("Llama Box signing key `{name}`"))?;
