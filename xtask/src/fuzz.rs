@@ -21,7 +21,9 @@ fn have_cargo_fuzz() -> bool {
 pub fn run(project: &Project, seconds: u64) -> Result<()> {
     if !have_cargo_fuzz() {
         eprintln!("==> cargo install cargo-fuzz --locked");
-        let status = Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]).status()?;
+        let status = Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()?;
         if !status.success() {
             bail!("installing cargo-fuzz failed");
         }
