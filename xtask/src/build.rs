@@ -549,37 +549,56 @@ fn write_disk(
     let all_present = [&image, &bmap_path, &sha_path, &rootfs_out]
         .iter()
         .all(|p| p.exists());
-    if all_present && std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) {
-        let image_sha256 = std::fs::read_to_string(&sha_path)?
+    let up_to_date =
+        all_present && std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str());
+    let image_sha256 = if up_to_date {
+        eprintln!("    up to date");
+        std::fs::read_to_string(&sha_path)?
             .split_whitespace()
             .next()
             .unwrap_or("")
-            .to_string();
-        eprintln!("    up to date");
-        return Ok(BuildOutput {
-            image,
-            bmap: bmap_path,
-            sha256_file: sha_path,
-            rootfs: rootfs_out,
-            image_sha256,
-            rootfs_sha256,
-            reused: true,
-        });
-    }
-    let _ = std::fs::remove_file(&stamp);
+            .to_string()
+    } else {
+        let _ = std::fs::remove_file(&stamp);
+        let sha256 = assemble_outputs(ctx, &key, esp_image, slot, &image, &bmap_path, &sha_path)?;
+        std::fs::copy(&slot.erofs, &rootfs_out)?;
+        std::fs::write(&stamp, &key)?;
+        sha256
+    };
+    Ok(BuildOutput {
+        image,
+        bmap: bmap_path,
+        sha256_file: sha_path,
+        rootfs: rootfs_out,
+        image_sha256,
+        rootfs_sha256,
+        reused: up_to_date,
+    })
+}
+
+/// Writes the disk image, its `.bmap` and its `.sha256`; returns the image's SHA-256.
+fn assemble_outputs(
+    ctx: &Ctx,
+    key: &str,
+    esp_image: &Path,
+    slot: &rootfs::SlotImage,
+    image: &Path,
+    bmap_path: &Path,
+    sha_path: &Path,
+) -> Result<String> {
     let root_type = match ctx.board.arch {
         Arch::X86_64 => llamabox_image::gpt::TYPE_ROOT_X86_64,
         Arch::Aarch64 => llamabox_image::gpt::TYPE_ROOT_ARM64,
     };
     let written = disk::assemble(
-        &image,
+        image,
         &disk::DiskInputs {
             esp_image,
             slot_a: slot,
             slot_b: Some(slot),
             root_type_guid: root_type,
             layout: ctx.board.layout,
-            seed: &key,
+            seed: key,
         },
     )?;
     // Clear the head of every partition when flashing, so leftovers on the card
@@ -589,24 +608,14 @@ fn write_disk(
         .iter()
         .map(|(_, off, _)| (*off, 1 << 20))
         .collect();
-    std::fs::write(&bmap_path, bmap::build(&image, &heads)?)?;
-    let image_sha256 = llamabox_image::sha256_file(&image)?;
+    std::fs::write(bmap_path, bmap::build(image, &heads)?)?;
+    let image_sha256 = llamabox_image::sha256_file(image)?;
     std::fs::write(
-        &sha_path,
+        sha_path,
         format!(
             "{image_sha256}  {}\n",
             image.file_name().unwrap().to_string_lossy()
         ),
     )?;
-    std::fs::copy(&slot.erofs, &rootfs_out)?;
-    std::fs::write(&stamp, &key)?;
-    Ok(BuildOutput {
-        image,
-        bmap: bmap_path,
-        sha256_file: sha_path,
-        rootfs: rootfs_out,
-        image_sha256,
-        rootfs_sha256,
-        reused: false,
-    })
+    Ok(image_sha256)
 }
