@@ -154,7 +154,8 @@ impl Interface {
 }
 
 /// Connects to the bus at `address` and serves the interface, retrying until the bus
-/// accepts us; then keeps the connection for the life of the process.
+/// accepts us. The connection is checked every few seconds; when the broker has gone
+/// (restarted by the supervisor), the interface is served again on a new connection.
 pub fn serve(address: String, shared: Arc<Shared>) {
     std::thread::spawn(move || loop {
         let built = zbus::blocking::connection::Builder::address(address.as_str())
@@ -171,10 +172,21 @@ pub fn serve(address: String, shared: Arc<Shared>) {
         match built {
             Ok(connection) => {
                 eprintln!("llamabox-supervisor: serving {BUS_NAME} on the system bus");
-                // The connection's own executor thread answers calls; keep it alive.
-                let _keep = connection;
+                // The connection's own executor thread answers calls; this one only
+                // checks that the broker is still there.
                 loop {
-                    std::thread::park();
+                    std::thread::sleep(Duration::from_secs(5));
+                    let alive = connection.call_method(
+                        Some("org.freedesktop.DBus"),
+                        "/org/freedesktop/DBus",
+                        Some("org.freedesktop.DBus.Peer"),
+                        "Ping",
+                        &(),
+                    );
+                    if let Err(e) = alive {
+                        eprintln!("llamabox-supervisor: lost the system bus ({e}); reconnecting");
+                        break;
+                    }
                 }
             }
             Err(e) => {
