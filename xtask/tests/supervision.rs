@@ -133,6 +133,28 @@ fn llamabox_cli_controls_services_over_d_bus() {
         .command("exec /usr/bin/llamabox logs kernel -n 5", ANSWER)
         .unwrap();
     assert!(kernel.len() >= 5, "{kernel:#?}");
+
+    // The bus broker crashes: the supervisor restarts it and serves its interface again.
+    agent.command("kill dbus SIGKILL", ANSWER).unwrap();
+    machine
+        .wait_for("lost the system bus", BOOT_TIMEOUT)
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let console = machine.console();
+        if console.matches("serving org.llamabox.Supervisor1").count() >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < BOOT_TIMEOUT,
+            "the interface did not come back\n{console}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = agent
+        .command("exec /usr/bin/llamabox status", ANSWER)
+        .unwrap();
+    assert!(status.iter().any(|l| l.starts_with("dbus")), "{status:#?}");
 }
 
 /// `s_feature_incompat` of the ext4 superblock at `offset`: bit 0x4 (RECOVER) is set
