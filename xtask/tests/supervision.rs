@@ -178,7 +178,9 @@ fn sigterm_to_pid_1_powers_off_cleanly() {
         "the mounted data partition should be marked in use"
     );
 
-    agent.command("signal-pid1 SIGTERM", ANSWER).unwrap();
+    // The shutdown this starts stops the agent too, so its answer may never arrive:
+    // the evidence is the machine powering off and what the console says.
+    let _ = agent.command("signal-pid1 SIGTERM", ANSWER);
     let status = machine.wait_exit(BOOT_TIMEOUT).unwrap();
     assert!(status.success(), "QEMU exited with {status}");
     let console = machine.console();
