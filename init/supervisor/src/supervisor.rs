@@ -153,6 +153,18 @@ struct Svc {
     log: Option<LogFile>,
 }
 
+impl Svc {
+    /// Waits before the next start: the delay doubles per consecutive failure, capped.
+    fn back_off(&mut self) -> Duration {
+        let delay = self.next_delay;
+        self.next_delay = (delay * 2).min(self.def.restart.max_delay);
+        self.backoff_history_ms.push(ms(delay));
+        self.phase = Phase::Backoff;
+        self.deadline = Some(Instant::now() + delay);
+        delay
+    }
+}
+
 pub struct Supervisor {
     config: Config,
     services: BTreeMap<String, Svc>,
@@ -748,11 +760,7 @@ impl Supervisor {
         if lasted >= s.def.restart.reset_after {
             s.next_delay = s.def.restart.initial_delay;
         }
-        let delay = s.next_delay;
-        s.next_delay = (delay * 2).min(s.def.restart.max_delay);
-        s.backoff_history_ms.push(ms(delay));
-        s.phase = Phase::Backoff;
-        s.deadline = Some(Instant::now() + delay);
+        let delay = s.back_off();
         self.event(&format!(
             "{name}: {description}; restarting in {} ms",
             ms(delay)
@@ -902,15 +910,11 @@ impl Supervisor {
                 s.settled_by_failure = true;
                 s.failure = Some(e.clone());
                 s.last_exit = Some(format!("failed to start: {e}"));
-                let delay = s.next_delay;
-                s.next_delay = (delay * 2).min(s.def.restart.max_delay);
-                s.backoff_history_ms.push(ms(delay));
                 if s.def.restart.policy == RestartPolicy::Never {
                     s.phase = Phase::Failed;
                     self.event(&format!("{name}: failed to start: {e}"));
                 } else {
-                    s.phase = Phase::Backoff;
-                    s.deadline = Some(Instant::now() + delay);
+                    let delay = s.back_off();
                     self.event(&format!(
                         "{name}: failed to start: {e}; retrying in {} ms",
                         ms(delay)
