@@ -154,6 +154,17 @@ struct Svc {
 }
 
 impl Svc {
+    /// Sends the stop signal to the service's process group and starts the stop timer,
+    /// after which it gets SIGKILL.
+    fn send_stop(&mut self) -> Signal {
+        self.phase = Phase::Stopping;
+        self.deadline = Some(Instant::now() + self.def.stop_timeout);
+        if let Some(pid) = self.pid {
+            let _ = kill(Pid::from_raw(-pid.as_raw()), self.def.stop_signal);
+        }
+        self.def.stop_signal
+    }
+
     /// Waits before the next start: the delay doubles per consecutive failure, capped.
     fn back_off(&mut self) -> Duration {
         let delay = self.next_delay;
@@ -310,12 +321,7 @@ impl Supervisor {
         match s.phase {
             Phase::Starting | Phase::Running => {
                 s.restart_requested = restart;
-                s.phase = Phase::Stopping;
-                s.deadline = Some(Instant::now() + s.def.stop_timeout);
-                let sig = s.def.stop_signal;
-                if let Some(pid) = s.pid {
-                    let _ = kill(Pid::from_raw(-pid.as_raw()), sig);
-                }
+                let sig = s.send_stop();
                 self.event(&format!("{name}: stopping ({sig}) on request"));
             }
             Phase::Waiting | Phase::Backoff | Phase::Stopped | Phase::Failed => {
@@ -946,13 +952,7 @@ impl Supervisor {
                     if dependents_running {
                         continue;
                     }
-                    let s = self.services.get_mut(&name).unwrap();
-                    s.phase = Phase::Stopping;
-                    s.deadline = Some(Instant::now() + s.def.stop_timeout);
-                    let sig = s.def.stop_signal;
-                    if let Some(pid) = s.pid {
-                        let _ = kill(Pid::from_raw(-pid.as_raw()), sig);
-                    }
+                    let sig = self.services.get_mut(&name).unwrap().send_stop();
                     self.event(&format!("{name}: stopping ({sig})"));
                 }
                 _ => {}
