@@ -1,0 +1,135 @@
+//! The OpenAI-compatible HTTP API.
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
+//! `GET /v1/models[/{id}]`, `GET /health`, `GET /metrics`.
+
+mod embeddings;
+mod error;
+mod generate;
+mod request;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::engine::{Engine, LoadedModel};
+
+/// Largest request body accepted (a long conversation is a few hundred KiB).
+const MAX_BODY_BYTES: usize = 8 << 20;
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(generate::chat))
+        .route("/v1/completions", post(generate::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(engine)
+}
+
+/// Parses a JSON body, answering 400 with serde's description (what and where) on failure.
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+}
+
+/// The loaded model, checked against the request's `model` field.
+fn resolve_model(engine: &Engine, requested: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+    let model = engine.model().ok_or_else(loading)?;
+    match requested {
+        Some(name) if !name.is_empty() && name != model.id => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "the model `{name}` does not exist; this box serves `{}`",
+                model.id
+            ),
+            param: Some("model"),
+            code: Some("model_not_found"),
+        }),
+        _ => Ok(model.clone()),
+    }
+}
+
+fn loading() -> ApiError {
+    ApiError::status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the model is still loading; retry shortly",
+    )
+    .with_code("model_loading")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn model_object(model: &LoadedModel) -> serde_json::Value {
+    json!({
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "llamabox",
+        "meta": {
+            "n_ctx": model.n_ctx_seq,
+            "n_ctx_train": model.model.n_ctx_train(),
+            "n_params": model.model.n_params(),
+            "size": model.model.size(),
+        },
+    })
+}
+
+async fn models(State(engine): State<Arc<Engine>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let model = engine.model().ok_or_else(loading)?;
+    Ok(Json(
+        json!({"object": "list", "data": [model_object(model)]}),
+    ))
+}
+
+async fn model(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let model = resolve_model(&engine, Some(&id))?;
+    Ok(Json(model_object(&model)))
+}
+
+async fn health(State(engine): State<Arc<Engine>>) -> Response {
+    match engine.model() {
+        Some(model) => Json(json!({"status": "ok", "model": model.id})).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        engine.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", uri.path()),
+    )
+}

@@ -1,0 +1,355 @@
+//! Request bodies of the generation endpoints and their validation.
+//!
+//! Unknown fields are ignored (clients send many optional extras); known fields with values
+//! out of range are refused with the parameter's name, never clamped silently.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::engine::SamplingParams;
+use crate::template::Message;
+
+/// The body of `/v1/chat/completions` and `/v1/completions` (each uses its own input field).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GenerateRequest {
+    pub model: Option<String>,
+    pub messages: Option<Vec<ChatMessage>>,
+    pub prompt: Option<PromptInput>,
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub stop: Option<Stop>,
+    pub seed: Option<i64>,
+    pub n: Option<i64>,
+    pub response_format: Option<ResponseFormat>,
+    pub logprobs: Option<Value>,
+    pub tools: Option<Vec<Value>>,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamOptions {
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub schema: Value,
+}
+
+/// Longest list of stop strings a request may give.
+const MAX_STOPS: usize = 16;
+
+/// What the engine needs, checked.
+#[derive(Debug)]
+pub struct Generation {
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+impl GenerateRequest {
+    pub fn generation(&self) -> Result<Generation, ApiError> {
+        let mut s = SamplingParams::default();
+        if let Some(t) = self.temperature {
+            range("temperature", t, 0.0, 2.0)?;
+            s.temperature = t;
+        }
+        if let Some(p) = self.top_p {
+            range("top_p", p, 0.0, 1.0)?;
+            s.top_p = p;
+        }
+        if let Some(k) = self.top_k {
+            if k < 0 {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("top_k must be 0 (off) or more, not {k}"),
+                ));
+            }
+            s.top_k = k;
+        }
+        if let Some(p) = self.min_p {
+            range("min_p", p, 0.0, 1.0)?;
+            s.min_p = p;
+        }
+        if let Some(p) = self.presence_penalty {
+            range("presence_penalty", p, -2.0, 2.0)?;
+            s.presence_penalty = p;
+        }
+        if let Some(p) = self.frequency_penalty {
+            range("frequency_penalty", p, -2.0, 2.0)?;
+            s.frequency_penalty = p;
+        }
+        if let Some(p) = self.repeat_penalty {
+            range("repeat_penalty", p, 0.0, 10.0)?;
+            if p == 0.0 {
+                return Err(ApiError::invalid(
+                    "repeat_penalty",
+                    "repeat_penalty must be above 0 (1.0 is off)",
+                ));
+            }
+            s.repeat_penalty = p;
+        }
+        // OpenAI allows any 64-bit seed; llama.cpp takes 32 bits.
+        s.seed = self.seed.map(|seed| seed as u32);
+
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => Some(positive("max_completion_tokens", m)?),
+            (None, Some(m)) => Some(positive("max_tokens", m)?),
+            (None, None) => None,
+        };
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::invalid(
+                    "n",
+                    format!("n must be 1: one choice per request is supported, not {n}"),
+                ));
+            }
+        }
+        if self
+            .logprobs
+            .as_ref()
+            .is_some_and(|v| v != &Value::Bool(false) && !v.is_null())
+        {
+            return Err(ApiError::invalid("logprobs", "logprobs are not supported"));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::invalid("tools", "tool calls are not supported"));
+        }
+        if self.echo == Some(true) {
+            return Err(ApiError::invalid("echo", "echo is not supported"));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid("suffix", "suffix is not supported"));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "at most {MAX_STOPS} stop strings are allowed, not {}",
+                    stop.len()
+                ),
+            ));
+        }
+        s.grammar = match &self.response_format {
+            None | Some(ResponseFormat::Text) => None,
+            Some(ResponseFormat::JsonObject) => {
+                Some(schema_grammar(&serde_json::json!({"type": "object"}))?)
+            }
+            Some(ResponseFormat::JsonSchema { json_schema }) => {
+                Some(schema_grammar(&json_schema.schema)?)
+            }
+        };
+        Ok(Generation {
+            sampling: s,
+            max_tokens,
+            stop,
+        })
+    }
+
+    /// The chat's messages in template form.
+    pub fn chat_messages(&self) -> Result<Vec<Message>, ApiError> {
+        let messages = self
+            .messages
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("messages", "`messages` is required"))?;
+        if messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must hold at least one message",
+            ));
+        }
+        messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = match m.role.as_str() {
+                    "system" | "developer" => "system",
+                    "user" => "user",
+                    "assistant" => "assistant",
+                    other => {
+                        return Err(ApiError::invalid(
+                            "messages",
+                            format!(
+                                "messages[{i}].role `{other}` is not one of system, developer, user, assistant"
+                            ),
+                        ))
+                    }
+                };
+                let content = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Parts(parts)) => {
+                        let mut text = String::new();
+                        for part in parts {
+                            match (part.kind.as_str(), &part.text) {
+                                ("text", Some(t)) => text.push_str(t),
+                                (kind, _) => {
+                                    return Err(ApiError::invalid(
+                                        "messages",
+                                        format!(
+                                            "messages[{i}] has a `{kind}` part; only text parts are supported"
+                                        ),
+                                    ))
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                Ok(Message {
+                    role: role.into(),
+                    content,
+                })
+            })
+            .collect()
+    }
+
+    /// The completion's prompt.
+    pub fn prompt_text(&self) -> Result<&str, ApiError> {
+        match &self.prompt {
+            Some(PromptInput::One(p)) => Ok(p),
+            Some(PromptInput::Many(v)) if v.len() == 1 => Ok(&v[0]),
+            Some(PromptInput::Many(v)) => Err(ApiError::invalid(
+                "prompt",
+                format!("one prompt per request is supported, not {}", v.len()),
+            )),
+            None => Err(ApiError::invalid("prompt", "`prompt` is required")),
+        }
+    }
+}
+
+fn range(param: &'static str, value: f32, min: f32, max: f32) -> Result<(), ApiError> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            param,
+            format!("{param} must be between {min} and {max}, not {value}"),
+        ))
+    }
+}
+
+fn positive(param: &'static str, value: i64) -> Result<u32, ApiError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::invalid(param, format!("{param} must be at least 1, not {value}")))
+}
+
+fn schema_grammar(schema: &Value) -> Result<String, ApiError> {
+    if !schema.is_object() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "response_format.json_schema.schema must be a JSON object",
+        ));
+    }
+    // llama.cpp's converter (the one llama-server uses) aborts on schemas it cannot
+    // express; it reports that as an error here.
+    llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+        ApiError::invalid(
+            "response_format",
+            format!("the JSON schema cannot be turned into a grammar: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> GenerateRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_parameter() {
+        let e = parse(r#"{"temperature": 3}"#).generation().unwrap_err();
+        assert_eq!(e.param, Some("temperature"));
+        assert!(e.message.contains("between 0 and 2"), "{}", e.message);
+        let e = parse(r#"{"max_tokens": 0}"#).generation().unwrap_err();
+        assert_eq!(e.param, Some("max_tokens"));
+        let e = parse(r#"{"n": 2}"#).generation().unwrap_err();
+        assert_eq!(e.param, Some("n"));
+    }
+
+    #[test]
+    fn defaults_are_llama_servers() {
+        let g = parse("{}").generation().unwrap();
+        assert_eq!(g.sampling, SamplingParams::default());
+        assert_eq!(g.max_tokens, None);
+    }
+
+    #[test]
+    fn content_parts_are_joined_and_roles_checked() {
+        let r = parse(
+            r#"{"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}"#,
+        );
+        let m = r.chat_messages().unwrap();
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m[0].content, "ab");
+        let r = parse(r#"{"messages": [{"role": "robot", "content": "x"}]}"#);
+        assert!(r.chat_messages().unwrap_err().message.contains("robot"));
+    }
+}

@@ -1,0 +1,196 @@
+//! The engine: one thread that owns the llama.cpp context and decodes every running
+//! request together in one batch per step (continuous batching).
+//!
+//! HTTP handlers talk to it through [`Engine`]: they tokenize on their own thread (the model
+//! is shareable), submit a [`GenerateJob`] and read [`Event`]s from a channel. Dropping that
+//! channel's receiver (a client that went away) cancels the generation at the next step.
+
+pub mod sampling;
+pub mod text;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::template::ChatTemplate;
+pub use sampling::SamplingParams;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_path: PathBuf,
+    /// The name clients use in `model` fields.
+    pub model_id: String,
+    pub threads: i32,
+    /// KV cache size in tokens for all sequences together (each gets `ctx_size / parallel`).
+    pub ctx_size: u32,
+    /// Sequences decoded together.
+    pub parallel: u32,
+    /// Most tokens in one decode step.
+    pub batch_size: u32,
+    /// Requests that may wait for a free sequence before new ones are refused.
+    pub queue_limit: usize,
+}
+
+/// The loaded model and what the HTTP side needs to know about it.
+pub struct LoadedModel {
+    pub id: String,
+    pub model: LlamaModel,
+    pub template: Option<ChatTemplate>,
+    /// Context (prompt + generated tokens) available to one request.
+    pub n_ctx_seq: u32,
+    /// Unix time the model was loaded (the `created` field of `/v1/models`).
+    pub created: u64,
+}
+
+impl LoadedModel {
+    pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        // As llama-server: add BOS/EOS if the model asks for them, and parse special tokens
+        // written by the chat template.
+        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+}
+
+pub struct GenerateJob {
+    pub prompt: Vec<LlamaToken>,
+    pub sampling: SamplingParams,
+    /// None: until the context is full.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of generation token or a stop string.
+    Stop,
+    /// `max_tokens` or the end of the context.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV cache came from an earlier request.
+    pub cached_tokens: u32,
+    pub completion_tokens: u32,
+    pub prompt_ms: f64,
+    pub generation_ms: f64,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done { reason: FinishReason, usage: Usage },
+    Failed(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    Loading,
+    /// Every sequence is busy and the queue is full.
+    Busy {
+        limit: usize,
+    },
+}
+
+enum Job {
+    Generate {
+        job: GenerateJob,
+        events: tokio_mpsc::UnboundedSender<Event>,
+    },
+    Embed {
+        inputs: Vec<Vec<LlamaToken>>,
+        reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    },
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    jobs: mpsc::Sender<Job>,
+    model: Arc<OnceLock<Arc<LoadedModel>>>,
+    /// Generations submitted and not yet finished (running or queued).
+    in_flight: Arc<AtomicUsize>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    /// Starts the engine thread, which loads the model. `on_ready` runs once it is loaded.
+    pub fn start(config: EngineConfig, on_ready: impl FnOnce() + Send + 'static) -> Engine {
+        let (jobs, rx) = mpsc::channel();
+        let model = Arc::new(OnceLock::new());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::default());
+        let worker = worker::Worker {
+            config: config.clone(),
+            jobs: rx,
+            model: model.clone(),
+            in_flight: in_flight.clone(),
+            metrics: metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || worker.run(on_ready))
+            .expect("cannot start the engine thread");
+        Engine {
+            config,
+            jobs,
+            model,
+            in_flight,
+            metrics,
+        }
+    }
+
+    /// The model, once loaded.
+    pub fn model(&self) -> Option<&Arc<LoadedModel>> {
+        self.model.get()
+    }
+
+    pub fn generate(
+        &self,
+        job: GenerateJob,
+    ) -> Result<tokio_mpsc::UnboundedReceiver<Event>, SubmitError> {
+        if self.model.get().is_none() {
+            return Err(SubmitError::Loading);
+        }
+        let limit = self.config.parallel as usize + self.config.queue_limit;
+        let admitted = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            Metrics::add(&self.metrics.rejected_busy, 1);
+            return Err(SubmitError::Busy { limit });
+        }
+        let (events, rx) = tokio_mpsc::unbounded_channel();
+        if self.jobs.send(Job::Generate { job, events }).is_err() {
+            // The engine thread is gone; the process is about to exit.
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Loading);
+        }
+        Ok(rx)
+    }
+
+    /// Mean-pooled, L2-normalized embeddings of each input.
+    pub async fn embed(&self, inputs: Vec<Vec<LlamaToken>>) -> Result<Vec<Vec<f32>>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Embed { inputs, reply })
+            .map_err(|_| "the engine has stopped".to_string())?;
+        rx.await.map_err(|_| "the engine has stopped".to_string())?
+    }
+}

@@ -1,0 +1,96 @@
+//! A request's sampling parameters and the llama.cpp sampler chain built from them.
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+
+/// Validated sampling parameters. Defaults are llama-server's, so the same request gives
+/// the same kind of output from either server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy (always the most likely token).
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: i32,
+    /// 1.0 = off.
+    pub top_p: f32,
+    /// 0.0 = off.
+    pub min_p: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// 1.0 = off.
+    pub repeat_penalty: f32,
+    /// How many of the latest tokens the penalties look at.
+    pub penalty_last_n: i32,
+    /// None: a fresh random seed per request.
+    pub seed: Option<u32>,
+    /// A GBNF grammar (root rule `root`) that every generated token must follow.
+    pub grammar: Option<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repeat_penalty: 1.0,
+            penalty_last_n: 64,
+            seed: None,
+            grammar: None,
+        }
+    }
+}
+
+/// Builds the chain in llama-server's order: grammar, penalties, top-k, top-p, min-p,
+/// temperature, then the final pick (greedy or seeded random).
+pub fn build(model: &LlamaModel, p: &SamplingParams) -> Result<LlamaSampler, String> {
+    let mut chain = Vec::new();
+    if let Some(grammar) = &p.grammar {
+        chain.push(
+            LlamaSampler::grammar(model, grammar, "root")
+                .map_err(|e| format!("the grammar for response_format is not usable: {e}"))?,
+        );
+    }
+    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 || p.repeat_penalty != 1.0 {
+        chain.push(LlamaSampler::penalties(
+            model.n_vocab(),
+            p.penalty_last_n,
+            p.repeat_penalty,
+            p.frequency_penalty,
+            p.presence_penalty,
+        ));
+    }
+    if p.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if p.top_k > 0 {
+            chain.push(LlamaSampler::top_k(p.top_k));
+        }
+        if p.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        if p.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(p.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(p.temperature));
+        let seed = p.seed.unwrap_or_else(rand_seed);
+        chain.push(LlamaSampler::dist(seed));
+    }
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+fn rand_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per process and perturbed per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
