@@ -42,8 +42,19 @@ pub fn router(engine: Arc<Engine>) -> Router {
 
 /// Parses a JSON body, answering 400 with serde's description (what and where) on failure.
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let what = e.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("the request body is not valid: {what}"))
+        } else {
+            ApiError::bad_request(format!("the request body is not valid: `{path}`: {what}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
+    Ok(value)
 }
 
 /// The loaded model, checked against the request's `model` field.

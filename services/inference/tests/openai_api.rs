@@ -1,0 +1,88 @@
+//! Runs `openai_api.py` (the official `openai` client) against two real servers on the real
+//! model. `cargo xtask test` provides the model (`LLAMABOX_TEST_MODEL`, the file the image
+//! ships) and a Python with `openai` installed (`LLAMABOX_PYTHON`).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(model: &Path, args: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_llamabox-inference"))
+            .arg("--model")
+            .arg(model)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting llamabox-inference");
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_ready(port);
+        server
+    }
+
+    fn wait_ready(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let mut reply = String::new();
+                if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
+                    && s.read_to_string(&mut reply).is_ok()
+                    && reply.starts_with("HTTP/1.0 200")
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} never became ready", self.url);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn required_env(name: &str) -> PathBuf {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("{name} is not set: run the tests with `cargo xtask test`, which provides it")
+        })
+}
+
+#[test]
+fn openai_client_against_the_real_model() {
+    let model = required_env("LLAMABOX_TEST_MODEL");
+    let python = required_env("LLAMABOX_PYTHON");
+    let main = Server::start(&model, &["--parallel", "4", "--ctx-size", "4096"]);
+    let tiny = Server::start(
+        &model,
+        &["--parallel", "1", "--queue", "1", "--ctx-size", "1024"],
+    );
+    let status = Command::new(python)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests"))
+        .args(["-m", "unittest", "-v", "openai_api"])
+        .env("LLAMABOX_URL", &main.url)
+        .env("LLAMABOX_TINY_URL", &tiny.url)
+        .status()
+        .expect("running python");
+    assert!(status.success(), "openai_api.py failed (see above)");
+}
