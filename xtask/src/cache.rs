@@ -46,21 +46,26 @@ impl Cache {
         key: &str,
         build: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<PathBuf> {
-        let dir = self.entry_dir(kind, key);
-        if dir.exists() {
-            return Ok(dir);
-        }
-        let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        if let Err(e) = build(&tmp) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move {} into the cache", tmp.display()))?;
-        Ok(dir)
+        get_or_build_at(self.entry_dir(kind, key), build)
     }
+}
+
+/// Returns `dir`, running `build` into a temporary sibling first and renaming it into
+/// place if `dir` is missing: a reader never sees a half-built `dir`.
+pub fn get_or_build_at(dir: PathBuf, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    if dir.exists() {
+        return Ok(dir);
+    }
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    if let Err(e) = build(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("cannot move {} into the cache", tmp.display()))?;
+    Ok(dir)
 }
 
 /// Hashes a step's inputs. Every value is labelled and length-prefixed so that two
