@@ -1,6 +1,7 @@
 //! The Llama Box build tool as a library, so the boot tests can drive QEMU with the
 //! same code `cargo xtask run` uses. `main.rs` only parses arguments and dispatches.
 
+pub mod bench;
 pub mod build;
 pub mod cache;
 pub mod config;

@@ -1,10 +1,12 @@
 //! `cargo xtask lock`: pins every Debian package and PyPI distribution the recipes and
-//! boards name, for every architecture a board uses.
+//! boards name, for every architecture a board uses, and the PyPI distributions
+//! `cargo xtask bench` downloads.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 
+use crate::bench;
 use crate::config::lock::DebianLock;
 use crate::config::recipe::Source;
 use crate::config::{self, Arch};
@@ -58,13 +60,19 @@ pub fn run(project: &Project) -> Result<()> {
         lock.packages.len()
     );
 
-    let dists: BTreeSet<(String, String)> = recipes
+    let mut dists: BTreeSet<(String, String)> = recipes
         .values()
         .filter_map(|r| match &r.source {
             Source::Pypi { name, version } => Some((name.clone(), version.clone())),
             _ => None,
         })
         .collect();
+    // The benchmark's reference server and model are pinned like the image's inputs.
+    dists.extend(
+        bench::PYPI_DISTS
+            .iter()
+            .map(|(name, version)| (name.to_string(), version.to_string())),
+    );
     if !dists.is_empty() {
         let index = pypi::index_url()?;
         let mut lock = pypi::PypiLock::default();

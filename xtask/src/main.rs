@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xtask::build::{self, BuildOptions};
 use xtask::project::Project;
-use xtask::{config, fuzz, keys, lock, qemu, setup};
+use xtask::{bench, config, fuzz, keys, lock, qemu, setup};
 
 const DEFAULT_BOARD: &str = "qemu-x86_64";
 
@@ -78,6 +78,31 @@ enum Cmd {
     },
     /// Install the host tools the build needs (Debian packages, Rust targets).
     Setup,
+    /// Benchmarks that compare our services with reference implementations.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Our inference service against llama.cpp's llama-server (built from the pinned
+    /// source): decode, prompt processing, time to first token, 4 concurrent streams.
+    Inference {
+        /// Times each measurement is repeated on each side; the report shows medians.
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+        /// Threads for both servers (default: the number of cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Use this llamabox-inference binary instead of building it.
+        #[arg(long, conflicts_with = "reference_twice")]
+        ours: Option<PathBuf>,
+        /// Run llama-server on both sides, to check the harness (ratios should be ~1).
+        #[arg(long)]
+        reference_twice: bool,
+    },
 }
 
 fn main() {
@@ -141,6 +166,34 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Lock => lock::run(&project)?,
+        Cmd::Bench {
+            what:
+                BenchCmd::Inference {
+                    repetitions,
+                    threads,
+                    ours,
+                    reference_twice,
+                },
+        } => {
+            if repetitions == 0 {
+                bail!("--repetitions must be at least 1");
+            }
+            let ours = match (ours, reference_twice) {
+                (_, true) => bench::Ours::Reference,
+                (Some(path), false) => bench::Ours::Binary(path),
+                (None, false) => bench::Ours::Build,
+            };
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            bench::inference(
+                &project,
+                &bench::Options {
+                    ours,
+                    repetitions,
+                    threads,
+                },
+            )?;
+        }
         Cmd::Setup => {
             setup::ensure_host_tools(config::Arch::X86_64)?;
             println!("host tools are installed");
