@@ -42,6 +42,9 @@ pub fn install(recipe: &Recipe, arch: Arch, sources: &[PathBuf], tree: &Path) ->
                     .join(", ")
             );
         }
+        if let Some(expected) = &rule.sha256 {
+            check_sha256(recipe, i, &matches, expected)?;
+        }
         let into_dir = to.ends_with('/') || matches.len() > 1;
         for path in matches {
             let meta = path.symlink_metadata()?;
@@ -57,6 +60,34 @@ pub fn install(recipe: &Recipe, arch: Arch, sources: &[PathBuf], tree: &Path) ->
             };
             copy_entry(&path, &dest, rule.mode)?;
         }
+    }
+    Ok(())
+}
+
+/// An `[[install]]` rule with `sha256` must match exactly one regular file, with that hash.
+fn check_sha256(recipe: &Recipe, i: usize, matches: &[PathBuf], expected: &str) -> Result<()> {
+    let [file] = matches else {
+        bail!(
+            "recipe `{}`: install[{i}] pins a sha256 but `from` matches {} files",
+            recipe.name,
+            matches.len()
+        );
+    };
+    if !file.symlink_metadata()?.is_file() {
+        bail!(
+            "recipe `{}`: install[{i}] pins a sha256 but {} is not a regular file",
+            recipe.name,
+            file.display()
+        );
+    }
+    let actual = llamabox_image::sha256_file(file)?;
+    if actual != expected {
+        bail!(
+            "recipe `{}` ({}): install[{i}]: {} has SHA-256 {actual}, the recipe pins {expected}",
+            recipe.name,
+            recipe.file.display(),
+            file.display()
+        );
     }
     Ok(())
 }

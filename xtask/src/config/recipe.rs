@@ -40,6 +40,7 @@ struct RawInstall {
     to: String,
     mode: Option<String>,
     arch: Option<String>,
+    sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,9 @@ pub struct Install {
     pub mode: Option<u32>,
     /// Only for this architecture (e.g. the dynamic loader's path differs).
     pub arch: Option<Arch>,
+    /// The SHA-256 the one file `from` matches must have (lowercase hex): pins the bytes
+    /// of a file itself, whatever package it arrives in (model weights).
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,11 +213,20 @@ pub fn load(path: &Path) -> Result<Recipe> {
                 None
             }
         };
+        if let Some(sha) = &raw.sha256 {
+            if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                problems.add(
+                    &format!("{key}.sha256"),
+                    format!("`{sha}` is not a SHA-256 (64 lowercase hex digits)"),
+                );
+            }
+        }
         install.push(Install {
             from: raw.from,
             to: raw.to,
             mode,
             arch: only,
+            sha256: raw.sha256,
         });
     }
     if install.is_empty() {
@@ -300,6 +313,22 @@ mod tests {
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn an_install_rule_can_pin_a_file_hash() {
+        let sha = "ab".repeat(32);
+        let r = parse(&format!(
+            "description = \"m\"\n[source]\npypi = \"m==1\"\n[[install]]\nfrom = \"m.gguf\"\nto = \"/m.gguf\"\nsha256 = \"{sha}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(r.install[0].sha256.as_deref(), Some(sha.as_str()));
+        let err = parse(
+            "description = \"m\"\n[source]\npypi = \"m==1\"\n[[install]]\nfrom = \"m.gguf\"\nto = \"/m.gguf\"\nsha256 = \"ABC\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("install[0].sha256"), "{err}");
     }
 
     #[test]
