@@ -15,8 +15,17 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("objcopy", "binutils"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-img", "qemu-utils"),
+    // llama.cpp (the inference service): llama-cpp-sys-2 builds it with CMake and a C++
+    // compiler and generates its bindings with bindgen, which loads libclang.
+    ("cmake", "cmake"),
+    ("c++", "g++"),
+    ("clang", "clang"),
 ];
-const FILES: &[(&str, &str)] = &[("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf")];
+/// (glob that must match a file, Debian package providing it)
+const FILES: &[(&str, &str)] = &[
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    ("/usr/lib/llvm-*/lib/libclang.so*", "libclang-dev"),
+];
 
 fn have_command(name: &str) -> bool {
     std::env::var_os("PATH")
@@ -36,7 +45,7 @@ pub fn missing_packages() -> Vec<&'static str> {
     missing.extend(
         FILES
             .iter()
-            .filter(|(f, _)| !Path::new(f).exists())
+            .filter(|(f, _)| !glob::glob(f).is_ok_and(|mut m| m.any(|p| p.is_ok())))
             .map(|(_, p)| *p),
     );
     missing.dedup();
