@@ -42,6 +42,20 @@ pub struct BuildOutput {
     pub image_sha256: String,
     pub rootfs_sha256: String,
     pub reused: bool,
+    /// The staged tree of each root filesystem recipe, in the build cache.
+    pub rootfs_trees: BTreeMap<String, PathBuf>,
+}
+
+impl BuildOutput {
+    /// Where the build cache holds the root filesystem's file `path` (absolute in the
+    /// image), if a recipe installs it: host tests use the same bytes as the device.
+    pub fn rootfs_file(&self, path: &str) -> Option<PathBuf> {
+        let rel = path.trim_start_matches('/');
+        self.rootfs_trees
+            .values()
+            .map(|tree| tree.join(rel))
+            .find(|p| p.symlink_metadata().is_ok())
+    }
 }
 
 /// Prints a step and how long it took.
@@ -172,8 +186,13 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     step.done();
 
     let step = Step::start("disk image");
-    let out = write_disk(&ctx, options, &esp_image, &slot)?;
+    let mut out = write_disk(&ctx, options, &esp_image, &slot)?;
     step.done();
+    out.rootfs_trees = image
+        .rootfs
+        .iter()
+        .map(|name| (name.clone(), staged[name].tree.clone()))
+        .collect();
     Ok(out)
 }
 
@@ -573,6 +592,7 @@ fn write_disk(
         image_sha256,
         rootfs_sha256,
         reused: up_to_date,
+        rootfs_trees: BTreeMap::new(),
     })
 }
 

@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod keys;
 pub mod lock;
 pub mod project;
+pub mod python;
 pub mod qemu;
 pub mod setup;
 pub mod stage;

@@ -86,5 +86,5 @@ pub fn run(project: &Project) -> Result<()> {
             lock.packages.len()
         );
     }
-    Ok(())
+    crate::python::lock(project)
 }

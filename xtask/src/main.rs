@@ -7,9 +7,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xtask::build::{self, BuildOptions};
 use xtask::project::Project;
-use xtask::{bench, config, fuzz, keys, lock, qemu, setup};
+use xtask::{bench, config, fuzz, keys, lock, python, qemu, setup};
 
 const DEFAULT_BOARD: &str = "qemu-x86_64";
+
+/// The model `cargo xtask test` hands the host tests (`LLAMABOX_TEST_MODEL`): the
+/// image's default model, from the build cache.
+const TEST_MODEL: &str = "/usr/share/llamabox/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const TEST_MODEL_ENV: &str = "LLAMABOX_TEST_MODEL";
 
 #[derive(Parser)]
 #[command(
@@ -252,16 +257,24 @@ fn test(project: &Project, board: &str, args: &[String]) -> Result<()> {
             cache_dir: None,
         },
     )?;
+    let python = python::ensure_venv(project)?;
     eprintln!("==> cargo test (boot tests use {})", output.image.display());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&project.root)
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&project.root)
         .args(["test", "--workspace", "--locked", "--"])
         .args(args)
         .env("LLAMABOX_TEST_IMAGE", &output.image)
         .env("LLAMABOX_TEST_BOARD", board)
-        .status()
-        .context("cannot run cargo test")?;
+        .env(python::PYTHON_ENV, &python);
+    // The model the image ships, so host tests of the inference service load the same bytes.
+    match output.rootfs_file(TEST_MODEL) {
+        Some(model) => {
+            cmd.env(TEST_MODEL_ENV, model);
+        }
+        None => eprintln!("    the image has no {TEST_MODEL}: {TEST_MODEL_ENV} is not set"),
+    }
+    let status = cmd.status().context("cannot run cargo test")?;
     if !status.success() {
         bail!("tests failed");
     }

@@ -36,6 +36,13 @@ impl Project {
     pub fn pypi_lock(&self) -> PathBuf {
         self.recipes_dir().join("pypi.lock")
     }
+    /// The host tests' Python packages, pinned (`requirements.in` beside it is the input).
+    pub fn python_requirements(&self) -> PathBuf {
+        self.root
+            .join("xtask")
+            .join("python")
+            .join("requirements.txt")
+    }
     pub fn keys_dir(&self) -> PathBuf {
         self.root.join("keys")
     }

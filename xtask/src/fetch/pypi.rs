@@ -120,18 +120,42 @@ fn index_files(index: &str, name: &str) -> Result<Vec<SimpleFile>> {
         .collect()
 }
 
+/// The files of `files` that belong to `name==version`: its wheels and its sdist.
+fn of_version<'a>(files: &'a [SimpleFile], name: &str, version: &str) -> Vec<&'a SimpleFile> {
+    // Wheels spell the name with `_`, sdists with either; compare in one spelling.
+    let dist = normalized(name).replace('-', "_");
+    files
+        .iter()
+        .filter(|f| {
+            let file = f.filename.to_ascii_lowercase().replace('-', "_");
+            file.starts_with(&format!("{dist}_{version}_"))
+                || file == format!("{dist}_{version}.tar.gz")
+        })
+        .collect()
+}
+
+/// The SHA-256 of every wheel the index lists for `name==version` (every platform and
+/// Python version), sorted: what a hash-checking requirements file accepts.
+pub fn wheel_hashes(index: &str, name: &str, version: &str) -> Result<Vec<String>> {
+    let files = index_files(index, name)?;
+    let mut hashes: Vec<String> = of_version(&files, name, version)
+        .into_iter()
+        .filter(|f| f.filename.ends_with(".whl"))
+        .filter_map(|f| f.hashes.get("sha256").cloned())
+        .collect();
+    hashes.sort();
+    hashes.dedup();
+    if hashes.is_empty() {
+        bail!("{name}=={version}: the index lists no wheel with a sha256");
+    }
+    Ok(hashes)
+}
+
 /// Finds `name==version` in the index and pins it. The lock records the file name and
 /// hash, not the URL: where files live is the index's business, resolved at fetch time.
 pub fn resolve(index: &str, name: &str, version: &str) -> Result<LockedDist> {
     let files = index_files(index, name)?;
-    // Wheels spell the name with `_`, sdists with either; compare in one spelling.
-    let dist = normalized(name).replace('-', "_");
-    let matches = |f: &&SimpleFile| {
-        let file = f.filename.to_ascii_lowercase().replace('-', "_");
-        file.starts_with(&format!("{dist}_{version}_"))
-            || file == format!("{dist}_{version}.tar.gz")
-    };
-    let candidates: Vec<&SimpleFile> = files.iter().filter(matches).collect();
+    let candidates = of_version(&files, name, version);
     let pick = candidates
         .iter()
         .find(|f| f.filename.ends_with("-none-any.whl"))
