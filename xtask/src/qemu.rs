@@ -11,8 +11,11 @@ use anyhow::{bail, Context, Result};
 use crate::config::board::Board;
 
 /// Ports of the device forwarded to loopback on the host by `cargo xtask run`:
-/// (host, guest).
-pub const PORT_FORWARDS: &[(u16, u16)] = &[(8443, 443), (8080, 80), (2222, 22)];
+/// (host, guest). Guest 8080 is the inference service's OpenAI-compatible API.
+pub const PORT_FORWARDS: &[(u16, u16)] = &[(8443, 443), (8080, 80), (2222, 22), (18080, 8080)];
+
+/// The guest port of the inference service's HTTP API.
+pub const INFERENCE_PORT: u16 = 8080;
 
 /// Creates a qcow2 overlay on top of `base` (raw), so the base image stays untouched.
 pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
@@ -115,7 +118,20 @@ impl Machine {
         log: &Path,
         agent: Option<&Path>,
     ) -> Result<Machine> {
-        let mut cmd = base_args(board, disk, vars, &[])?;
+        Machine::start_with(board, disk, vars, log, agent, &[])
+    }
+
+    /// Like `start_with_agent`, with `forwards` (host port on 127.0.0.1, guest port):
+    /// a test picks free host ports so machines can still run side by side.
+    pub fn start_with(
+        board: &Board,
+        disk: &Path,
+        vars: &Path,
+        log: &Path,
+        agent: Option<&Path>,
+        forwards: &[(u16, u16)],
+    ) -> Result<Machine> {
+        let mut cmd = base_args(board, disk, vars, forwards)?;
         let _ = std::fs::remove_file(log);
         cmd.args(["-display", "none", "-monitor", "none", "-serial"])
             .arg(format!("file:{}", log.display()));

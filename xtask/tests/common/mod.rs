@@ -48,6 +48,24 @@ pub fn built_image(name: &str) -> PathBuf {
     path
 }
 
+/// The Python interpreter with the tests' pinned packages (the `openai` client): from
+/// `cargo xtask test` (`LLAMABOX_PYTHON`), else the venv is created here.
+pub fn python() -> PathBuf {
+    match std::env::var_os(xtask::python::PYTHON_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => xtask::python::ensure_venv(&Project::locate()).expect("the Python test venv"),
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One scenario's disk and firmware state.
 pub struct TestMachine {
     pub dir: PathBuf,
@@ -89,14 +107,20 @@ impl TestMachine {
     }
 
     pub fn boot(&mut self) -> Machine {
+        self.boot_forwarding(&[])
+    }
+
+    /// Boots with guest ports forwarded to 127.0.0.1: (host port, guest port).
+    pub fn boot_forwarding(&mut self, forwards: &[(u16, u16)]) -> Machine {
         self.boots += 1;
         let log = self.dir.join(format!("console-{}.log", self.boots));
-        Machine::start_with_agent(
+        Machine::start_with(
             &self.board,
             &self.disk,
             &self.vars,
             &log,
             Some(&self.agent_socket()),
+            forwards,
         )
         .unwrap()
     }
