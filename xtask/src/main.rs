@@ -96,7 +96,7 @@ enum BenchCmd {
     /// source): decode, prompt processing, time to first token, 4 concurrent streams.
     Inference {
         /// Times each measurement is repeated on each side; the report shows medians.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 8)]
         repetitions: usize,
         /// Threads for both servers (default: the number of cores).
         #[arg(long)]

@@ -1,5 +1,6 @@
-//! The measurements taken against one running server. Times are the client's: chunk
-//! arrival on the benchmark's side, the same code for both servers.
+//! The measurements, each one request (or one set of concurrent requests) against a
+//! running server. Times are the client's: chunk arrival on the benchmark's side, the
+//! same code for both servers.
 
 use std::sync::Barrier;
 
@@ -16,16 +17,46 @@ pub const DECODE_TOKENS: u32 = 128;
 const REPLY_TOKENS: u32 = 64;
 const FOLLOW_UP_TOKENS: u32 = 8;
 
-/// Measurements from a server with one sequence.
-#[derive(Debug, Clone)]
-pub struct Single {
-    pub decode: Reply,
-    pub prompt: Reply,
-    pub cold: Reply,
-    pub follow_up: Reply,
+/// A short request before anything is timed: the first one pays for lazy set-up.
+pub fn warm_up(client: &Client) -> Result<()> {
+    client
+        .chat(&prompts::warm_up(), 8)
+        .map(drop)
+        .context("warm-up request")
 }
 
-/// Measurements from a server decoding several streams together.
+/// One stream writing at length: its decode rate.
+pub fn decode(client: &Client) -> Result<Reply> {
+    client
+        .chat(&prompts::story(0), DECODE_TOKENS)
+        .context("decode request")
+}
+
+/// A long new prompt and one token: the time to first token is the prompt's.
+pub fn prompt(client: &Client, repetition: usize) -> Result<Reply> {
+    client
+        .chat(&prompts::long_document(repetition), 1)
+        .context("prompt-processing request")
+}
+
+/// A new conversation's first turn, then a follow-up turn that repeats it (with the
+/// reply) and adds a short question: a server that keeps the conversation's prefix
+/// only processes the new tokens.
+pub fn conversation(client: &Client, repetition: usize) -> Result<(Reply, Reply)> {
+    let conversation = prompts::conversation(repetition);
+    let cold = client
+        .chat(&conversation, REPLY_TOKENS)
+        .context("first turn of the conversation")?;
+    let follow_up = client
+        .chat(
+            &prompts::follow_up(conversation, &cold.text),
+            FOLLOW_UP_TOKENS,
+        )
+        .context("follow-up turn of the conversation")?;
+    Ok((cold, follow_up))
+}
+
+/// Several streams decoding together.
 #[derive(Debug, Clone)]
 pub struct Aggregate {
     pub streams: Vec<Reply>,
@@ -50,42 +81,8 @@ impl Aggregate {
     }
 }
 
-fn warm_up(client: &Client) -> Result<()> {
-    client
-        .chat(&prompts::warm_up(), 8)
-        .map(drop)
-        .context("warm-up request")
-}
-
-pub fn single(client: &Client, session: usize) -> Result<Single> {
-    warm_up(client)?;
-    let decode = client
-        .chat(&prompts::story(0), DECODE_TOKENS)
-        .context("decode request")?;
-    let prompt = client
-        .chat(&prompts::long_document(session), 1)
-        .context("prompt-processing request")?;
-    let conversation = prompts::conversation(session);
-    let cold = client
-        .chat(&conversation, REPLY_TOKENS)
-        .context("first turn of the conversation")?;
-    let follow_up = client
-        .chat(
-            &prompts::follow_up(conversation, &cold.text),
-            FOLLOW_UP_TOKENS,
-        )
-        .context("follow-up turn of the conversation")?;
-    Ok(Single {
-        decode,
-        prompt,
-        cold,
-        follow_up,
-    })
-}
-
 /// `streams` requests sent at once, each from its own thread.
 pub fn aggregate(client: &Client, streams: usize) -> Result<Aggregate> {
-    warm_up(client)?;
     let start = Barrier::new(streams);
     let replies = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..streams)

@@ -1,10 +1,12 @@
 //! `cargo xtask bench inference`: our inference service against llama.cpp's own
 //! `llama-server`, same model, threads and context, measured alternately in one run
-//! (ours, reference, ours, …) so both see the same machine state. A benchmark, not a
-//! test: missed targets are printed, only errors fail the command.
+//! (ours, reference, reference, ours, … request by request) so both see the same
+//! machine state. A benchmark, not a test: missed targets are printed, only errors
+//! fail the command.
 
 mod assets;
 mod client;
+mod cpu;
 mod measure;
 mod prompts;
 mod reference;
@@ -26,6 +28,9 @@ pub use assets::PYPI_DISTS;
 const CTX_PER_SEQUENCE: u32 = 2048;
 /// Streams decoded together for the aggregate measurement.
 const STREAMS: u32 = 4;
+/// The share of the CPU other processes may take before the report calls its
+/// figures noisy (kernel threads and the like take about 1%).
+const OTHERS_NOISE: f64 = 0.05;
 
 /// Which binary plays "ours".
 pub enum Ours {
@@ -92,49 +97,63 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
         parallel: STREAMS,
         ..single
     };
-    warn_if_busy();
+    let sides = [&ours, &reference];
+    let reps = options.repetitions;
     let mut samples = [report::Samples::default(), report::Samples::default()];
-    for rep in 0..options.repetitions {
-        for (side, samples) in [&ours, &reference].into_iter().zip(samples.iter_mut()) {
-            let log = logs.join(format!("{rep}-{}-1.log", side_name(side)));
-            let server = Server::start(side, &single, log)?;
-            let result = client::Client::connect(&server.base_url)
-                .and_then(|c| measure::single(&c, rep))
-                .with_context(|| format!("{}, one stream; {}", side.label, server.log_tail()))?;
-            server.stop()?;
-            samples.add_single(&result)?;
-            eprintln!(
-                "    {}/{} {:<22} decode {:6.1} tok/s  prompt {:6.1} tok/s  TTFT cold {:6.1} ms  follow-up {:6.1} ms",
-                rep + 1,
-                options.repetitions,
-                side.label,
-                samples.decode[rep],
-                samples.prompt[rep],
-                samples.cold_ms[rep],
-                samples.follow_up_ms[rep]
-            );
+
+    let mut others = Vec::new();
+    let servers = start_both(sides, &single, &logs)?;
+    let meter = cpu::Meter::start(&pids(&servers));
+    for rep in 0..reps {
+        let order = abba(rep);
+        for i in order {
+            samples[i].add_decode(&servers[i].measure("decode", measure::decode)?)?;
         }
-        for (side, samples) in [&ours, &reference].into_iter().zip(samples.iter_mut()) {
-            let log = logs.join(format!("{rep}-{}-{STREAMS}.log", side_name(side)));
-            let server = Server::start(side, &concurrent, log)?;
-            let result = client::Client::connect(&server.base_url)
-                .and_then(|c| measure::aggregate(&c, STREAMS as usize))
-                .with_context(|| {
-                    format!("{}, {STREAMS} streams; {}", side.label, server.log_tail())
-                })?;
-            server.stop()?;
-            samples.add_aggregate(&result);
+        for i in order {
+            let reply = servers[i].measure("prompt", |c| measure::prompt(c, rep))?;
+            samples[i].add_prompt(&reply);
+        }
+        for i in order {
+            let (cold, follow_up) =
+                servers[i].measure("conversation", |c| measure::conversation(c, rep))?;
+            samples[i].add_conversation(&cold, &follow_up);
+        }
+        for (side, s) in sides.iter().zip(&samples) {
             eprintln!(
-                "    {}/{} {:<22} {STREAMS} streams {:6.1} tok/s",
+                "    {}/{reps} {:<22} decode {:6.1} tok/s  prompt {:6.1} tok/s  TTFT cold {:6.1} ms  follow-up {:6.1} ms",
                 rep + 1,
-                options.repetitions,
                 side.label,
-                samples.aggregate[rep]
+                s.decode[rep],
+                s.prompt[rep],
+                s.cold_ms[rep],
+                s.follow_up_ms[rep]
             );
         }
     }
+    others.push(("one stream", meter.others_share(&pids(&servers))));
+    stop_all(servers)?;
 
-    warn_if_busy();
+    let servers = start_both(sides, &concurrent, &logs)?;
+    let meter = cpu::Meter::start(&pids(&servers));
+    for rep in 0..reps {
+        for i in abba(rep) {
+            let result = servers[i].measure("concurrent streams", |c| {
+                measure::aggregate(c, STREAMS as usize)
+            })?;
+            samples[i].add_aggregate(&result);
+        }
+        for (side, s) in sides.iter().zip(&samples) {
+            eprintln!(
+                "    {}/{reps} {:<22} {STREAMS} streams {:6.1} tok/s",
+                rep + 1,
+                side.label,
+                s.aggregate[rep]
+            );
+        }
+    }
+    others.push(("4 streams", meter.others_share(&pids(&servers))));
+    stop_all(servers)?;
+
     let [ours_samples, reference_samples] = &samples;
     println!(
         "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, medians of {} repetitions [min–max]:\n",
@@ -160,45 +179,83 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
             if v.met { "met" } else { "MISSED" }
         );
     }
+    for (phase, share) in others {
+        match share {
+            Some(share) if share > OTHERS_NOISE => println!(
+                "warning: other processes took {:.0}% of the CPU during the {phase} measurements: the figures are noisy, run again on an idle machine",
+                share * 100.0
+            ),
+            Some(share) => println!(
+                "other processes took {:.1}% of the CPU during the {phase} measurements",
+                share * 100.0
+            ),
+            None => {}
+        }
+    }
     Ok(())
 }
 
-/// Both sides are measured alternately, but other work on the machine still adds noise
-/// (a compiler on one of two cores halves the figures): say so. Sampled over a second
-/// with no server running.
-fn warn_if_busy() {
-    fn cpu_times() -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        // user nice system idle iowait …: idle time is idle + iowait.
-        let idle = fields.get(3)? + fields.get(4).unwrap_or(&0);
-        Some((fields.iter().sum(), idle))
-    }
-    let Some((total0, idle0)) = cpu_times() else {
-        return;
-    };
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let Some((total1, idle1)) = cpu_times() else {
-        return;
-    };
-    let busy = 1.0 - (idle1 - idle0) as f64 / (total1 - total0).max(1) as f64;
-    if busy > 0.1 {
-        eprintln!(
-            "    warning: the CPU is {:.0}% busy without the servers: other processes compete with them, figures will be noisy",
-            busy * 100.0
-        );
+/// Even repetitions measure ours first, odd ones the reference first (ABBA), so an
+/// advantage of going first, or a drift of the machine, falls on both sides alike.
+fn abba(rep: usize) -> [usize; 2] {
+    if rep.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
     }
 }
 
-/// For log file names.
-fn side_name(side: &Side) -> String {
-    side.label.replace(' ', "-")
+/// A server under test and a client connected to it.
+struct Running<'a> {
+    side: &'a Side,
+    server: Server,
+    client: client::Client,
+}
+
+impl Running<'_> {
+    fn measure<T>(&self, what: &str, f: impl FnOnce(&client::Client) -> Result<T>) -> Result<T> {
+        f(&self.client)
+            .with_context(|| format!("{}: {what}; {}", self.side.label, self.server.log_tail()))
+    }
+}
+
+/// Both servers run for a whole phase and are measured in turn, request by request:
+/// their samples are seconds apart, so a change in the machine's speed (other work, a
+/// neighbour on the host) hits both. An idle server costs nothing but memory: its
+/// OpenMP threads sleep (OMP_WAIT_POLICY=passive).
+fn start_both<'a>(
+    sides: [&'a Side; 2],
+    settings: &Settings,
+    logs: &Path,
+) -> Result<[Running<'a>; 2]> {
+    let start = |side: &'a Side| -> Result<Running<'a>> {
+        let log = logs.join(format!(
+            "{}-np{}.log",
+            side.label.replace(' ', "-"),
+            settings.parallel
+        ));
+        let server = Server::start(side, settings, log)?;
+        let running = Running {
+            side,
+            client: client::Client::connect(&server.base_url)
+                .with_context(|| format!("{}: {}", side.label, server.log_tail()))?,
+            server,
+        };
+        running.measure("warm-up", measure::warm_up)?;
+        Ok(running)
+    };
+    Ok([start(sides[0])?, start(sides[1])?])
+}
+
+fn pids(servers: &[Running; 2]) -> [u32; 2] {
+    [servers[0].server.pid(), servers[1].server.pid()]
+}
+
+fn stop_all(servers: [Running; 2]) -> Result<()> {
+    for running in servers {
+        running.server.stop()?;
+    }
+    Ok(())
 }
 
 /// `cargo build --release -p llamabox-inference`, with cargo's `[env]` CPU baseline.

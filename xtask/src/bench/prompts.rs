@@ -1,6 +1,6 @@
 //! The conversations the benchmark sends. Generated, not random: every run sends the
-//! same text, and each request of a server session starts differently so no server
-//! can answer it from another request's cached prefix.
+//! same text. Requests that time the prompt start with their repetition's number, so
+//! no server can answer one from an earlier request's cached prefix.
 
 use super::client::{Message, Role};
 
@@ -26,8 +26,8 @@ pub fn story(stream: usize) -> Vec<Message> {
 }
 
 /// A long prompt (~870 tokens) that needs one token of answer, for prompt processing.
-pub fn long_document(session: usize) -> Vec<Message> {
-    let mut document = format!("Inventory report number {session}.\n");
+pub fn long_document(repetition: usize) -> Vec<Message> {
+    let mut document = format!("{repetition}: inventory report.\n");
     const COLOURS: [&str; 5] = ["red", "green", "blue", "yellow", "white"];
     const THINGS: [&str; 6] = ["crates", "barrels", "sacks", "boxes", "bottles", "baskets"];
     const PLACES: [&str; 4] = ["the north hall", "the cellar", "the loft", "the yard"];
@@ -52,9 +52,9 @@ pub fn long_document(session: usize) -> Vec<Message> {
 }
 
 /// The first turn of a conversation: a long-ish system prompt and a question.
-pub fn conversation(session: usize) -> Vec<Message> {
+pub fn conversation(repetition: usize) -> Vec<Message> {
     let mut system = format!(
-        "You are Ada, the assistant of household {session}. You run on a small computer in the \
+        "{repetition}: you are Ada, a family's assistant. You run on a small computer in the \
          kitchen and you help the family with their everyday questions.\n"
     );
     const RULES: [&str; 12] = [

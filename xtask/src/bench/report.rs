@@ -1,6 +1,7 @@
 //! Medians of the repetitions, the ratios ours / reference, and the targets.
 
-use super::measure::{Aggregate, Single};
+use super::client::Reply;
+use super::measure::Aggregate;
 
 /// Every sample of one side, one per repetition.
 #[derive(Debug, Default, Clone)]
@@ -24,18 +25,24 @@ pub struct Work {
 }
 
 impl Samples {
-    pub fn add_single(&mut self, s: &Single) -> anyhow::Result<()> {
-        self.decode.push(s.decode.decode_rate()?);
-        self.prompt
-            .push(s.prompt.prompt_tokens as f64 / s.prompt.ttft().as_secs_f64());
-        self.cold_ms.push(s.cold.ttft().as_secs_f64() * 1000.0);
-        self.follow_up_ms
-            .push(s.follow_up.ttft().as_secs_f64() * 1000.0);
-        self.work.decode_tokens = s.decode.completion_tokens;
-        self.work.prompt_tokens = s.prompt.prompt_tokens;
-        self.work.cold_prompt_tokens = s.cold.prompt_tokens;
-        self.work.follow_up_prompt_tokens = s.follow_up.prompt_tokens;
+    pub fn add_decode(&mut self, reply: &Reply) -> anyhow::Result<()> {
+        self.decode.push(reply.decode_rate()?);
+        self.work.decode_tokens = reply.completion_tokens;
         Ok(())
+    }
+
+    pub fn add_prompt(&mut self, reply: &Reply) {
+        self.prompt
+            .push(reply.prompt_tokens as f64 / reply.ttft().as_secs_f64());
+        self.work.prompt_tokens = reply.prompt_tokens;
+    }
+
+    pub fn add_conversation(&mut self, cold: &Reply, follow_up: &Reply) {
+        self.cold_ms.push(cold.ttft().as_secs_f64() * 1000.0);
+        self.follow_up_ms
+            .push(follow_up.ttft().as_secs_f64() * 1000.0);
+        self.work.cold_prompt_tokens = cold.prompt_tokens;
+        self.work.follow_up_prompt_tokens = follow_up.prompt_tokens;
     }
 
     pub fn add_aggregate(&mut self, a: &Aggregate) {
