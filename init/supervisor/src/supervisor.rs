@@ -873,7 +873,9 @@ impl Supervisor {
         s.killed = false;
         s.status = None;
         let notify = match s.def.readiness {
-            Readiness::Notify => match NotifySocket::bind(&run_dir, name) {
+            Readiness::Notify => match NotifySocket::bind(&run_dir, name)
+                .and_then(|n| hand_over(&n.path, &s.def).map(|()| n))
+            {
                 Ok(n) => Some(n),
                 Err(e) => {
                     let message = format!("{name}: cannot create its notify socket: {e}");
@@ -1006,6 +1008,24 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// A service that runs as another user must be able to send to its notify socket:
+/// the socket (mode 0755 under PID 1's umask) becomes the service's. An unknown user
+/// is left to `spawn`, which reports it.
+fn hand_over(socket: &std::path::Path, def: &Service) -> std::io::Result<()> {
+    let Some(user) = def.user.as_deref() else {
+        return Ok(());
+    };
+    let Some(u) = nix::unistd::User::from_name(user).ok().flatten() else {
+        return Ok(());
+    };
+    let gid = def
+        .group
+        .as_deref()
+        .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+        .map_or(u.gid, |g| g.gid);
+    std::os::unix::fs::chown(socket, Some(u.uid.as_raw()), Some(gid.as_raw()))
 }
 
 /// Starts a service's process in its own session (so its whole process group can be

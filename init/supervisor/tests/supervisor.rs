@@ -196,6 +196,34 @@ fn readiness_comes_from_the_notify_socket() {
 }
 
 #[test]
+fn a_service_running_as_another_user_can_send_ready() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a service as another user here");
+        return;
+    }
+    let mut h = Harness::new("notify-user");
+    // Everyone may pass through the harness's directories, as through /run on the box.
+    for dir in [h.dir.clone(), h.dir.join("run")] {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    h.shell(
+        "as-nobody",
+        &format!("{NOTIFY_READY}; exec sleep 1000"),
+        "ready = \"notify\"\nuser = \"nobody\"",
+    );
+    h.start(&[]);
+    let s = h.wait_until("as-nobody ready", |s| ready(s, "as-nobody"));
+    let pid = s.service("as-nobody").unwrap().pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(!uid.split_whitespace().any(|f| f == "0"), "{uid}");
+    h.stop();
+}
+
+#[test]
 fn a_crashing_service_restarts_with_growing_backoff_up_to_the_cap() {
     let mut h = Harness::new("backoff");
     h.shell(
