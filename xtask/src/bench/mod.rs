@@ -24,7 +24,7 @@ use server::{Kind, Server, Settings, Side};
 pub use assets::PYPI_DISTS;
 
 /// KV cache per sequence, in tokens, on both sides and in both configurations: the
-/// longest request (the follow-up turn) needs about 700.
+/// longest request (the prompt-processing one) needs about 870.
 const CTX_PER_SEQUENCE: u32 = 2048;
 /// Streams decoded together for the aggregate measurement.
 const STREAMS: u32 = 4;
@@ -98,61 +98,17 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
         ..single
     };
     let sides = [&ours, &reference];
-    let reps = options.repetitions;
     let mut samples = [report::Samples::default(), report::Samples::default()];
-
-    let mut others = Vec::new();
-    let servers = start_both(sides, &single, &logs)?;
-    let meter = cpu::Meter::start(&pids(&servers));
-    for rep in 0..reps {
-        let order = abba(rep);
-        for i in order {
-            samples[i].add_decode(&servers[i].measure("decode", measure::decode)?)?;
-        }
-        for i in order {
-            let reply = servers[i].measure("prompt", |c| measure::prompt(c, rep))?;
-            samples[i].add_prompt(&reply);
-        }
-        for i in order {
-            let (cold, follow_up) =
-                servers[i].measure("conversation", |c| measure::conversation(c, rep))?;
-            samples[i].add_conversation(&cold, &follow_up);
-        }
-        for (side, s) in sides.iter().zip(&samples) {
-            eprintln!(
-                "    {}/{reps} {:<22} decode {:6.1} tok/s  prompt {:6.1} tok/s  TTFT cold {:6.1} ms  follow-up {:6.1} ms",
-                rep + 1,
-                side.label,
-                s.decode[rep],
-                s.prompt[rep],
-                s.cold_ms[rep],
-                s.follow_up_ms[rep]
-            );
-        }
-    }
-    others.push(("one stream", meter.others_share(&pids(&servers))));
-    stop_all(servers)?;
-
-    let servers = start_both(sides, &concurrent, &logs)?;
-    let meter = cpu::Meter::start(&pids(&servers));
-    for rep in 0..reps {
-        for i in abba(rep) {
-            let result = servers[i].measure("concurrent streams", |c| {
-                measure::aggregate(c, STREAMS as usize)
-            })?;
-            samples[i].add_aggregate(&result);
-        }
-        for (side, s) in sides.iter().zip(&samples) {
-            eprintln!(
-                "    {}/{reps} {:<22} {STREAMS} streams {:6.1} tok/s",
-                rep + 1,
-                side.label,
-                s.aggregate[rep]
-            );
-        }
-    }
-    others.push(("4 streams", meter.others_share(&pids(&servers))));
-    stop_all(servers)?;
+    let others = [
+        (
+            "one stream",
+            one_stream(sides, &single, &logs, options.repetitions, &mut samples)?,
+        ),
+        (
+            "4 streams",
+            streams(sides, &concurrent, &logs, options.repetitions, &mut samples)?,
+        ),
+    ];
 
     let [ours_samples, reference_samples] = &samples;
     println!(
@@ -193,6 +149,79 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Decode, prompt processing and a two-turn conversation, one request at a time.
+/// Returns the share of the CPU other processes took meanwhile.
+fn one_stream(
+    sides: [&Side; 2],
+    settings: &Settings,
+    logs: &Path,
+    reps: usize,
+    samples: &mut [report::Samples; 2],
+) -> Result<Option<f64>> {
+    let servers = start_both(sides, settings, logs)?;
+    let meter = cpu::Meter::start(&pids(&servers));
+    for rep in 0..reps {
+        let order = abba(rep);
+        for i in order {
+            samples[i].add_decode(&servers[i].measure("decode", measure::decode)?)?;
+        }
+        for i in order {
+            let reply = servers[i].measure("prompt", |c| measure::prompt(c, rep))?;
+            samples[i].add_prompt(&reply);
+        }
+        for i in order {
+            let (cold, follow_up) =
+                servers[i].measure("conversation", |c| measure::conversation(c, rep))?;
+            samples[i].add_conversation(&cold, &follow_up);
+        }
+        for (side, s) in sides.iter().zip(samples.iter()) {
+            eprintln!(
+                "    {}/{reps} {:<22} decode {:6.1} tok/s  prompt {:6.1} tok/s  TTFT cold {:6.1} ms  follow-up {:6.1} ms",
+                rep + 1,
+                side.label,
+                s.decode[rep],
+                s.prompt[rep],
+                s.cold_ms[rep],
+                s.follow_up_ms[rep]
+            );
+        }
+    }
+    let others = meter.others_share(&pids(&servers));
+    stop_all(servers)?;
+    Ok(others)
+}
+
+/// `STREAMS` concurrent decodes. Returns the share of the CPU other processes took.
+fn streams(
+    sides: [&Side; 2],
+    settings: &Settings,
+    logs: &Path,
+    reps: usize,
+    samples: &mut [report::Samples; 2],
+) -> Result<Option<f64>> {
+    let servers = start_both(sides, settings, logs)?;
+    let meter = cpu::Meter::start(&pids(&servers));
+    for rep in 0..reps {
+        for i in abba(rep) {
+            let result = servers[i].measure("concurrent streams", |c| {
+                measure::aggregate(c, STREAMS as usize)
+            })?;
+            samples[i].add_aggregate(&result);
+        }
+        for (side, s) in sides.iter().zip(samples.iter()) {
+            eprintln!(
+                "    {}/{reps} {:<22} {STREAMS} streams {:6.1} tok/s",
+                rep + 1,
+                side.label,
+                s.aggregate[rep]
+            );
+        }
+    }
+    let others = meter.others_share(&pids(&servers));
+    stop_all(servers)?;
+    Ok(others)
 }
 
 /// Even repetitions measure ours first, odd ones the reference first (ABBA), so an
