@@ -142,7 +142,7 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
                 share * 100.0
             ),
             Some(share) => println!(
-                "other processes took {:.1}% of the CPU during the {phase} measurements",
+                "other processes took {:.0}% of the CPU during the {phase} measurements",
                 share * 100.0
             ),
             None => {}
