@@ -12,7 +12,7 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{parse_json, resolve_model, ApiError};
+use super::{parse_json, resolve_model, respond, ApiError};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 
@@ -41,15 +41,7 @@ enum Input {
 
 pub async fn embeddings(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
     Metrics::add(&engine.metrics.embedding_requests, 1);
-    match run(&engine, &body).await {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status.is_client_error() {
-                Metrics::add(&engine.metrics.invalid_requests, 1);
-            }
-            e.into_response()
-        }
-    }
+    respond(&engine, run(&engine, &body).await)
 }
 
 async fn run(engine: &Engine, body: &Bytes) -> Result<Response, ApiError> {

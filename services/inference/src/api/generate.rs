@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::request::GenerateRequest;
-use super::{parse_json, resolve_model, unix_now, ApiError};
+use super::{parse_json, resolve_model, respond, unix_now, ApiError};
 use crate::engine::{Engine, Event, FinishReason, GenerateJob, SubmitError, Usage};
 use crate::metrics::Metrics;
 
@@ -33,18 +33,6 @@ pub async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
 pub async fn completions(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
     Metrics::add(&engine.metrics.completion_requests, 1);
     respond(&engine, run(&engine, &body, Kind::Completion).await)
-}
-
-fn respond(engine: &Engine, result: Result<Response, ApiError>) -> Response {
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status.is_client_error() {
-                Metrics::add(&engine.metrics.invalid_requests, 1);
-            }
-            e.into_response()
-        }
-    }
 }
 
 /// Everything a response carries besides the generated text.

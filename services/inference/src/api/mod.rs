@@ -22,6 +22,7 @@ use serde_json::json;
 pub use error::ApiError;
 
 use crate::engine::{Engine, LoadedModel};
+use crate::metrics::Metrics;
 
 /// Largest request body accepted (a long conversation is a few hundred KiB).
 const MAX_BODY_BYTES: usize = 8 << 20;
@@ -55,6 +56,19 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
     Ok(value)
+}
+
+/// The handler's result as a response; client errors are counted in `/metrics`.
+fn respond(engine: &Engine, result: Result<Response, ApiError>) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_client_error() {
+                Metrics::add(&engine.metrics.invalid_requests, 1);
+            }
+            e.into_response()
+        }
+    }
 }
 
 /// The loaded model, checked against the request's `model` field.
