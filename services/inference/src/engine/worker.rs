@@ -207,24 +207,24 @@ impl<'m> Decoder<'m, '_> {
         }
     }
 
-    fn finished(&self) {
-        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// `n` generations left the engine (done, failed or cancelled): room for new requests.
+    fn finished(&self, n: usize) {
+        self.worker.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
 
     fn drop_cancelled(&mut self) {
         let before = self.queue.len();
         self.queue.retain(|(_, events)| !events.is_closed());
-        let dropped = before - self.queue.len();
+        let mut dropped = before - self.queue.len();
         for slot in &mut self.slots {
             if slot.running.as_ref().is_some_and(|r| r.events.is_closed()) {
                 slot.running = None;
-                Metrics::add(&self.worker.metrics.cancelled, 1);
-                self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+                dropped += 1;
             }
         }
         if dropped > 0 {
             Metrics::add(&self.worker.metrics.cancelled, dropped as u64);
-            self.worker.in_flight.fetch_sub(dropped, Ordering::AcqRel);
+            self.finished(dropped);
         }
     }
 
@@ -239,7 +239,7 @@ impl<'m> Decoder<'m, '_> {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = events.send(Event::Failed(e));
-                    self.finished();
+                    self.finished(1);
                     continue;
                 }
             };
@@ -386,21 +386,21 @@ impl<'m> Decoder<'m, '_> {
                 done += 1;
             }
         }
-        for _ in 0..done {
-            self.finished();
-        }
+        self.finished(done);
     }
 
     fn fail_all(&mut self, message: &str) {
         tracing::error!("{message}");
+        let mut failed = 0;
         for slot in &mut self.slots {
             if let Some(run) = slot.running.take() {
                 let _ = run.events.send(Event::Failed(message.to_string()));
-                self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+                failed += 1;
             }
             // The cache content is unknown after a failed decode: start over.
             slot.cached.clear();
         }
+        self.finished(failed);
     }
 
     fn publish_gauges(&self) {
