@@ -18,6 +18,15 @@ fn have_cargo_fuzz() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+fn cargo_fuzz(project: &Project, dir: &str) -> Command {
+    let mut command = Command::new("cargo");
+    command
+        .current_dir(project.root.join(dir))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .arg("fuzz");
+    command
+}
+
 pub fn run(project: &Project, seconds: u64) -> Result<()> {
     if !have_cargo_fuzz() {
         eprintln!("==> cargo install cargo-fuzz --locked");
@@ -29,12 +38,20 @@ pub fn run(project: &Project, seconds: u64) -> Result<()> {
         }
     }
     for (dir, target) in TARGETS {
+        // Built apart from the run, so a failed build (a full disk, a missing
+        // toolchain part) is never reported as a crash found by the fuzzer.
+        eprintln!("==> building fuzz target {target}");
+        let status = cargo_fuzz(project, dir)
+            .args(["build", target])
+            .status()
+            .context("cannot run cargo fuzz")?;
+        if !status.success() {
+            bail!("building fuzz target {target} failed (see the compiler output above)");
+        }
         eprintln!("==> fuzzing {target} for {seconds} s");
         let corpus = format!("fuzz/corpus/{target}");
-        let status = Command::new("cargo")
-            .current_dir(project.root.join(dir))
-            .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", target, &corpus, "--"])
+        let status = cargo_fuzz(project, dir)
+            .args(["run", target, &corpus, "--"])
             .arg(format!("-max_total_time={seconds}"))
             .status()
             .context("cannot run cargo fuzz")?;

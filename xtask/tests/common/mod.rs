@@ -180,3 +180,13 @@ impl TestMachine {
         )
     }
 }
+
+impl Drop for TestMachine {
+    /// A passing scenario's disk goes (a few hundred MB each, and CI disks are shared);
+    /// a failing one keeps it beside its console logs for inspection.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.disk);
+        }
+    }
+}
