@@ -65,6 +65,21 @@ impl PublicKey {
             .map_err(|_| KeyError::BadPoint)
     }
 
+    /// The key's 32 bytes in hex, as repository metadata lists it.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.as_bytes())
+    }
+
+    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
+        let bytes: [u8; 32] = hex::decode(text)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| KeyError::BadHex(text.to_string()))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map(PublicKey)
+            .map_err(|_| KeyError::BadPoint)
+    }
+
     pub fn id(&self) -> KeyId {
         let digest = Sha256::digest(self.0.as_bytes());
         let mut id = [0; 8];

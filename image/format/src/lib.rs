@@ -1,7 +1,7 @@
 //! Formats that cross the boundary between the build host and the device.
 //!
 //! The image builder (`xtask`, `llamabox-image`) writes these; stage 1 of `init`
-//! and, later, the update service read them. Keeping them in one crate means the
+//! and the update service read them. Keeping them in one crate means the
 //! two sides cannot drift apart. Everything read from a device or a download is
 //! untrusted: lengths are bounded and errors are typed so callers can branch.
 #![forbid(unsafe_code)]
@@ -9,6 +9,7 @@
 pub mod boot_entry;
 pub mod keys;
 pub mod manifest;
+pub mod update;
 
 pub use boot_entry::{BootEntry, Slot};
 pub use keys::{KeyError, KeyId, PublicKey, SecretKey};
