@@ -44,6 +44,18 @@ pub struct BuildOutput {
     pub reused: bool,
     /// The staged tree of each root filesystem recipe, in the build cache.
     pub rootfs_trees: BTreeMap<String, PathBuf>,
+    /// What an update bundle is made of: the slot's contents and one boot entry per
+    /// slot (their command lines differ), in the build cache.
+    pub release: Option<ReleaseParts>,
+}
+
+#[derive(Debug)]
+pub struct ReleaseParts {
+    pub board: String,
+    pub version: String,
+    pub slot: rootfs::SlotImage,
+    pub uki_a: PathBuf,
+    pub uki_b: PathBuf,
 }
 
 impl BuildOutput {
@@ -166,7 +178,8 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     step.done();
 
     let step = Step::start("root filesystem (EROFS + dm-verity, signed)");
-    let slot = build_rootfs(&mut ctx, &staged, &signing)?;
+    let update_root = crate::release::trusted_root(project)?;
+    let slot = build_rootfs(&mut ctx, &staged, &signing, &update_root)?;
     step.done();
 
     let step = Step::start("kernel and initramfs");
@@ -182,7 +195,7 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     step.done();
 
     let step = Step::start("boot entries and ESP");
-    let esp_image = build_esp(&mut ctx, &kernel_image, &initramfs)?;
+    let (esp_image, uki_a, uki_b) = build_esp(&mut ctx, &kernel_image, &initramfs)?;
     step.done();
 
     let step = Step::start("disk image");
@@ -193,6 +206,13 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
         .iter()
         .map(|name| (name.clone(), staged[name].tree.clone()))
         .collect();
+    out.release = Some(ReleaseParts {
+        board: board.name.clone(),
+        version: image.version.clone(),
+        slot,
+        uki_a,
+        uki_b,
+    });
     Ok(out)
 }
 
@@ -347,6 +367,7 @@ fn build_rootfs(
     ctx: &mut Ctx,
     staged: &BTreeMap<String, Staged>,
     signing: &SecretKey,
+    update_root: &[u8],
 ) -> Result<rootfs::SlotImage> {
     let mut key = KeyHasher::default();
     key.add_str("board", &ctx.board.name)
@@ -356,6 +377,7 @@ fn build_rootfs(
         key.add_str(name, &staged[name].key);
     }
     key.add_str("signer", &signing.public().id().to_string());
+    key.add("update-root", update_root);
     let key = key.finish();
     let (board, image) = (ctx.board.name.clone(), ctx.image.clone());
     let dir = ctx.cache.get_or_build("rootfs", &key, |dir| {
@@ -370,6 +392,9 @@ fn build_rootfs(
         std::fs::write(tree.join("etc/os-release"), os_release(&image, None))?;
         std::fs::write(tree.join("etc/llamabox/board"), format!("{board}\n"))?;
         std::fs::write(tree.join("etc/llamabox/health.toml"), image.health_toml())?;
+        let root_path = tree.join(crate::release::ROOT_IN_IMAGE);
+        std::fs::create_dir_all(root_path.parent().unwrap())?;
+        std::fs::write(root_path, update_root)?;
         normalize_directories(&tree)?;
         let slot = rootfs::build_slot(&tree, dir, &key, &board, &image.version, signing)?;
         std::fs::write(
@@ -477,7 +502,12 @@ fn build_initramfs(
     Ok(dir.join("initramfs.cpio"))
 }
 
-fn build_esp(ctx: &mut Ctx, kernel: &Path, initramfs: &Path) -> Result<PathBuf> {
+/// The ESP image and the boot entries (UKIs) for slots A and B.
+fn build_esp(
+    ctx: &mut Ctx,
+    kernel: &Path,
+    initramfs: &Path,
+) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let (boot_dir, boot_sha) = ctx.debian_package("systemd-boot-efi")?;
     let (stub_name, loader_name, removable) = match ctx.board.arch {
         Arch::X86_64 => ("linuxx64.efi.stub", "systemd-bootx64.efi", "BOOTX64.EFI"),
@@ -534,7 +564,12 @@ fn build_esp(ctx: &mut Ctx, kernel: &Path, initramfs: &Path) -> Result<PathBuf> 
             &files,
         )
     })?;
-    Ok(dir.join("esp.img"))
+    let tries = ctx.board.tries;
+    Ok((
+        dir.join("esp.img"),
+        dir.join(BootEntry::new_trial(2, Slot::A, tries).file_name()),
+        dir.join(BootEntry::new_trial(1, Slot::B, tries).file_name()),
+    ))
 }
 
 fn write_disk(
@@ -593,6 +628,7 @@ fn write_disk(
         rootfs_sha256,
         reused: up_to_date,
         rootfs_trees: BTreeMap::new(),
+        release: None,
     })
 }
 

@@ -12,5 +12,6 @@ pub mod lock;
 pub mod project;
 pub mod python;
 pub mod qemu;
+pub mod release;
 pub mod setup;
 pub mod stage;

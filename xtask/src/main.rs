@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xtask::build::{self, BuildOptions};
 use xtask::project::Project;
-use xtask::{bench, config, fuzz, keys, lock, python, qemu, setup};
+use xtask::{bench, config, fuzz, keys, lock, python, qemu, release, setup};
 
 const DEFAULT_BOARD: &str = "qemu-x86_64";
 
@@ -65,6 +65,18 @@ enum Cmd {
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build the image and publish it as a signed update bundle in a static repository
+    /// directory (created on first use, trusting the image's update root).
+    Release {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: String,
+        /// Image definition: image/<IMAGE>.toml.
+        #[arg(long, default_value = build::DEFAULT_IMAGE)]
+        image: String,
+        /// The repository directory; serve it with any static HTTP server.
+        #[arg(long)]
+        repo: PathBuf,
     },
     /// Generate an ed25519 signing key pair.
     Keys {
@@ -168,6 +180,31 @@ fn run(cli: Cli) -> Result<()> {
                 "sign images with it: {}={} cargo xtask image",
                 keys::SIGNING_KEY_ENV,
                 secret.display()
+            );
+        }
+        Cmd::Release { board, image, repo } => {
+            let out = build::build(
+                &project,
+                &build::BuildOptions {
+                    board,
+                    image,
+                    out_dir: None,
+                    cache_dir: None,
+                },
+            )?;
+            let parts = out.release.expect("a build has release parts");
+            if !repo.join("root.json").exists() {
+                release::init_repo(&repo, &release::trusted_root(&project)?)?;
+            }
+            let target = release::write_bundle(&repo, &parts)?;
+            let keys = release::RoleKeys::load(&project)?;
+            release::publish(&repo, target.clone(), &keys, release::Lifetimes::default())?;
+            println!(
+                "published {} {} into {} (bundle index {})",
+                target.board,
+                target.version,
+                repo.display(),
+                &target.sha256[..16]
             );
         }
         Cmd::Lock => lock::run(&project)?,

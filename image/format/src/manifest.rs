@@ -123,6 +123,21 @@ impl SlotManifest {
         Ok(())
     }
 
+    /// Size of the dm-verity hash tree (no superblock): every level up to a single block.
+    pub fn hash_tree_size(&self) -> u64 {
+        let per_block = u64::from(self.hash_block_size / 32).max(2);
+        let mut blocks = self.data_size / u64::from(self.data_block_size.max(1));
+        let mut total = 0;
+        loop {
+            blocks = blocks.div_ceil(per_block);
+            total += blocks;
+            if blocks <= 1 {
+                break;
+            }
+        }
+        total * u64::from(self.hash_block_size)
+    }
+
     /// The device-mapper table line for this slot (in 512-byte sectors), with the data
     /// and the hash tree both on `device`.
     pub fn verity_table(&self, device: &str) -> String {

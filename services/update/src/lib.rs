@@ -1,0 +1,142 @@
+//! The update client (docs/updates.md): checks a repository, verifies its signed
+//! metadata and installs a bundle into the inactive slot, chunk by verified chunk.
+//!
+//! - [`fetch`]: GET-only HTTP with bounded bodies, range requests and mirrors.
+//! - [`repository`]: the TUF-style metadata walk: root chain, timestamp, snapshot,
+//!   targets, each pinned and checked against what this box has already seen.
+//! - [`install`]: writes the inactive slot (reusing local chunks), then its manifest,
+//!   then its boot entry; never touches the active slot.
+//! - [`state`]: what persists across boots: trusted root, versions seen, the
+//!   anti-rollback floor, the last result.
+#![forbid(unsafe_code)]
+
+pub mod fetch;
+pub mod install;
+pub mod repository;
+pub mod state;
+
+/// Everything an update can fail with, each naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+    #[error(transparent)]
+    Metadata(#[from] llamabox_format::update::MetadataError),
+    #[error(transparent)]
+    Bundle(#[from] llamabox_format::update::BundleError),
+    #[error("update to {offered} refused: this box runs {installed} and never goes back to an older version")]
+    Rollback { offered: String, installed: String },
+    #[error(
+        "chunk {index} of `{file}` does not match its signed hash (tampered or corrupt download)"
+    )]
+    TamperedChunk { file: String, index: usize },
+    #[error("the slot manifest in the bundle does not match the signed target: {0}")]
+    ManifestMismatch(String),
+    #[error("the inactive slot's partition holds {available} bytes, the bundle needs {needed}")]
+    SlotTooSmall { needed: u64, available: u64 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path}: {reason}")]
+    State { path: String, reason: String },
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// One box's view of one repository.
+pub struct Updater {
+    pub fetcher: fetch::Fetcher,
+    pub store: state::Store,
+    /// The root the image trusts (`/etc/llamabox/update/root.json`).
+    pub image_root: PathBuf,
+    pub board: String,
+    /// The running image's version.
+    pub installed: String,
+}
+
+/// What `apply` did.
+#[derive(Debug)]
+pub enum Applied {
+    UpToDate {
+        version: Option<String>,
+    },
+    Installed {
+        version: String,
+        report: install::Report,
+    },
+}
+
+impl Updater {
+    /// Verifies the repository's metadata; remembers the versions and time it saw.
+    pub fn check(&self) -> Result<repository::Check, Error> {
+        let mut state = self.store.load()?;
+        let walk = repository::check(
+            &self.fetcher,
+            &self.store,
+            &self.image_root,
+            &self.board,
+            &self.installed,
+            &state.seen,
+            SystemTime::now(),
+        )?;
+        state.seen = walk.seen;
+        self.store.save(&state)?;
+        Ok(walk.check)
+    }
+
+    /// Checks, then installs an available update into the inactive slot.
+    pub fn apply(
+        &self,
+        layout: &install::Layout,
+        progress: install::Progress,
+    ) -> Result<Applied, Error> {
+        let result = self.apply_inner(layout, progress);
+        let mut state = self.store.load()?;
+        state.last_result = Some(match &result {
+            Ok(Applied::UpToDate { .. }) => "up to date".to_string(),
+            Ok(Applied::Installed { version, report }) => format!(
+                "installed {version} into slot {}; it boots next",
+                report.slot.map(|s| s.name()).unwrap_or("?")
+            ),
+            Err(e) => format!("failed: {e}"),
+        });
+        if let Ok(Applied::Installed { version, report }) = &result {
+            state.pending = Some(state::Pending {
+                version: version.clone(),
+                slot: report
+                    .slot
+                    .map(|s| s.name().to_string())
+                    .unwrap_or_default(),
+            });
+        }
+        self.store.save(&state)?;
+        result
+    }
+
+    fn apply_inner(
+        &self,
+        layout: &install::Layout,
+        progress: install::Progress,
+    ) -> Result<Applied, Error> {
+        match self.check()? {
+            repository::Check::UpToDate { version } => Ok(Applied::UpToDate { version }),
+            repository::Check::Available { target } => {
+                let index = repository::fetch_index(&self.fetcher, &target, &self.board)?;
+                let report = install::install(&self.fetcher, &index, layout, progress)?;
+                Ok(Applied::Installed {
+                    version: target.version,
+                    report,
+                })
+            }
+        }
+    }
+}

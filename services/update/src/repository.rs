@@ -1,0 +1,193 @@
+//! The metadata walk (TUF's client workflow, minus delegations): update the root
+//! through its chain, then timestamp → snapshot → targets, each signed by a threshold
+//! of its role's keys, pinned by the file before it, no older than what this box has
+//! seen and not expired.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use llamabox_format::update::metadata::{check_pinned, MAX_METADATA_LEN};
+use llamabox_format::update::{
+    BundleIndex, MetadataError, Root, Signed, Snapshot, Target, Targets, Timestamp, Version,
+};
+
+use crate::fetch::{FetchError, Fetcher};
+use crate::state::{Seen, Store};
+use crate::Error;
+
+/// Roots a repository may rotate through in one check: bounds the walk.
+const MAX_ROOT_ROTATIONS: u64 = 1024;
+
+#[derive(Debug)]
+pub enum Check {
+    /// The repository offers this box's version (or nothing for its board).
+    UpToDate {
+        version: Option<String>,
+    },
+    Available {
+        target: Target,
+    },
+}
+
+/// The result of a verified walk, with what to remember if the caller commits it.
+#[derive(Debug)]
+pub struct Walk {
+    pub check: Check,
+    pub seen: Seen,
+}
+
+fn fetch(fetcher: &Fetcher, path: &str, limit: u64) -> Result<Vec<u8>, Error> {
+    fetcher.get(path, limit)?.ok_or_else(|| {
+        Error::Fetch(FetchError::Http {
+            url: path.to_string(),
+            reason: "not found in the repository".into(),
+        })
+    })
+}
+
+/// Walks the repository's metadata for `board`, which runs `installed`.
+pub fn check(
+    fetcher: &Fetcher,
+    store: &Store,
+    image_root: &Path,
+    board: &str,
+    installed: &str,
+    seen: &Seen,
+    clock: SystemTime,
+) -> Result<Walk, Error> {
+    let now = seen.now(clock);
+    // The stored root was verified when it was stored (or came with the image).
+    let mut root = Signed::<Root>::parse(&store.trusted_root(image_root)?)?;
+    for _ in 0..MAX_ROOT_ROTATIONS {
+        let next_name = format!("{}.root.json", root.signed.version + 1);
+        let Some(bytes) = fetcher.get(&next_name, MAX_METADATA_LEN)? else {
+            break;
+        };
+        let next = Signed::<Root>::parse(&bytes)?;
+        next.verify_successor(&root.signed)?;
+        next.signed.validate()?;
+        store.save_root(&bytes)?;
+        root = next;
+    }
+    root.check_fresh(now)?;
+    let root = root.signed;
+
+    let timestamp =
+        Signed::<Timestamp>::parse(&fetch(fetcher, "timestamp.json", MAX_METADATA_LEN)?)?;
+    timestamp.verify(&root)?;
+    timestamp.check_not_older(seen.timestamp_version)?;
+    timestamp.check_fresh(now)?;
+    let pinned = &timestamp.signed.snapshot;
+
+    let name = format!("{}.snapshot.json", pinned.version);
+    let bytes = fetch(fetcher, &name, pinned.length)?;
+    pinned.check(&name, &bytes)?;
+    let snapshot = Signed::<Snapshot>::parse(&bytes)?;
+    snapshot.verify(&root)?;
+    same_version(
+        "snapshot version named by the timestamp",
+        pinned.version,
+        snapshot.signed.version,
+    )?;
+    snapshot.check_not_older(seen.snapshot_version)?;
+    snapshot.check_fresh(now)?;
+    let pinned = &snapshot.signed.targets;
+
+    let name = format!("{}.targets.json", pinned.version);
+    let bytes = fetch(fetcher, &name, pinned.length)?;
+    pinned.check(&name, &bytes)?;
+    let targets = Signed::<Targets>::parse(&bytes)?;
+    targets.verify(&root)?;
+    same_version(
+        "targets version named by the snapshot",
+        pinned.version,
+        targets.signed.version,
+    )?;
+    targets.check_not_older(seen.targets_version)?;
+    targets.check_fresh(now)?;
+
+    let mut seen = seen.clone();
+    seen.timestamp_version = timestamp.signed.version;
+    seen.snapshot_version = snapshot.signed.version;
+    seen.targets_version = targets.signed.version;
+    seen.record_time(now);
+
+    let check = match targets.signed.targets.get(&Targets::name_for_board(board)) {
+        None => Check::UpToDate { version: None },
+        Some(target) => {
+            if target.board != board {
+                return Err(llamabox_format::update::BundleError::WrongBoard {
+                    expected: board.to_string(),
+                    found: target.board.clone(),
+                }
+                .into());
+            }
+            let offered = parse_version(&target.version)?;
+            let mut floor = parse_version(installed)?;
+            if let Some(f) = &seen.version_floor {
+                floor = floor.max(parse_version(f)?);
+            }
+            if offered < floor {
+                return Err(Error::Rollback {
+                    offered: target.version.clone(),
+                    installed: floor.to_string(),
+                });
+            }
+            if offered == floor {
+                Check::UpToDate {
+                    version: Some(target.version.clone()),
+                }
+            } else {
+                Check::Available {
+                    target: target.clone(),
+                }
+            }
+        }
+    };
+    Ok(Walk { check, seen })
+}
+
+fn same_version(what: &str, expected: u64, found: u64) -> Result<(), Error> {
+    if expected != found {
+        return Err(MetadataError::Mismatch {
+            what: what.to_string(),
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn parse_version(text: &str) -> Result<Version, Error> {
+    text.parse()
+        .map_err(|e: llamabox_format::update::version::VersionError| {
+            Error::ManifestMismatch(e.to_string())
+        })
+}
+
+/// Fetches the target's bundle index and checks it against the target and the board.
+pub fn fetch_index(fetcher: &Fetcher, target: &Target, board: &str) -> Result<BundleIndex, Error> {
+    let name = format!("bundles/{}.index", target.sha256);
+    let bytes = fetch(fetcher, &name, target.length)?;
+    check_pinned(&name, target.length, &target.sha256, &bytes)?;
+    let index = BundleIndex::parse(&bytes)?;
+    index.check_board(board)?;
+    if index.version != target.version {
+        return Err(Error::ManifestMismatch(format!(
+            "index says version {}, target says {}",
+            index.version, target.version
+        )));
+    }
+    let manifest = index
+        .manifest_block()?
+        .unverified_payload()
+        .map_err(|e| Error::ManifestMismatch(e.to_string()))?;
+    if manifest.board != board || manifest.version != target.version {
+        return Err(Error::ManifestMismatch(format!(
+            "the slot manifest is for {} {}, the target is {} {}",
+            manifest.board, manifest.version, board, target.version
+        )));
+    }
+    Ok(index)
+}

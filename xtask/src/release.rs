@@ -1,0 +1,341 @@
+//! `cargo xtask release`: a built image becomes an update bundle, published into a
+//! static repository directory (docs/updates.md).
+//!
+//! The repository's formats are `llamabox_format::update`; this module writes them.
+//! Publishing adds files and only then replaces `timestamp.json` (write and rename), so
+//! a device reading the repository mid-publish sees the old release or the new one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use llamabox_format::update::bundle::{uki_file, BundleFile, BundleIndex, ChunkRef, SLOT_FILE};
+use llamabox_format::update::chunk::chunk_bytes;
+use llamabox_format::update::metadata::{format_time, parse_time};
+use llamabox_format::update::{MetaFile, Role, Root, Signed, Snapshot, Target, Targets, Timestamp};
+use llamabox_format::{SecretKey, Slot};
+use sha2::{Digest, Sha256};
+
+use crate::build::ReleaseParts;
+use crate::project::Project;
+
+/// Points at a repository's root metadata (`1.root.json`) for images and releases;
+/// without it the development root (every role signed by the development key) is used.
+pub const UPDATE_ROOT_ENV: &str = "LLAMABOX_UPDATE_ROOT";
+/// A directory with the online role keys: `targets*.secret`, `snapshot*.secret`,
+/// `timestamp*.secret`. Without it, the development key signs every role.
+pub const UPDATE_KEYS_ENV: &str = "LLAMABOX_UPDATE_KEYS";
+/// Where the image carries the root it trusts for updates.
+pub const ROOT_IN_IMAGE: &str = "etc/llamabox/update/root.json";
+
+/// The development root never expires in practice; a fixed date keeps images reproducible.
+const DEV_ROOT_EXPIRES: &str = "2036-01-01T00:00:00Z";
+
+/// How long each role's metadata stays valid after publishing.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub targets: Duration,
+    pub snapshot: Duration,
+    pub timestamp: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Lifetimes {
+            targets: Duration::from_secs(365 * DAY),
+            snapshot: Duration::from_secs(365 * DAY),
+            timestamp: Duration::from_secs(7 * DAY),
+        }
+    }
+}
+
+/// The keys that sign the online roles.
+pub struct RoleKeys {
+    pub targets: Vec<SecretKey>,
+    pub snapshot: Vec<SecretKey>,
+    pub timestamp: Vec<SecretKey>,
+}
+
+impl RoleKeys {
+    pub fn single(key: &SecretKey) -> RoleKeys {
+        let copy = || SecretKey::parse(&key.to_file("")).expect("own key file parses");
+        RoleKeys {
+            targets: vec![copy()],
+            snapshot: vec![copy()],
+            timestamp: vec![copy()],
+        }
+    }
+
+    /// `$LLAMABOX_UPDATE_KEYS`, else the development key.
+    pub fn load(project: &Project) -> Result<RoleKeys> {
+        let Some(dir) = std::env::var_os(UPDATE_KEYS_ENV).map(PathBuf::from) else {
+            let dev = crate::keys::read_secret(&project.keys_dir().join(crate::keys::DEV_SECRET))?;
+            return Ok(RoleKeys::single(&dev));
+        };
+        let role = |prefix: &str| -> Result<Vec<SecretKey>> {
+            let mut keys = Vec::new();
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    name.starts_with(prefix) && name.ends_with(".secret")
+                })
+                .collect();
+            paths.sort();
+            for path in paths {
+                keys.push(crate::keys::read_secret(&path)?);
+            }
+            if keys.is_empty() {
+                bail!("{}: no {prefix}*.secret key", dir.display());
+            }
+            Ok(keys)
+        };
+        Ok(RoleKeys {
+            targets: role("targets")?,
+            snapshot: role("snapshot")?,
+            timestamp: role("timestamp")?,
+        })
+    }
+}
+
+/// The development repository's root: version 1, the development key for every role.
+pub fn dev_root(key: &SecretKey) -> Vec<u8> {
+    let public = key.public();
+    let expires = parse_time(DEV_ROOT_EXPIRES).expect("constant parses");
+    let root = Root::with_keys(1, expires, [(&[&public], 1); 4]);
+    Signed::sign(&root, &[key])
+}
+
+/// The root metadata images trust: `$LLAMABOX_UPDATE_ROOT`, else the development root.
+pub fn trusted_root(project: &Project) -> Result<Vec<u8>> {
+    match std::env::var_os(UPDATE_ROOT_ENV) {
+        Some(path) => {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("cannot read {}", Path::new(&path).display()))?;
+            let root = Signed::<Root>::parse(&bytes)
+                .with_context(|| format!("{}", Path::new(&path).display()))?;
+            root.signed.validate()?;
+            root.verify(&root.signed)
+                .context("the update root must be signed by its own root keys")?;
+            Ok(bytes)
+        }
+        None => {
+            let dev = crate::keys::read_secret(&project.keys_dir().join(crate::keys::DEV_SECRET))?;
+            Ok(dev_root(&dev))
+        }
+    }
+}
+
+/// The bytes of a slot as the device writes them from the partition's start:
+/// EROFS, zeros up to the hash tree, the hash tree.
+pub fn slot_bytes(parts: &ReleaseParts) -> Result<Vec<u8>> {
+    let mut bytes = std::fs::read(&parts.slot.erofs)?;
+    bytes.resize(parts.slot.manifest.hash_offset as usize, 0);
+    bytes.extend(std::fs::read(&parts.slot.hash_tree)?);
+    Ok(bytes)
+}
+
+/// Chunks the release and writes `bundles/<sha256>.data` and `bundles/<sha256>.index`
+/// into the repository. Returns the target entry that points at the index.
+pub fn write_bundle(repo: &Path, parts: &ReleaseParts) -> Result<Target> {
+    let files: Vec<(String, Vec<u8>)> = vec![
+        (SLOT_FILE.to_string(), slot_bytes(parts)?),
+        (uki_file(Slot::A), std::fs::read(&parts.uki_a)?),
+        (uki_file(Slot::B), std::fs::read(&parts.uki_b)?),
+    ];
+    let mut data = Vec::new();
+    let mut stored: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut index_files = BTreeMap::new();
+    for (name, bytes) in &files {
+        let mut chunks = Vec::new();
+        for chunk in chunk_bytes(bytes) {
+            let offset = *stored.entry(chunk.sha256).or_insert_with(|| {
+                let at = data.len() as u64;
+                let start = chunk.offset as usize;
+                data.extend_from_slice(&bytes[start..start + chunk.length as usize]);
+                at
+            });
+            chunks.push(ChunkRef {
+                offset,
+                length: chunk.length,
+                sha256: hex::encode(chunk.sha256),
+            });
+        }
+        index_files.insert(
+            name.clone(),
+            BundleFile {
+                length: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(bytes)),
+                chunks,
+            },
+        );
+    }
+    let data_sha256 = hex::encode(Sha256::digest(&data));
+    let index = BundleIndex {
+        format: llamabox_format::update::bundle::FORMAT,
+        board: parts.board.clone(),
+        version: parts.version.clone(),
+        manifest: hex::encode(&parts.slot.manifest_block),
+        files: index_files,
+        data_length: data.len() as u64,
+        data_sha256: data_sha256.clone(),
+    };
+    let index_bytes = index.to_bytes();
+    let index_sha256 = hex::encode(Sha256::digest(&index_bytes));
+    let dir = repo.join("bundles");
+    std::fs::create_dir_all(&dir)?;
+    write_atomically(&dir.join(format!("{data_sha256}.data")), &data)?;
+    write_atomically(&dir.join(format!("{index_sha256}.index")), &index_bytes)?;
+    Ok(Target {
+        board: parts.board.clone(),
+        version: parts.version.clone(),
+        length: index_bytes.len() as u64,
+        sha256: index_sha256,
+    })
+}
+
+/// Creates a repository trusting `root` (the bytes of version 1 of the root metadata).
+pub fn init_repo(repo: &Path, root: &[u8]) -> Result<()> {
+    let parsed = Signed::<Root>::parse(root)?;
+    if repo.join("root.json").exists() {
+        bail!("{} already holds a repository", repo.display());
+    }
+    std::fs::create_dir_all(repo)?;
+    write_atomically(
+        &repo.join(format!("{}.root.json", parsed.signed.version)),
+        root,
+    )?;
+    write_atomically(&repo.join("root.json"), root)?;
+    Ok(())
+}
+
+/// The repository's current targets metadata and versions, read from its files.
+struct Current {
+    targets: Option<Targets>,
+    snapshot_version: u64,
+    timestamp_version: u64,
+}
+
+fn current(repo: &Path) -> Result<Current> {
+    let path = repo.join("timestamp.json");
+    if !path.exists() {
+        return Ok(Current {
+            targets: None,
+            snapshot_version: 0,
+            timestamp_version: 0,
+        });
+    }
+    let timestamp = Signed::<Timestamp>::parse(&std::fs::read(&path)?)?.signed;
+    let snapshot_path = repo.join(format!("{}.snapshot.json", timestamp.snapshot.version));
+    let snapshot = Signed::<Snapshot>::parse(&std::fs::read(&snapshot_path)?)?.signed;
+    let targets_path = repo.join(format!("{}.targets.json", snapshot.targets.version));
+    let targets = Signed::<Targets>::parse(&std::fs::read(&targets_path)?)?.signed;
+    Ok(Current {
+        targets: Some(targets),
+        snapshot_version: snapshot.version,
+        timestamp_version: timestamp.version,
+    })
+}
+
+fn signers(keys: &[SecretKey]) -> Vec<&SecretKey> {
+    keys.iter().collect()
+}
+
+/// Adds (or replaces) `target` for its board and signs new targets, snapshot and
+/// timestamp metadata.
+pub fn publish(repo: &Path, target: Target, keys: &RoleKeys, lifetimes: Lifetimes) -> Result<()> {
+    let now = SystemTime::now();
+    let current = current(repo)?;
+    let mut targets = current.targets.unwrap_or(Targets {
+        kind: Role::Targets,
+        version: 0,
+        expires: String::new(),
+        targets: BTreeMap::new(),
+    });
+    targets.version += 1;
+    targets.expires = format_time(now + lifetimes.targets);
+    targets
+        .targets
+        .insert(Targets::name_for_board(&target.board), target);
+    let targets_bytes = Signed::sign(&targets, &signers(&keys.targets));
+    write_atomically(
+        &repo.join(format!("{}.targets.json", targets.version)),
+        &targets_bytes,
+    )?;
+
+    let snapshot = Snapshot {
+        kind: Role::Snapshot,
+        version: current.snapshot_version + 1,
+        expires: format_time(now + lifetimes.snapshot),
+        targets: MetaFile::describe(targets.version, &targets_bytes),
+    };
+    let snapshot_bytes = Signed::sign(&snapshot, &signers(&keys.snapshot));
+    write_atomically(
+        &repo.join(format!("{}.snapshot.json", snapshot.version)),
+        &snapshot_bytes,
+    )?;
+    refresh_timestamp_to(
+        repo,
+        &snapshot_bytes,
+        snapshot.version,
+        current.timestamp_version + 1,
+        keys,
+        lifetimes,
+        now,
+    )
+}
+
+/// Re-signs the timestamp with a new expiry (what a timestamp server does on a schedule).
+pub fn refresh_timestamp(repo: &Path, keys: &RoleKeys, lifetimes: Lifetimes) -> Result<()> {
+    let current = current(repo)?;
+    let snapshot_bytes =
+        std::fs::read(repo.join(format!("{}.snapshot.json", current.snapshot_version)))?;
+    refresh_timestamp_to(
+        repo,
+        &snapshot_bytes,
+        current.snapshot_version,
+        current.timestamp_version + 1,
+        keys,
+        lifetimes,
+        SystemTime::now(),
+    )
+}
+
+fn refresh_timestamp_to(
+    repo: &Path,
+    snapshot_bytes: &[u8],
+    snapshot_version: u64,
+    version: u64,
+    keys: &RoleKeys,
+    lifetimes: Lifetimes,
+    now: SystemTime,
+) -> Result<()> {
+    let timestamp = Timestamp {
+        kind: Role::Timestamp,
+        version,
+        expires: format_time(now + lifetimes.timestamp),
+        snapshot: MetaFile::describe(snapshot_version, snapshot_bytes),
+    };
+    write_atomically(
+        &repo.join("timestamp.json"),
+        &Signed::sign(&timestamp, &signers(&keys.timestamp)),
+    )
+}
+
+/// Publishes the next root (rotation): signed by the current root keys and the new ones.
+pub fn rotate_root(repo: &Path, next: &Root, signers: &[&SecretKey]) -> Result<()> {
+    let bytes = Signed::sign(next, signers);
+    write_atomically(&repo.join(format!("{}.root.json", next.version)), &bytes)?;
+    write_atomically(&repo.join("root.json"), &bytes)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
