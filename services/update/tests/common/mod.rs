@@ -1,0 +1,343 @@
+//! Host test fixtures for the update client: synthetic releases published with the
+//! real release code, file-backed slots and ESP, and a small HTTP/1.1 file server that
+//! can misbehave on purpose (endless bodies, dropped connections) and logs requests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use llamabox_format::update::Target;
+use llamabox_format::{BootEntry, SecretKey, Slot, SlotManifest, MANIFEST_BLOCK_SIZE};
+use llamabox_update::fetch::Fetcher;
+use llamabox_update::install::Layout;
+use llamabox_update::state::Store;
+use llamabox_update::Updater;
+use xtask::build::ReleaseParts;
+
+pub const BOARD: &str = "qemu-x86_64";
+pub const SLOT_SIZE: u64 = 8 << 20;
+
+pub fn key() -> SecretKey {
+    SecretKey::generate(&mut rand_core::OsRng)
+}
+
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("update")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A release whose EROFS is 4 MiB of `seed`-derived bytes with `patch` applied (offset,
+/// bytes), a 64 KiB "hash tree" and 1 MiB boot entries; signed with `image_key`.
+pub fn fake_release(
+    dir: &Path,
+    board: &str,
+    version: &str,
+    seed: u64,
+    patch: Option<(usize, Vec<u8>)>,
+    image_key: &SecretKey,
+) -> ReleaseParts {
+    let dir = dir.join(format!("release-{board}-{version}-{seed}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut erofs = pseudo_random(4 << 20, seed);
+    if let Some((at, bytes)) = patch {
+        erofs.splice(at..at, bytes);
+        erofs.truncate(4 << 20);
+    }
+    let tree = pseudo_random(64 << 10, seed + 1);
+    let manifest = SlotManifest {
+        board: board.into(),
+        version: version.into(),
+        data_size: erofs.len() as u64,
+        hash_offset: erofs.len() as u64,
+        data_block_size: 4096,
+        hash_block_size: 4096,
+        hash_algorithm: "sha256".into(),
+        root_hash: "ab".repeat(32),
+        salt: "cd".repeat(32),
+    };
+    std::fs::write(dir.join("rootfs.erofs"), &erofs).unwrap();
+    std::fs::write(dir.join("rootfs.verity"), &tree).unwrap();
+    let kernel = pseudo_random(1 << 20, 7); // the same kernel in every release
+    let mut uki_a = kernel.clone();
+    uki_a.extend_from_slice(format!("llamabox.slot=a version={version}").as_bytes());
+    let mut uki_b = kernel;
+    uki_b.extend_from_slice(format!("llamabox.slot=b version={version}").as_bytes());
+    std::fs::write(dir.join("uki-a.efi"), uki_a).unwrap();
+    std::fs::write(dir.join("uki-b.efi"), uki_b).unwrap();
+    ReleaseParts {
+        board: board.into(),
+        version: version.into(),
+        slot: llamabox_image::rootfs::SlotImage {
+            erofs: dir.join("rootfs.erofs"),
+            hash_tree: dir.join("rootfs.verity"),
+            manifest_block: manifest.sign(image_key).unwrap(),
+            manifest,
+        },
+        uki_a: dir.join("uki-a.efi"),
+        uki_b: dir.join("uki-b.efi"),
+    }
+}
+
+/// A box on files: two slot partitions, an ESP directory, a state directory and the
+/// image's trusted root. Factory state: both slots hold `factory`, slot A boots.
+pub struct TestBox {
+    pub dir: PathBuf,
+    pub layout: Layout,
+    pub state: PathBuf,
+    pub image_root: PathBuf,
+    pub installed: String,
+}
+
+impl TestBox {
+    pub fn new(dir: &Path, factory: &ReleaseParts, root: &[u8]) -> TestBox {
+        let dir = dir.join("box");
+        let esp = dir.join("esp");
+        std::fs::create_dir_all(esp.join("EFI/Linux")).unwrap();
+        let layout = Layout {
+            slot_a: dir.join("slot-a.img"),
+            slot_b: dir.join("slot-b.img"),
+            esp: esp.clone(),
+            active: Slot::A,
+            tries: 3,
+        };
+        for slot in [Slot::A, Slot::B] {
+            let mut bytes = xtask::release::slot_bytes(factory).unwrap();
+            bytes.resize((SLOT_SIZE - MANIFEST_BLOCK_SIZE as u64) as usize, 0);
+            bytes.extend_from_slice(&factory.slot.manifest_block);
+            std::fs::write(layout.partition(slot), bytes).unwrap();
+        }
+        let entries = [
+            (
+                BootEntry::new_trial(2, Slot::A, 3).blessed(),
+                &factory.uki_a,
+            ),
+            (
+                BootEntry::new_trial(1, Slot::B, 3).blessed(),
+                &factory.uki_b,
+            ),
+        ];
+        for (entry, uki) in entries {
+            std::fs::copy(uki, esp.join(entry.path())).unwrap();
+        }
+        let image_root = dir.join("image-root.json");
+        std::fs::write(&image_root, root).unwrap();
+        TestBox {
+            state: dir.join("state"),
+            dir,
+            layout,
+            image_root,
+            installed: factory.version.clone(),
+        }
+    }
+
+    pub fn updater(&self, server: &Server) -> Updater {
+        Updater {
+            fetcher: Fetcher::new(&[server.url()]),
+            store: Store::new(&self.state),
+            image_root: self.image_root.clone(),
+            board: BOARD.into(),
+            installed: self.installed.clone(),
+        }
+    }
+
+    pub fn partition_bytes(&self, slot: Slot) -> Vec<u8> {
+        std::fs::read(self.layout.partition(slot)).unwrap()
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.layout.esp.join("EFI/Linux"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// What the next boot does once the new slot is blessed: it runs, at its version.
+    pub fn boot_into(&mut self, slot: Slot, version: &str) {
+        self.layout.active = slot;
+        self.installed = version.into();
+    }
+}
+
+/// Publishes `parts` into `repo` (created on first use with `root`), signed by `keys`.
+pub fn publish(
+    repo: &Path,
+    root: &[u8],
+    parts: &ReleaseParts,
+    keys: &xtask::release::RoleKeys,
+) -> Target {
+    if !repo.join("root.json").exists() {
+        xtask::release::init_repo(repo, root).unwrap();
+    }
+    let target = xtask::release::write_bundle(repo, parts).unwrap();
+    xtask::release::publish(
+        repo,
+        target.clone(),
+        keys,
+        xtask::release::Lifetimes::default(),
+    )
+    .unwrap();
+    target
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum Misbehaviour {
+    #[default]
+    None,
+    /// Bodies of paths ending in this never end.
+    Endless(String),
+    /// The first `times` range requests send only half their bytes.
+    DropHalfway { times: usize },
+}
+
+/// An HTTP/1.1 static file server with Range support, one thread per connection.
+pub struct Server {
+    port: u16,
+    pub misbehaviour: Arc<Mutex<Misbehaviour>>,
+    /// The request head (request line and headers) of every request.
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(root: &Path) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let misbehaviour = Arc::new(Mutex::new(Misbehaviour::None));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (root, mis, reqs) = (root.to_path_buf(), misbehaviour.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (root, mis, reqs) = (root.clone(), mis.clone(), reqs.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &root, &mis, &reqs);
+                });
+            }
+        });
+        Server {
+            port,
+            misbehaviour,
+            requests,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, misbehaviour: Misbehaviour) {
+        *self.misbehaviour.lock().unwrap() = misbehaviour;
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    root: &Path,
+    misbehaviour: &Mutex<Misbehaviour>,
+    requests: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        head += &line;
+    }
+    requests.lock().unwrap().push(head.clone());
+    let mut out = stream;
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let range = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        if !name.eq_ignore_ascii_case("range") {
+            return None;
+        }
+        let (a, b) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
+        Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+    });
+    let file = root.join(path.trim_start_matches('/'));
+    let Ok(bytes) = std::fs::read(&file) else {
+        return out.write_all(
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+    };
+    let mis = misbehaviour.lock().unwrap().clone();
+    if let Misbehaviour::Endless(suffix) = &mis {
+        if path.ends_with(suffix.as_str()) {
+            // The honest bytes first, then more, forever.
+            let (status, honest) = match range {
+                Some((start, end)) => {
+                    ("206 Partial Content", &bytes[start as usize..=end as usize])
+                }
+                None => ("200 OK", &bytes[..]),
+            };
+            out.write_all(format!("HTTP/1.1 {status}\r\nconnection: close\r\n\r\n").as_bytes())?;
+            out.write_all(honest)?;
+            let block = vec![b'x'; 64 << 10];
+            loop {
+                out.write_all(&block)?;
+            }
+        }
+    }
+    match range {
+        None => {
+            out.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    bytes.len()
+                )
+                .as_bytes(),
+            )?;
+            out.write_all(&bytes)
+        }
+        Some((start, end)) => {
+            let part = &bytes[start as usize..=(end as usize).min(bytes.len() - 1)];
+            out.write_all(
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{end}/{}\r\nconnection: close\r\n\r\n",
+                    part.len(),
+                    bytes.len()
+                )
+                .as_bytes(),
+            )?;
+            if let Misbehaviour::DropHalfway { times } = mis {
+                if times > 0 {
+                    *misbehaviour.lock().unwrap() = Misbehaviour::DropHalfway { times: times - 1 };
+                    out.write_all(&part[..part.len() / 2])?;
+                    return Ok(()); // closes the connection mid-body
+                }
+            }
+            out.write_all(part)
+        }
+    }
+}
+
+/// Reads a whole file; used to compare a partition before and after.
+pub fn read(path: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
