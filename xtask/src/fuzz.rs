@@ -9,7 +9,11 @@ use anyhow::{bail, Context, Result};
 use crate::project::Project;
 
 /// (crate directory holding `fuzz/`, target)
-const TARGETS: &[(&str, &str)] = &[("init/supervisor", "service_file")];
+const TARGETS: &[(&str, &str)] = &[
+    ("init/supervisor", "service_file"),
+    ("image/format", "update_metadata"),
+    ("image/format", "bundle_index"),
+];
 
 fn have_cargo_fuzz() -> bool {
     Command::new("cargo")

@@ -60,7 +60,7 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_BOARD)]
         board: String,
         /// Seconds to run each fuzz target (0 skips fuzzing).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 30)]
         fuzz_seconds: u64,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
@@ -90,7 +90,7 @@ enum Cmd {
     Lock,
     /// Run the fuzz targets (cargo-fuzz) for a bounded time.
     Fuzz {
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
     /// Install the host tools the build needs (Debian packages, Rust targets).
