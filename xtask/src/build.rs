@@ -378,8 +378,10 @@ fn build_rootfs(
     }
     key.add_str("signer", &signing.public().id().to_string());
     key.add("update-root", update_root);
+    key.add_str("tries", &ctx.board.tries.to_string());
     let key = key.finish();
     let (board, image) = (ctx.board.name.clone(), ctx.image.clone());
+    let tries = ctx.board.tries;
     let dir = ctx.cache.get_or_build("rootfs", &key, |dir| {
         let tree = dir.join("tree");
         for name in &image.rootfs {
@@ -395,6 +397,10 @@ fn build_rootfs(
         let root_path = tree.join(crate::release::ROOT_IN_IMAGE);
         std::fs::create_dir_all(root_path.parent().unwrap())?;
         std::fs::write(root_path, update_root)?;
+        std::fs::write(
+            tree.join("etc/llamabox/update/boot-tries"),
+            format!("{tries}\n"),
+        )?;
         normalize_directories(&tree)?;
         let slot = rootfs::build_slot(&tree, dir, &key, &board, &image.version, signing)?;
         std::fs::write(

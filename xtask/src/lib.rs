@@ -13,5 +13,6 @@ pub mod project;
 pub mod python;
 pub mod qemu;
 pub mod release;
+pub mod serve;
 pub mod setup;
 pub mod stage;

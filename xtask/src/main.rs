@@ -78,6 +78,14 @@ enum Cmd {
         #[arg(long)]
         repo: PathBuf,
     },
+    /// Serve a repository directory over HTTP (GET with ranges), for boxes in development.
+    Serve {
+        #[arg(long)]
+        repo: PathBuf,
+        /// Address to listen on; QEMU guests reach the host's loopback as 10.0.2.2.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
+    },
     /// Generate an ed25519 signing key pair.
     Keys {
         /// Directory to write <name>.secret and <name>.pub into.
@@ -206,6 +214,14 @@ fn run(cli: Cli) -> Result<()> {
                 repo.display(),
                 &target.sha256[..16]
             );
+        }
+        Cmd::Serve { repo, listen } => {
+            let server = xtask::serve::Server::bind(&repo, &listen)
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("serving {} at {}", repo.display(), server.url());
+            loop {
+                std::thread::park();
+            }
         }
         Cmd::Lock => lock::run(&project)?,
         Cmd::Bench {

@@ -10,6 +10,7 @@
 //!   anti-rollback floor, the last result.
 #![forbid(unsafe_code)]
 
+pub mod device;
 pub mod fetch;
 pub mod install;
 pub mod repository;
@@ -138,5 +139,39 @@ impl Updater {
                 })
             }
         }
+    }
+}
+
+impl Updater {
+    /// After a boot, settles an install that was waiting for it: the new slot booted and
+    /// was blessed (success: the anti-rollback floor rises to its version), or the box
+    /// runs the other slot (the bootloader fell back). While the new slot is still on
+    /// trial nothing is decided. Returns the sentence recorded as the last result.
+    pub fn reconcile(
+        &self,
+        booted: llamabox_format::Slot,
+        version: &str,
+        blessed: bool,
+    ) -> Result<Option<String>, Error> {
+        let mut state = self.store.load()?;
+        let Some(pending) = state.pending.clone() else {
+            return Ok(None);
+        };
+        let message = if pending.slot == booted.name() && pending.version == version {
+            if !blessed {
+                return Ok(None);
+            }
+            state.seen.version_floor = Some(version.to_string());
+            format!("updated to {version}: slot {booted} booted and was blessed")
+        } else {
+            format!(
+                "update to {} failed: slot {} never became healthy, so the box fell back to slot {booted} ({version})",
+                pending.version, pending.slot
+            )
+        };
+        state.pending = None;
+        state.last_result = Some(message.clone());
+        self.store.save(&state)?;
+        Ok(Some(message))
     }
 }

@@ -1,6 +1,6 @@
-//! `llamabox-update`: the update client's command line. On the box the update service
-//! drives the same library; this binary is also how the host tests and a developer
-//! run it against a repository and file-backed slots.
+//! `llamabox-update`: the update client's command line. On the box it finds the board,
+//! the booted slot, the partitions and the repository itself; every part can also be
+//! named on the command line (host tests, development against file-backed slots).
 
 use std::path::PathBuf;
 
@@ -9,26 +9,27 @@ use llamabox_format::Slot;
 use llamabox_update::fetch::Fetcher;
 use llamabox_update::install::Layout;
 use llamabox_update::state::Store;
-use llamabox_update::{repository::Check, Applied, Updater};
+use llamabox_update::{device, repository::Check, Applied, Updater};
 
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Repository base URL; repeat for mirrors, tried in order.
-    #[arg(long = "repo", required = true)]
+    /// Repository base URL; repeat for mirrors, tried in order [default: the `mirrors`
+    /// of /etc/llamabox/local/update.toml, else /etc/llamabox/update/config.toml].
+    #[arg(long = "repo")]
     repos: Vec<String>,
-    /// Directory for the client's state (trusted root, versions seen).
-    #[arg(long, default_value = "/var/lib/llamabox/update")]
+    /// Directory for the client's state (trusted root, versions seen, last result).
+    #[arg(long, default_value = device::STATE_DIR)]
     state: PathBuf,
     /// The root metadata the image trusts.
-    #[arg(long, default_value = "/etc/llamabox/update/root.json")]
+    #[arg(long, default_value = device::IMAGE_ROOT)]
     image_root: PathBuf,
-    /// This box's board.
+    /// This box's board [default: /etc/llamabox/board].
     #[arg(long)]
-    board: String,
-    /// The running image's version.
+    board: Option<String>,
+    /// The running image's version [default: the booted slot's].
     #[arg(long)]
-    installed: String,
+    installed: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,21 +38,30 @@ struct Cli {
 enum Command {
     /// Verify the repository's metadata and say whether an update is available.
     Check,
-    /// Install an available update into the inactive slot.
+    /// Install an available update into the inactive slot; it boots next.
     Apply {
-        #[arg(long)]
-        slot_a: PathBuf,
-        #[arg(long)]
-        slot_b: PathBuf,
-        /// The mounted ESP.
-        #[arg(long)]
-        esp: PathBuf,
-        /// The running slot: a or b.
-        #[arg(long, value_parser = parse_slot)]
-        active: Slot,
-        #[arg(long, default_value_t = 3)]
-        tries: u32,
+        #[command(flatten)]
+        layout: LayoutArgs,
     },
+    /// Settle the last install after a boot and print the last result.
+    Status,
+}
+
+/// Slots and ESP as files (all or none) [default: the box's partitions].
+#[derive(clap::Args)]
+struct LayoutArgs {
+    #[arg(long, requires_all = ["slot_b", "esp", "active"])]
+    slot_a: Option<PathBuf>,
+    #[arg(long)]
+    slot_b: Option<PathBuf>,
+    /// The mounted ESP.
+    #[arg(long)]
+    esp: Option<PathBuf>,
+    /// The running slot: a or b.
+    #[arg(long, value_parser = parse_slot)]
+    active: Option<Slot>,
+    #[arg(long, default_value_t = 3)]
+    tries: u32,
 }
 
 fn parse_slot(s: &str) -> Result<Slot, String> {
@@ -59,51 +69,118 @@ fn parse_slot(s: &str) -> Result<Slot, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let updater = Updater {
-        fetcher: Fetcher::new(&cli.repos),
-        store: Store::new(&cli.state),
-        image_root: cli.image_root,
-        board: cli.board,
-        installed: cli.installed,
-    };
-    let result = match cli.command {
-        Command::Check => updater.check().map(|check| match check {
-            Check::UpToDate { version } => {
-                println!(
-                    "up to date ({})",
-                    version.as_deref().unwrap_or("no release for this board")
-                )
-            }
-            Check::Available { target } => println!("available: {}", target.version),
-        }),
-        Command::Apply {
-            slot_a,
-            slot_b,
-            esp,
-            active,
-            tries,
-        } => {
-            let layout = Layout {
-                slot_a,
-                slot_b,
-                esp,
-                active,
-                tries,
-            };
-            updater.apply(&layout, &mut |_, _| {}).map(|applied| match applied {
-                Applied::UpToDate { version } => {
-                    println!("up to date ({})", version.as_deref().unwrap_or("no release for this board"))
-                }
-                Applied::Installed { version, report } => println!(
-                    "installed {version} as {}: {} bytes downloaded, {} copied, {} already in place, of {}",
-                    report.entry, report.downloaded, report.copied, report.in_place, report.total
-                ),
-            })
-        }
-    };
-    if let Err(e) = result {
+    if let Err(e) = run(Cli::parse()) {
         eprintln!("llamabox-update: error: {e}");
         std::process::exit(1);
     }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let repos = if cli.repos.is_empty() {
+        device::config()?.mirrors
+    } else {
+        cli.repos
+    };
+    let installed = match cli.installed {
+        Some(v) => v,
+        None => device::booted()?.1,
+    };
+    let board = match cli.board {
+        Some(b) => b,
+        None => device::board()?,
+    };
+    let updater = Updater {
+        fetcher: Fetcher::new(&repos),
+        store: Store::new(&cli.state),
+        image_root: cli.image_root,
+        board,
+        installed,
+    };
+    let need_repo = || {
+        if repos.is_empty() {
+            Err(format!(
+                "no repository configured: pass --repo URL or set `mirrors` in {}",
+                device::CONFIG_FILES[0]
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match cli.command {
+        Command::Check => {
+            need_repo()?;
+            match updater.check().map_err(|e| e.to_string())? {
+                Check::UpToDate { version } => println!("up to date ({})", describe(version)),
+                Check::Available { target } => println!("available: {}", target.version),
+            }
+        }
+        Command::Apply { layout } => {
+            need_repo()?;
+            let (layout, _esp) = match layout {
+                LayoutArgs {
+                    slot_a: Some(slot_a),
+                    slot_b: Some(slot_b),
+                    esp: Some(esp),
+                    active: Some(active),
+                    tries,
+                } => (
+                    Layout {
+                        slot_a,
+                        slot_b,
+                        esp,
+                        active,
+                        tries,
+                    },
+                    None,
+                ),
+                _ => {
+                    let (layout, guard) = device::layout()?;
+                    (layout, Some(guard))
+                }
+            };
+            let mut last_percent = u64::MAX;
+            let mut progress = |done: u64, total: u64| {
+                let percent = done * 100 / total.max(1);
+                if percent / 10 != last_percent / 10 {
+                    eprintln!("llamabox-update: {percent}% ({done} of {total} bytes)");
+                    last_percent = percent;
+                }
+            };
+            match updater.apply(&layout, &mut progress).map_err(|e| e.to_string())? {
+                Applied::UpToDate { version } => println!("up to date ({})", describe(version)),
+                Applied::Installed { version, report } => println!(
+                    "installed {version} as {}: {} bytes downloaded, {} copied from this box, {} already in place, of {}",
+                    report.entry, report.downloaded, report.copied, report.in_place, report.total
+                ),
+            }
+        }
+        Command::Status => {
+            if let Ok((slot, version)) = device::booted() {
+                let blessed = device::booted_slot_blessed(slot)?;
+                updater
+                    .reconcile(slot, &version, blessed)
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "running {version} from slot {slot}{}",
+                    if blessed { "" } else { " (on trial)" }
+                );
+            }
+            let state = updater.store.load().map_err(|e| e.to_string())?;
+            if let Some(pending) = &state.pending {
+                println!(
+                    "pending: {} in slot {}, boots next",
+                    pending.version, pending.slot
+                );
+            }
+            println!(
+                "last result: {}",
+                state.last_result.as_deref().unwrap_or("none")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn describe(version: Option<String>) -> String {
+    version.unwrap_or_else(|| "the repository has no release for this board".into())
 }

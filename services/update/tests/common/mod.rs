@@ -1,13 +1,11 @@
 //! Host test fixtures for the update client: synthetic releases published with the
-//! real release code, file-backed slots and ESP, and a small HTTP/1.1 file server that
-//! can misbehave on purpose (endless bodies, dropped connections) and logs requests.
+//! real release code, file-backed slots and ESP; the repository is served by
+//! `xtask::serve` (which can misbehave on purpose and logs requests).
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use llamabox_format::update::Target;
 use llamabox_format::{BootEntry, SecretKey, Slot, SlotManifest, MANIFEST_BLOCK_SIZE};
@@ -16,6 +14,7 @@ use llamabox_update::install::Layout;
 use llamabox_update::state::Store;
 use llamabox_update::Updater;
 use xtask::build::ReleaseParts;
+pub use xtask::serve::{Misbehaviour, Server};
 
 pub const BOARD: &str = "qemu-x86_64";
 pub const SLOT_SIZE: u64 = 8 << 20;
@@ -198,138 +197,6 @@ pub fn publish(
     )
     .unwrap();
     target
-}
-
-#[derive(Debug, Clone, Default)]
-pub enum Misbehaviour {
-    #[default]
-    None,
-    /// Bodies of paths ending in this never end.
-    Endless(String),
-    /// The first `times` range requests send only half their bytes.
-    DropHalfway { times: usize },
-}
-
-/// An HTTP/1.1 static file server with Range support, one thread per connection.
-pub struct Server {
-    port: u16,
-    pub misbehaviour: Arc<Mutex<Misbehaviour>>,
-    /// The request head (request line and headers) of every request.
-    pub requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    pub fn start(root: &Path) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let misbehaviour = Arc::new(Mutex::new(Misbehaviour::None));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let (root, mis, reqs) = (root.to_path_buf(), misbehaviour.clone(), requests.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (root, mis, reqs) = (root.clone(), mis.clone(), reqs.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &root, &mis, &reqs);
-                });
-            }
-        });
-        Server {
-            port,
-            misbehaviour,
-            requests,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn set(&self, misbehaviour: Misbehaviour) {
-        *self.misbehaviour.lock().unwrap() = misbehaviour;
-    }
-}
-
-fn serve(
-    stream: TcpStream,
-    root: &Path,
-    misbehaviour: &Mutex<Misbehaviour>,
-    requests: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        head += &line;
-    }
-    requests.lock().unwrap().push(head.clone());
-    let mut out = stream;
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let range = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        if !name.eq_ignore_ascii_case("range") {
-            return None;
-        }
-        let (a, b) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
-        Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
-    });
-    let file = root.join(path.trim_start_matches('/'));
-    let Ok(bytes) = std::fs::read(&file) else {
-        return out.write_all(
-            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        );
-    };
-    let mis = misbehaviour.lock().unwrap().clone();
-    if let Misbehaviour::Endless(suffix) = &mis {
-        if path.ends_with(suffix.as_str()) {
-            // The honest bytes first, then more, forever.
-            let (status, honest) = match range {
-                Some((start, end)) => {
-                    ("206 Partial Content", &bytes[start as usize..=end as usize])
-                }
-                None => ("200 OK", &bytes[..]),
-            };
-            out.write_all(format!("HTTP/1.1 {status}\r\nconnection: close\r\n\r\n").as_bytes())?;
-            out.write_all(honest)?;
-            let block = vec![b'x'; 64 << 10];
-            loop {
-                out.write_all(&block)?;
-            }
-        }
-    }
-    match range {
-        None => {
-            out.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    bytes.len()
-                )
-                .as_bytes(),
-            )?;
-            out.write_all(&bytes)
-        }
-        Some((start, end)) => {
-            let part = &bytes[start as usize..=(end as usize).min(bytes.len() - 1)];
-            out.write_all(
-                format!(
-                    "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{end}/{}\r\nconnection: close\r\n\r\n",
-                    part.len(),
-                    bytes.len()
-                )
-                .as_bytes(),
-            )?;
-            if let Misbehaviour::DropHalfway { times } = mis {
-                if times > 0 {
-                    *misbehaviour.lock().unwrap() = Misbehaviour::DropHalfway { times: times - 1 };
-                    out.write_all(&part[..part.len() / 2])?;
-                    return Ok(()); // closes the connection mid-body
-                }
-            }
-            out.write_all(part)
-        }
-    }
 }
 
 /// Reads a whole file; used to compare a partition before and after.

@@ -1,0 +1,109 @@
+//! The box itself: what the image says about the board and the boot, where the slots
+//! and the ESP are. Used when the command line does not name them (on the device).
+
+use std::path::PathBuf;
+
+use llamabox_format::Slot;
+use llamabox_init::boot_info::BootInfo;
+use llamabox_init::esp::MountedEsp;
+
+use crate::install::Layout;
+
+pub const BOARD_FILE: &str = "/etc/llamabox/board";
+/// Boot attempts the bootloader gives a new slot (the board's `tries`), from the image.
+pub const TRIES_FILE: &str = "/etc/llamabox/update/boot-tries";
+pub const IMAGE_ROOT: &str = "/etc/llamabox/update/root.json";
+pub const STATE_DIR: &str = "/var/lib/llamabox/update";
+/// The repository configuration: the image's, overridden by the box's local one.
+pub const CONFIG_FILES: [&str; 2] = [
+    "/etc/llamabox/local/update.toml",
+    "/etc/llamabox/update/config.toml",
+];
+const ESP_MOUNT: &str = "/run/llamabox/update-esp";
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Repository base URLs, tried in order.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
+pub fn config() -> Result<Config, String> {
+    for path in CONFIG_FILES {
+        match std::fs::read_to_string(path) {
+            Ok(text) => return toml::from_str(&text).map_err(|e| format!("{path}: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{path}: {e}")),
+        }
+    }
+    Ok(Config::default())
+}
+
+pub fn board() -> Result<String, String> {
+    read_trimmed(BOARD_FILE)
+}
+
+fn read_trimmed(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// The booted slot and its image version, as stage 1 recorded them.
+pub fn booted() -> Result<(Slot, String), String> {
+    let info = BootInfo::read().map_err(|e| format!("{}: {e}", llamabox_init::boot_info::PATH))?;
+    let slot = info
+        .get("slot")
+        .and_then(Slot::parse)
+        .ok_or("the boot information names no slot")?;
+    let version = info
+        .get("version")
+        .ok_or("the boot information names no version")?;
+    Ok((slot, version.to_string()))
+}
+
+/// The slots' partitions and the ESP, mounted while the returned guard lives.
+pub fn layout() -> Result<(Layout, EspGuard), String> {
+    let (active, _) = booted()?;
+    let partition = |slot: Slot| {
+        llamabox_init::block::find_by_label(slot.partition_label())
+            .map(|p| p.device)
+            .ok_or_else(|| format!("no partition labelled {}", slot.partition_label()))
+    };
+    let tries = read_trimmed(TRIES_FILE)?
+        .parse()
+        .map_err(|e| format!("{TRIES_FILE}: {e}"))?;
+    std::fs::create_dir_all(ESP_MOUNT).map_err(|e| format!("{ESP_MOUNT}: {e}"))?;
+    let esp = MountedEsp::mount(ESP_MOUNT)?;
+    let layout = Layout {
+        slot_a: partition(Slot::A)?,
+        slot_b: partition(Slot::B)?,
+        esp: PathBuf::from(ESP_MOUNT),
+        active,
+        tries,
+    };
+    Ok((layout, EspGuard(Some(esp))))
+}
+
+/// Unmounts the ESP when dropped.
+pub struct EspGuard(Option<MountedEsp>);
+
+impl Drop for EspGuard {
+    fn drop(&mut self) {
+        if let Some(esp) = self.0.take() {
+            esp.unmount();
+        }
+    }
+}
+
+/// Whether the booted slot's boot entry has lost its counter (the health gate passed).
+pub fn booted_slot_blessed(slot: Slot) -> Result<bool, String> {
+    std::fs::create_dir_all(ESP_MOUNT).map_err(|e| format!("{ESP_MOUNT}: {e}"))?;
+    let esp = MountedEsp::mount(ESP_MOUNT)?;
+    let blessed = esp
+        .entry(slot)
+        .is_some_and(|e| !e.is_on_trial() && e.counter.is_none());
+    esp.unmount();
+    Ok(blessed)
+}
