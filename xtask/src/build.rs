@@ -351,13 +351,16 @@ const MOUNT_POINTS: &[&str] = &[
     "etc/llamabox/local",
 ];
 
+/// The os-release of the root filesystem and of each boot entry. systemd-boot sorts UKIs
+/// by IMAGE_ID before their version, so IMAGE_ID names the product line (the same for
+/// every variant an update may move between) and VARIANT_ID the image definition.
 fn os_release(image: &ImageDef, slot: Option<Slot>) -> String {
     let pretty = match slot {
         Some(s) => format!("Llama Box {} (slot {s})", image.version),
         None => format!("Llama Box {}", image.version),
     };
     format!(
-        "NAME=\"Llama Box\"\nPRETTY_NAME=\"{pretty}\"\nID=llamabox\nVERSION_ID={v}\nIMAGE_ID={n}\nIMAGE_VERSION={v}\n",
+        "NAME=\"Llama Box\"\nPRETTY_NAME=\"{pretty}\"\nID=llamabox\nVERSION_ID={v}\nVARIANT_ID={n}\nIMAGE_ID=llamabox\nIMAGE_VERSION={v}\n",
         v = image.version,
         n = image.name
     )

@@ -1,0 +1,117 @@
+//! Over-the-air updates in QEMU: the test image (v0.1.0) pulls releases from a
+//! repository the host serves on loopback (the guest reaches it as 10.0.2.2), installs
+//! them into its inactive slot and boots them.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{TestMachine, BOOT_TIMEOUT};
+use xtask::build::{self, BuildOptions, ReleaseParts};
+use xtask::project::Project;
+use xtask::qemu::Agent;
+use xtask::release;
+use xtask::serve::Server;
+
+/// Hashing and writing a 110 MB slot under TCG.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(900);
+const TEST_IMAGE: &str = "llamabox-test";
+
+fn release_parts(image: &str) -> ReleaseParts {
+    let options = BuildOptions {
+        board: common::board_name(),
+        image: image.into(),
+        out_dir: None,
+        cache_dir: None,
+    };
+    build::build(&Project::locate(), &options)
+        .expect("building the release image")
+        .release
+        .expect("a build has release parts")
+}
+
+/// Publishes `image` into the repository at `repo` (created on first use), signed with
+/// the development keys the test images trust.
+fn publish(repo: &Path, image: &str) {
+    let project = Project::locate();
+    if !repo.join("root.json").exists() {
+        release::init_repo(repo, &release::trusted_root(&project).unwrap()).unwrap();
+    }
+    let target = release::write_bundle(repo, &release_parts(image)).unwrap();
+    let keys = release::RoleKeys::load(&project).unwrap();
+    release::publish(repo, target, &keys, release::Lifetimes::default()).unwrap();
+}
+
+fn update(agent: &mut Agent, server: &Server, verb: &str) -> Result<Vec<String>, String> {
+    let command = format!(
+        "exec /usr/bin/llamabox-update --repo http://10.0.2.2:{} {verb}",
+        server.port()
+    );
+    agent
+        .command(&command, APPLY_TIMEOUT)
+        .map_err(|e| format!("{e:#}"))
+}
+
+fn boot_info(agent: &mut Agent) -> String {
+    agent
+        .command("cat /run/llamabox/boot", Duration::from_secs(30))
+        .unwrap()
+        .join("\n")
+}
+
+/// Powers the box off cleanly (SIGTERM to PID 1) and waits for QEMU to exit.
+fn power_off(agent: &mut Agent, machine: &mut xtask::qemu::Machine) {
+    // The agent may be stopped before its answer gets out: the power-off is the answer.
+    let _ = agent.command("signal-pid1 SIGTERM", Duration::from_secs(30));
+    machine.wait_exit(Duration::from_secs(120)).unwrap();
+}
+
+#[test]
+fn updates_install_into_the_other_slot_and_the_next_one_comes_back() {
+    let mut vm = TestMachine::with_image("update-ab", TEST_IMAGE);
+    let repo = vm.dir.join("repo");
+    publish(&repo, "llamabox-test-v2");
+    let server = Server::start(&repo);
+
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+    let out = update(&mut agent, &server, "apply").unwrap().join("\n");
+    eprintln!("{out}");
+    assert!(
+        out.contains("installed 0.2.0 as llamabox-3-b+3.efi"),
+        "{out}"
+    );
+    power_off(&mut agent, &mut machine);
+
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    let info = boot_info(&mut agent);
+    assert!(
+        info.contains("slot=b") && info.contains("version=0.2.0"),
+        "{info}"
+    );
+    machine.wait_for("slot b blessed", BOOT_TIMEOUT).unwrap();
+    let status = update(&mut agent, &server, "status").unwrap().join("\n");
+    assert!(status.contains("updated to 0.2.0"), "{status}");
+
+    publish(&repo, "llamabox-test-v3");
+    let out = update(&mut agent, &server, "apply").unwrap().join("\n");
+    eprintln!("{out}");
+    assert!(
+        out.contains("installed 0.3.0 as llamabox-4-a+3.efi"),
+        "{out}"
+    );
+    // Most of v3 is already on the box (v2 in the active slot).
+    power_off(&mut agent, &mut machine);
+
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    let info = boot_info(&mut agent);
+    assert!(
+        info.contains("slot=a") && info.contains("version=0.3.0"),
+        "{info}"
+    );
+    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+}
