@@ -19,6 +19,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(900);
 const TEST_IMAGE: &str = "llamabox-test";
 
 fn release_parts(image: &str) -> ReleaseParts {
+    let _building = common::BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let options = BuildOptions {
         board: common::board_name(),
         image: image.into(),
@@ -114,4 +115,48 @@ fn updates_install_into_the_other_slot_and_the_next_one_comes_back() {
         "{info}"
     );
     machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_release_that_never_becomes_healthy_is_rolled_back() {
+    let mut vm = TestMachine::with_image("update-rollback", TEST_IMAGE);
+    let repo = vm.dir.join("repo");
+    // v0.2.0 with a critical service that never reports ready.
+    publish(&repo, "llamabox-test-broken-v2");
+    let server = Server::start(&repo);
+
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+    let out = update(&mut agent, &server, "apply").unwrap().join("\n");
+    assert!(
+        out.contains("installed 0.2.0 as llamabox-3-b+3.efi"),
+        "{out}"
+    );
+    power_off(&mut agent, &mut machine);
+
+    // Slot b gets the board's tries, each ending at the health gate's deadline; then
+    // the bootloader falls back to slot a.
+    let mut machine = vm.boot();
+    let console = machine
+        .wait_for("slot a already blessed", BOOT_TIMEOUT * 4)
+        .unwrap();
+    assert!(
+        console.contains("stage 2 reached: slot b, version 0.2.0"),
+        "{console}"
+    );
+    let mut agent = xtask::qemu::Agent::connect(&vm.agent_socket()).unwrap();
+    let status = agent
+        .command(
+            "exec /usr/bin/llamabox update status",
+            Duration::from_secs(60),
+        )
+        .unwrap()
+        .join("\n");
+    eprintln!("{status}");
+    assert!(status.contains("running 0.1.0 from slot a"), "{status}");
+    assert!(
+        status.contains("update to 0.2.0 failed") && status.contains("fell back to slot a"),
+        "{status}"
+    );
 }

@@ -10,6 +10,7 @@ use llamabox_supervisor::bus::{BUS_NAME, OBJECT_PATH};
 
 const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 const LOG_DIR: &str = "/var/log/llamabox";
+const UPDATE_CLIENT: &str = "/usr/bin/llamabox-update";
 
 #[derive(Parser)]
 #[command(name = "llamabox", about = "Control and inspect a Llama Box", version)]
@@ -40,6 +41,13 @@ enum Cmd {
         lines: usize,
         #[arg(long, default_value = LOG_DIR, hide = true)]
         log_dir: PathBuf,
+    },
+    /// Updates: `check`, `apply`, `status` (runs the update client, llamabox-update;
+    /// `llamabox update help` lists its options).
+    #[command(disable_help_flag = true)]
+    Update {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Stop every service and reboot.
     Reboot,
@@ -73,6 +81,11 @@ fn call(method: &str, service: &str) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Cmd::Update { args } => {
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(UPDATE_CLIENT).args(&args).exec();
+            return Err(format!("cannot run {UPDATE_CLIENT}: {err}"));
+        }
         Cmd::Status => {
             type Row = (String, String, String, bool, bool, i32, u32, String);
             let rows: Vec<Row> = proxy()?

@@ -22,6 +22,10 @@ pub fn board_name() -> String {
     std::env::var("LLAMABOX_TEST_BOARD").unwrap_or_else(|_| "qemu-x86_64".into())
 }
 
+/// Builds run one at a time: parallel tests would otherwise build the same cache
+/// entries side by side.
+pub static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
 /// The image `image/<name>.toml` for the test board, built once per test binary. The
 /// product image comes from `cargo xtask test` (`LLAMABOX_TEST_IMAGE`) when it ran us.
 pub fn built_image(name: &str) -> PathBuf {
@@ -33,6 +37,7 @@ pub fn built_image(name: &str) -> PathBuf {
     let path = match std::env::var_os("LLAMABOX_TEST_IMAGE") {
         Some(path) if name == build::DEFAULT_IMAGE => PathBuf::from(path),
         _ => {
+            let _building = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             let options = BuildOptions {
                 board: board_name(),
                 image: name.into(),
