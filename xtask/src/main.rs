@@ -62,6 +62,9 @@ enum Cmd {
         /// Seconds to run each fuzz target (0 skips fuzzing).
         #[arg(long, default_value_t = 30)]
         fuzz_seconds: u64,
+        /// The long suites too: power cuts at 20 points instead of 3.
+        #[arg(long)]
+        soak: bool,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -168,9 +171,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test {
             board,
             fuzz_seconds,
+            soak,
             args,
         } => {
-            test(&project, &board, &args)?;
+            test(&project, &board, soak, &args)?;
             if fuzz_seconds > 0 {
                 fuzz::run(&project, fuzz_seconds)?;
             }
@@ -300,7 +304,7 @@ fn run_in_qemu(project: &Project, board_name: &str, image: &str, fresh: bool) ->
     qemu::run_interactive(&board, &disk, &vars)
 }
 
-fn test(project: &Project, board: &str, args: &[String]) -> Result<()> {
+fn test(project: &Project, board: &str, soak: bool, args: &[String]) -> Result<()> {
     let output = build::build(
         project,
         &BuildOptions {
@@ -319,6 +323,7 @@ fn test(project: &Project, board: &str, args: &[String]) -> Result<()> {
         .args(args)
         .env("LLAMABOX_TEST_IMAGE", &output.image)
         .env("LLAMABOX_TEST_BOARD", board)
+        .env("LLAMABOX_SOAK", if soak { "1" } else { "0" })
         .env(python::PYTHON_ENV, &python);
     // The model the image ships, so host tests of the inference service load the same bytes.
     match output.rootfs_file(TEST_MODEL) {

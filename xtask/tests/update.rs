@@ -98,8 +98,9 @@ fn updates_install_into_the_other_slot_and_the_next_one_comes_back() {
     assert!(status.contains("updated to 0.2.0"), "{status}");
 
     publish(&repo, "llamabox-test-v3");
+    let started = std::time::Instant::now();
     let out = update(&mut agent, &server, "apply").unwrap().join("\n");
-    eprintln!("{out}");
+    eprintln!("{out}\napply took {:.1} s", started.elapsed().as_secs_f32());
     assert!(
         out.contains("installed 0.3.0 as llamabox-4-a+3.efi"),
         "{out}"
@@ -159,4 +160,89 @@ fn a_release_that_never_becomes_healthy_is_rolled_back() {
         status.contains("update to 0.2.0 failed") && status.contains("fell back to slot a"),
         "{status}"
     );
+}
+
+/// Power cuts during an update: QEMU is killed at a random moment of `apply` (metadata,
+/// indexing, writing the slot, its manifest, the boot entry); the next boot must reach a
+/// good slot, and a retried update must complete. Three points by default, twenty with
+/// `cargo xtask test --soak`; `LLAMABOX_POWER_CUT_SEED` replays a run.
+#[test]
+fn power_cuts_during_an_update_leave_a_bootable_box() {
+    let soak = std::env::var("LLAMABOX_SOAK").is_ok_and(|v| v == "1");
+    let points = if soak { 20 } else { 3 };
+    let seed: u64 = std::env::var("LLAMABOX_POWER_CUT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        });
+    eprintln!("power cuts: {points} points, LLAMABOX_POWER_CUT_SEED={seed}");
+    let mut random = seed | 1;
+    let mut next = move || {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random
+    };
+    let repo = Project::locate()
+        .build_dir()
+        .join("tests/update-power-cut-repo");
+    let _ = std::fs::remove_dir_all(&repo);
+    publish(&repo, "llamabox-test-v2");
+    let server = Server::start(&repo);
+
+    for point in 0..points {
+        // Spread over the whole apply, jittered.
+        let stratum = APPLY_WINDOW.as_millis() as u64 / points as u64;
+        let delay = Duration::from_millis(stratum * point as u64 + next() % stratum.max(1));
+        let mut vm = TestMachine::with_image(&format!("update-power-cut-{point}"), TEST_IMAGE);
+        let mut machine = vm.boot();
+        let mut agent = vm.agent(&mut machine);
+        machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+        let cut = update_with_timeout(&mut agent, &server, delay);
+        machine.kill();
+        eprintln!(
+            "point {point}: power cut {:.1} s into apply ({})",
+            delay.as_secs_f32(),
+            if cut {
+                "during it"
+            } else {
+                "after it finished"
+            }
+        );
+
+        let mut machine = vm.boot();
+        let console = machine
+            .wait_for_any(&["slot a already blessed", "slot b blessed"], BOOT_TIMEOUT)
+            .unwrap()
+            .1;
+        let mut agent = vm.agent(&mut machine);
+        let info = boot_info(&mut agent);
+        let good = (info.contains("slot=a") && info.contains("version=0.1.0"))
+            || (info.contains("slot=b") && info.contains("version=0.2.0"));
+        assert!(good, "point {point}: booted {info}\n{console}");
+        if info.contains("slot=a") {
+            let out = update(&mut agent, &server, "apply")
+                .unwrap_or_else(|e| panic!("point {point}: retried update failed: {e}"))
+                .join("\n");
+            assert!(out.contains("installed 0.2.0"), "point {point}: {out}");
+        }
+        machine.kill();
+    }
+}
+
+/// How long an apply takes under TCG here (measured: ~9 s for v0.1.0 -> v0.2.0 of the
+/// test image), for spreading the power cuts over it.
+const APPLY_WINDOW: Duration = Duration::from_secs(9);
+
+/// Starts `apply` and gives up waiting after `limit`: true if it was still running.
+fn update_with_timeout(agent: &mut Agent, server: &Server, limit: Duration) -> bool {
+    let command = format!(
+        "exec /usr/bin/llamabox-update --repo http://10.0.2.2:{} apply",
+        server.port()
+    );
+    agent.command(&command, limit).is_err()
 }
