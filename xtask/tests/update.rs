@@ -246,3 +246,230 @@ fn update_with_timeout(agent: &mut Agent, server: &Server, limit: Duration) -> b
     );
     agent.command(&command, limit).is_err()
 }
+
+/// One attack: its name and the text its refusal must contain.
+struct Attack {
+    name: &'static str,
+    expect: &'static str,
+}
+
+/// Every attack of docs/updates.md against the booted box, each from its own repository
+/// and with its own client state; then, with the box off, its active slot is compared
+/// byte for byte with the image it was flashed with.
+#[test]
+fn attacks_are_refused_and_the_active_slot_is_untouched() {
+    use llamabox_format::update::{Root, Signed, Snapshot, Timestamp};
+    use llamabox_format::SecretKey;
+
+    let project = Project::locate();
+    let mut vm = TestMachine::with_image("update-attacks", TEST_IMAGE);
+    let dev = xtask::keys::read_secret(&project.keys_dir().join(xtask::keys::DEV_SECRET)).unwrap();
+    let dev_keys = || release::RoleKeys::single(&dev);
+    let v2 = release_parts("llamabox-test-v2");
+    let old = release_parts("llamabox-test-old");
+    let fresh = |name: &str| {
+        let repo = vm.dir.join(format!("repo-{name}"));
+        let _ = std::fs::remove_dir_all(&repo);
+        release::init_repo(&repo, &release::trusted_root(&project).unwrap()).unwrap();
+        repo
+    };
+    let publish_parts = |repo: &Path, parts: &ReleaseParts, keys: &release::RoleKeys| {
+        let target = release::write_bundle(repo, parts).unwrap();
+        release::publish(repo, target, keys, release::Lifetimes::default()).unwrap();
+    };
+    let expires = std::time::SystemTime::now() + Duration::from_secs(86400 * 30);
+    let mut attacks: Vec<(Attack, std::path::PathBuf, Server)> = Vec::new();
+    let mut add = |attack: Attack, repo: std::path::PathBuf| {
+        let server = Server::start(&repo);
+        attacks.push((attack, repo, server));
+    };
+
+    // A chunk altered on the server: every 64 KiB of the data file has a flipped bit.
+    let repo = fresh("tampered");
+    publish_parts(&repo, &v2, &dev_keys());
+    for entry in std::fs::read_dir(repo.join("bundles")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "data") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            for i in (0..bytes.len()).step_by(64 << 10) {
+                bytes[i] ^= 1;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    add(
+        Attack {
+            name: "tampered chunk",
+            expect: "does not match its signed hash",
+        },
+        repo,
+    );
+
+    // Metadata signed by a key the box does not trust.
+    let repo = fresh("untrusted");
+    let stranger = SecretKey::generate(&mut rand_core::OsRng);
+    publish_parts(&repo, &v2, &release::RoleKeys::single(&stranger));
+    add(
+        Attack {
+            name: "untrusted key",
+            expect: "does not trust",
+        },
+        repo,
+    );
+
+    // A root (properly rotated) that wants two signatures; only one signs.
+    let repo = fresh("threshold");
+    let second = SecretKey::generate(&mut rand_core::OsRng);
+    let (p1, p2) = (dev.public(), second.public());
+    let both = [&p1, &p2];
+    let root2 = Root::with_keys(2, expires, [(&both, 2), (&both, 2), (&both, 2), (&both, 2)]);
+    release::rotate_root(&repo, &root2, &[&dev, &second]).unwrap();
+    publish_parts(&repo, &v2, &dev_keys());
+    add(
+        Attack {
+            name: "below the threshold",
+            expect: "1 valid signature(s)",
+        },
+        repo,
+    );
+
+    // An older release than the box runs.
+    let repo = fresh("rollback");
+    publish_parts(&repo, &old, &dev_keys());
+    add(
+        Attack {
+            name: "rollback",
+            expect: "never goes back",
+        },
+        repo,
+    );
+
+    // A timestamp that has expired (a frozen mirror).
+    let repo = fresh("freeze");
+    let target = release::write_bundle(&repo, &v2).unwrap();
+    let expired = release::Lifetimes {
+        timestamp: Duration::ZERO,
+        ..release::Lifetimes::default()
+    };
+    release::publish(&repo, target, &dev_keys(), expired).unwrap();
+    add(
+        Attack {
+            name: "freeze",
+            expect: "expired",
+        },
+        repo,
+    );
+
+    // The current snapshot with an older targets file under its name.
+    let repo = fresh("mix-and-match");
+    publish_parts(&repo, &old, &dev_keys());
+    publish_parts(&repo, &v2, &dev_keys());
+    let timestamp: Signed<Timestamp> =
+        Signed::parse(&std::fs::read(repo.join("timestamp.json")).unwrap()).unwrap();
+    let snapshot_name = format!("{}.snapshot.json", timestamp.signed.snapshot.version);
+    let snapshot: Signed<Snapshot> =
+        Signed::parse(&std::fs::read(repo.join(snapshot_name)).unwrap()).unwrap();
+    let newer = snapshot.signed.targets.version;
+    std::fs::copy(
+        repo.join(format!("{}.targets.json", newer - 1)),
+        repo.join(format!("{newer}.targets.json")),
+    )
+    .unwrap();
+    add(
+        Attack {
+            name: "mix-and-match",
+            expect: "different snapshots",
+        },
+        repo,
+    );
+
+    // A server that never stops sending.
+    let repo = fresh("endless");
+    publish_parts(&repo, &v2, &dev_keys());
+    add(
+        Attack {
+            name: "endless data",
+            expect: "endless data",
+        },
+        repo,
+    );
+
+    // A correctly signed target whose bundle was built for another board.
+    let repo = fresh("other-board");
+    let other = ReleaseParts {
+        board: "lx2160a".into(),
+        version: v2.version.clone(),
+        slot: v2.slot.clone(),
+        uki_a: v2.uki_a.clone(),
+        uki_b: v2.uki_b.clone(),
+    };
+    let mut target = release::write_bundle(&repo, &other).unwrap();
+    target.board = common::board_name();
+    release::publish(&repo, target, &dev_keys(), release::Lifetimes::default()).unwrap();
+    add(
+        Attack {
+            name: "another board",
+            expect: "lx2160a",
+        },
+        repo,
+    );
+
+    // The development key rotated out by root version 2, then signing a release.
+    let repo = fresh("rotated-out");
+    let replacement = SecretKey::generate(&mut rand_core::OsRng);
+    let root2 = Root::with_keys(2, expires, [(&[&replacement.public()], 1); 4]);
+    release::rotate_root(&repo, &root2, &[&dev, &replacement]).unwrap();
+    publish_parts(&repo, &v2, &dev_keys());
+    add(
+        Attack {
+            name: "rotated-out key",
+            expect: "root version 2 does not trust",
+        },
+        repo,
+    );
+
+    for (attack, _, server) in &attacks {
+        if attack.name == "endless data" {
+            server.set(xtask::serve::Misbehaviour::Endless("timestamp.json".into()));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1100)); // the freeze repository's timestamp expires
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+    let mut failures = Vec::new();
+    for (i, (attack, _, server)) in attacks.iter().enumerate() {
+        let command = format!(
+            "exec /usr/bin/llamabox-update --state /run/update-attack-{i} --repo http://10.0.2.2:{} apply",
+            server.port()
+        );
+        match agent.command(&command, APPLY_TIMEOUT) {
+            Ok(out) => failures.push(format!("{}: not refused: {out:?}", attack.name)),
+            Err(e) => {
+                let e = format!("{e:#}");
+                eprintln!("{}: refused: {e}", attack.name);
+                if !e.contains(attack.expect) {
+                    failures.push(format!(
+                        "{}: expected `{}` in: {e}",
+                        attack.name, attack.expect
+                    ));
+                }
+            }
+        }
+    }
+    power_off(&mut agent, &mut machine);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Nothing was written to the active slot (a): compare with the flashed image.
+    let (offset, size) = vm.partition("llamabox-a");
+    let image = common::built_image(TEST_IMAGE);
+    let read = |path: &Path| {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        let mut bytes = vec![0; size as usize];
+        f.read_exact(&mut bytes).unwrap();
+        bytes
+    };
+    assert!(read(&vm.disk) == read(&image), "the active slot changed");
+}
