@@ -14,6 +14,7 @@ use llamabox_update::install::Layout;
 use llamabox_update::state::Store;
 use llamabox_update::Updater;
 use xtask::build::ReleaseParts;
+#[allow(unused_imports)] // each test binary uses a different part
 pub use xtask::serve::{Misbehaviour, Server};
 
 pub const BOARD: &str = "qemu-x86_64";
@@ -108,6 +109,15 @@ pub struct TestBox {
 
 impl TestBox {
     pub fn new(dir: &Path, factory: &ReleaseParts, root: &[u8]) -> TestBox {
+        TestBox::new_with_slot_size(dir, factory, root, SLOT_SIZE)
+    }
+
+    pub fn new_with_slot_size(
+        dir: &Path,
+        factory: &ReleaseParts,
+        root: &[u8],
+        slot_size: u64,
+    ) -> TestBox {
         let dir = dir.join("box");
         let esp = dir.join("esp");
         std::fs::create_dir_all(esp.join("EFI/Linux")).unwrap();
@@ -120,7 +130,7 @@ impl TestBox {
         };
         for slot in [Slot::A, Slot::B] {
             let mut bytes = xtask::release::slot_bytes(factory).unwrap();
-            bytes.resize((SLOT_SIZE - MANIFEST_BLOCK_SIZE as u64) as usize, 0);
+            bytes.resize((slot_size - MANIFEST_BLOCK_SIZE as u64) as usize, 0);
             bytes.extend_from_slice(&factory.slot.manifest_block);
             std::fs::write(layout.partition(slot), bytes).unwrap();
         }
