@@ -1,5 +1,9 @@
 //! One-way, private HTTP: GET only, no cookies, no query strings, no identifying
 //! headers; every body bounded by a length known in advance.
+//!
+//! A mirror may also be a local directory (`/media/usb/repo` or `file:///…`): the
+//! offline path (a USB stick, a bundle uploaded by the phone) gets the same bounds and
+//! the same verification as the network.
 
 use std::io::Read;
 use std::time::Duration;
@@ -76,6 +80,9 @@ impl Fetcher {
     }
 
     fn get_one(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
+        if let Some(path) = local_path(url) {
+            return read_local(url, &path, 0, None, limit);
+        }
         let response = self.send(url, None)?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -95,6 +102,21 @@ impl Fetcher {
         sink: &mut dyn FnMut(&[u8]) -> Result<(), crate::Error>,
     ) -> Result<(), crate::Error> {
         let url = Self::url(&self.mirrors[mirror % self.mirrors.len()], path);
+        if let Some(local) = local_path(&url) {
+            let bytes = read_local(&url, &local, start, Some(len), len)?
+                .ok_or_else(|| http_error(&url, "no such file".into()))?;
+            if (bytes.len() as u64) < len {
+                return Err(http_error(
+                    &url,
+                    format!("the file ends after {} of {len} bytes", bytes.len()),
+                )
+                .into());
+            }
+            for piece in bytes.chunks(256 * 1024) {
+                sink(piece)?;
+            }
+            return Ok(());
+        }
         let range = format!("bytes={}-{}", start, start + len - 1);
         let response = self.send(&url, Some(range))?;
         let status = response.status();
@@ -145,6 +167,45 @@ impl Fetcher {
         }
         request.send().map_err(|e| http_error(url, error_chain(&e)))
     }
+}
+
+/// `file:///dir/x` or `/dir/x`: a mirror on a local filesystem.
+fn local_path(url: &str) -> Option<std::path::PathBuf> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Some(path.into());
+    }
+    url.starts_with('/').then(|| url.into())
+}
+
+/// Up to `limit` bytes of a local file from `start` (`len` of them, or to the end).
+/// `None` if the file does not exist.
+fn read_local(
+    url: &str,
+    path: &std::path::Path,
+    start: u64,
+    len: Option<u64>,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, FetchError> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(http_error(url, e.to_string())),
+    };
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| http_error(url, e.to_string()))?;
+    let mut bytes = Vec::new();
+    let want = len.unwrap_or(limit + 1).min(limit + 1);
+    file.take(want)
+        .read_to_end(&mut bytes)
+        .map_err(|e| http_error(url, e.to_string()))?;
+    if bytes.len() as u64 > limit {
+        return Err(FetchError::TooMuchData {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    Ok(Some(bytes))
 }
 
 fn ok_status(url: &str, response: Response, want: StatusCode) -> Result<Response, FetchError> {

@@ -437,3 +437,46 @@ fn requests_are_plain_gets_without_identifiers() {
         }
     }
 }
+
+#[test]
+fn a_repository_on_a_usb_stick_gets_the_same_checks() {
+    let w = world("offline");
+    let v2 = w.release("0.2.0", 2, None);
+    w.publish(&v2);
+    let stick = w.repo.display().to_string();
+    let updater = |mirror: &str| llamabox_update::Updater {
+        fetcher: llamabox_update::fetch::Fetcher::new(&[mirror.to_string()]),
+        ..w.device.updater(&w.server)
+    };
+    // Tampered on the stick: refused like from the network.
+    let data_files: Vec<_> = std::fs::read_dir(w.repo.join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect();
+    let originals: Vec<Vec<u8>> = data_files
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    for (path, original) in data_files.iter().zip(&originals) {
+        let mut bad = original.clone();
+        for i in (0..bad.len()).step_by(64 << 10) {
+            bad[i] ^= 1;
+        }
+        std::fs::write(path, bad).unwrap();
+    }
+    let err = updater(&stick)
+        .apply(&w.device.layout, &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(err, Error::TamperedChunk { .. }), "{err}");
+
+    for (path, original) in data_files.iter().zip(&originals) {
+        std::fs::write(path, original).unwrap();
+    }
+    let report = installed(
+        updater(&format!("file://{stick}"))
+            .apply(&w.device.layout, &mut |_, _| {})
+            .unwrap(),
+    );
+    assert_eq!(report.slot, Some(Slot::B));
+}
