@@ -54,7 +54,14 @@ fn services_come_up_and_a_killed_service_comes_back() {
     let names: Vec<&str> = s.services.iter().map(|x| x.name.as_str()).collect();
     assert_eq!(
         names,
-        ["dbus", "inference", "network", "test-agent", "test-idle"]
+        [
+            "dbus",
+            "inference",
+            "network",
+            "test-agent",
+            "test-idle",
+            "update"
+        ]
     );
     assert!(!s.service("inference").unwrap().critical);
     let idle = s.service("test-idle").unwrap();

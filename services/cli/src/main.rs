@@ -10,7 +10,8 @@ use llamabox_supervisor::bus::{BUS_NAME, OBJECT_PATH};
 
 const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 const LOG_DIR: &str = "/var/log/llamabox";
-const UPDATE_CLIENT: &str = "/usr/bin/llamabox-update";
+const UPDATE_BUS_NAME: &str = "org.llamabox.Update1";
+const UPDATE_OBJECT_PATH: &str = "/org/llamabox/Update1";
 
 #[derive(Parser)]
 #[command(name = "llamabox", about = "Control and inspect a Llama Box", version)]
@@ -42,12 +43,10 @@ enum Cmd {
         #[arg(long, default_value = LOG_DIR, hide = true)]
         log_dir: PathBuf,
     },
-    /// Updates: `check`, `apply`, `status` (runs the update client, llamabox-update;
-    /// `llamabox update help` lists its options).
-    #[command(disable_help_flag = true)]
+    /// Updates, through the update service (org.llamabox.Update1).
     Update {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        action: UpdateCmd,
     },
     /// Stop every service and reboot.
     Reboot,
@@ -55,11 +54,107 @@ enum Cmd {
     Poweroff,
 }
 
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// Check the repository for an update.
+    Check,
+    /// Install an available update into the other slot (it boots at the next restart).
+    Apply,
+    /// The running release, an install waiting for a restart, and the last result.
+    Status,
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("llamabox: {e}");
         std::process::exit(1);
     }
+}
+
+fn update_proxy() -> Result<zbus::blocking::Proxy<'static>, String> {
+    let address =
+        std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| DEFAULT_BUS.to_string());
+    let connection = zbus::blocking::connection::Builder::address(address.as_str())
+        .and_then(|b| b.build())
+        .map_err(|e| format!("cannot reach the system bus at {address}: {e}"))?;
+    zbus::blocking::Proxy::new_owned(
+        connection,
+        UPDATE_BUS_NAME,
+        UPDATE_OBJECT_PATH,
+        UPDATE_BUS_NAME,
+    )
+    .map_err(|e| format!("cannot reach the update service: {e}"))
+}
+
+fn update_status(proxy: &zbus::blocking::Proxy<'_>) -> Result<serde_json::Value, String> {
+    let json: String = proxy
+        .call("Status", &())
+        .map_err(|e| format!("update status: {e}"))?;
+    serde_json::from_str(&json).map_err(|e| format!("update status: {e}"))
+}
+
+fn update(action: UpdateCmd) -> Result<(), String> {
+    let proxy = update_proxy()?;
+    match action {
+        UpdateCmd::Check => {
+            let answer: String = proxy
+                .call("Check", &())
+                .map_err(|e| format!("update check: {e}"))?;
+            println!("{answer}");
+        }
+        UpdateCmd::Apply => {
+            let before = update_status(&proxy)?["last-result"].clone();
+            proxy
+                .call_method("Apply", &())
+                .map_err(|e| format!("update apply: {e}"))?;
+            let mut shown = u64::MAX;
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let status = update_status(&proxy)?;
+                let (done, total) = (
+                    status["done-bytes"].as_u64().unwrap_or(0),
+                    status["total-bytes"].as_u64().unwrap_or(0),
+                );
+                if total > 0 && done * 10 / total != shown {
+                    shown = done * 10 / total;
+                    eprintln!("{}% of {} MB", done * 100 / total, total / 1_000_000);
+                }
+                if status["phase"] != "installing" && status["last-result"] != before {
+                    let result = status["last-result"].as_str().unwrap_or("").to_string();
+                    println!("{result}");
+                    if result.starts_with("failed") {
+                        return Err("the update was not installed".into());
+                    }
+                    break;
+                }
+            }
+        }
+        UpdateCmd::Status => {
+            let status = update_status(&proxy)?;
+            let text = |key: &str| status[key].as_str().unwrap_or("").to_string();
+            println!(
+                "running {} from slot {}",
+                text("running-version"),
+                text("running-slot")
+            );
+            println!("phase: {}", text("phase"));
+            if let Some(version) = status["available"].as_str() {
+                println!("available: {version}");
+            }
+            if let Some(pending) = status["pending"].as_object() {
+                println!(
+                    "pending: {} in slot {}, boots at the next restart",
+                    pending["version"].as_str().unwrap_or("?"),
+                    pending["slot"].as_str().unwrap_or("?")
+                );
+            }
+            println!(
+                "last result: {}",
+                status["last-result"].as_str().unwrap_or("none")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn proxy() -> Result<zbus::blocking::Proxy<'static>, String> {
@@ -81,11 +176,7 @@ fn call(method: &str, service: &str) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Cmd::Update { args } => {
-            use std::os::unix::process::CommandExt;
-            let err = std::process::Command::new(UPDATE_CLIENT).args(&args).exec();
-            return Err(format!("cannot run {UPDATE_CLIENT}: {err}"));
-        }
+        Cmd::Update { action } => update(action)?,
         Cmd::Status => {
             type Row = (String, String, String, bool, bool, i32, u32, String);
             let rows: Vec<Row> = proxy()?

@@ -21,12 +21,50 @@ pub const CONFIG_FILES: [&str; 2] = [
 ];
 const ESP_MOUNT: &str = "/run/llamabox/update-esp";
 
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
-    /// Repository base URLs, tried in order.
+    /// Repository base URLs (or local directories), tried in order.
     #[serde(default)]
     pub mirrors: Vec<String>,
+    /// How often the service checks; 0: only when asked.
+    #[serde(default = "default_interval")]
+    pub check_interval_minutes: u64,
+    /// Install an available update as soon as a scheduled check finds it.
+    #[serde(default = "yes")]
+    pub auto_install: bool,
+    /// What happens after an install.
+    #[serde(default)]
+    pub reboot: RebootPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mirrors: Vec::new(),
+            check_interval_minutes: default_interval(),
+            auto_install: true,
+            reboot: RebootPolicy::Manual,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootPolicy {
+    /// The user restarts the box (the phone shows "restart to finish").
+    #[default]
+    Manual,
+    /// The service asks the supervisor to reboot right after an install.
+    AfterInstall,
+}
+
+fn default_interval() -> u64 {
+    24 * 60
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub fn config() -> Result<Config, String> {

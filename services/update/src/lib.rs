@@ -14,6 +14,7 @@ pub mod device;
 pub mod fetch;
 pub mod install;
 pub mod repository;
+pub mod service;
 pub mod state;
 
 /// Everything an update can fail with, each naming the problem.

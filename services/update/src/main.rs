@@ -45,6 +45,8 @@ enum Command {
     },
     /// Settle the last install after a boot and print the last result.
     Status,
+    /// Run the update service (D-Bus org.llamabox.Update1, scheduled checks).
+    Serve,
 }
 
 /// Slots and ESP as files (all or none) [default: the box's partitions].
@@ -76,6 +78,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Serve = cli.command {
+        llamabox_update::service::run();
+    }
     let repos = if cli.repos.is_empty() {
         device::config()?.mirrors
     } else {
@@ -154,6 +159,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 ),
             }
         }
+        Command::Serve => unreachable!("handled above"),
         Command::Status => {
             if let Ok((slot, version)) = device::booted() {
                 let blessed = device::booted_slot_blessed(slot)?;

@@ -1,0 +1,309 @@
+//! `llamabox-update serve`: the supervised update service.
+//!
+//! - `org.llamabox.Update1` on the system bus, at `/org/llamabox/Update1`: `Check() → s`,
+//!   `Apply()` (starts an install in the background), `Status() → s` (JSON: phase,
+//!   progress, running version and slot, pending install, last result).
+//! - A schedule: every `check-interval-minutes` (config), a check, and with
+//!   `auto-install` an install; `reboot = "after-install"` then asks the supervisor to
+//!   reboot, `"manual"` (the default) leaves that to the user.
+//! - After boot: settles the last install once the booted slot is blessed (or at once
+//!   when the bootloader fell back), so `Status` says which happened.
+//!
+//! It is a critical service: a release whose updater cannot start is not blessed, so a
+//! box never keeps a release that could not update itself again.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::fetch::Fetcher;
+use crate::state::{Pending, Store};
+use crate::{device, repository, Applied, Updater};
+
+pub const BUS_NAME: &str = "org.llamabox.Update1";
+pub const OBJECT_PATH: &str = "/org/llamabox/Update1";
+const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+const SUPERVISOR: &str = "org.llamabox.Supervisor1";
+const SUPERVISOR_PATH: &str = "/org/llamabox/Supervisor1";
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Status {
+    /// `idle`, `checking`, `installing` or `installed` (waiting for a reboot).
+    pub phase: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub running_version: String,
+    pub running_slot: String,
+    pub available: Option<String>,
+    pub pending: Option<Pending>,
+    pub last_result: Option<String>,
+}
+
+struct Service {
+    status: Mutex<Status>,
+    busy: Mutex<bool>,
+}
+
+fn updater() -> Result<Updater, String> {
+    let config = device::config()?;
+    let (_, installed) = device::booted()?;
+    Ok(Updater {
+        fetcher: Fetcher::new(&config.mirrors),
+        store: Store::new(device::STATE_DIR),
+        image_root: device::IMAGE_ROOT.into(),
+        board: device::board()?,
+        installed,
+    })
+}
+
+fn log(message: &str) {
+    eprintln!("llamabox-update: {message}");
+}
+
+impl Service {
+    fn refresh(&self) {
+        let store = Store::new(device::STATE_DIR);
+        if let Ok(state) = store.load() {
+            let mut status = self.status.lock().unwrap();
+            status.pending = state.pending;
+            status.last_result = state.last_result;
+        }
+    }
+
+    fn set_phase(&self, phase: &str) {
+        self.status.lock().unwrap().phase = phase.to_string();
+    }
+
+    fn check(&self) -> Result<String, String> {
+        let updater = updater()?;
+        if updater.fetcher.mirror_count() == 0 {
+            return Err(format!(
+                "no repository configured (`mirrors` in {})",
+                device::CONFIG_FILES[0]
+            ));
+        }
+        self.set_phase("checking");
+        let result = updater.check().map_err(|e| e.to_string());
+        let mut status = self.status.lock().unwrap();
+        status.phase = "idle".into();
+        match result? {
+            repository::Check::UpToDate { version } => {
+                status.available = None;
+                Ok(format!(
+                    "up to date ({})",
+                    version.unwrap_or_else(|| "no release for this board".into())
+                ))
+            }
+            repository::Check::Available { target } => {
+                status.available = Some(target.version.clone());
+                Ok(format!("available: {}", target.version))
+            }
+        }
+    }
+
+    /// Installs in the background; false if an install is already running.
+    fn start_apply(self: &Arc<Self>, then_reboot: bool) -> Result<(), String> {
+        {
+            let mut busy = self.busy.lock().unwrap();
+            if *busy {
+                return Err("an install is already running".into());
+            }
+            *busy = true;
+        }
+        let updater = match updater() {
+            Ok(u) => u,
+            Err(e) => {
+                *self.busy.lock().unwrap() = false;
+                return Err(e);
+            }
+        };
+        let service = self.clone();
+        std::thread::spawn(move || {
+            service.set_phase("installing");
+            let result = device::layout()
+                .map_err(|e| e.to_string())
+                .and_then(|(layout, _esp)| {
+                    let progress_to = service.clone();
+                    let mut progress = move |done: u64, total: u64| {
+                        let mut status = progress_to.status.lock().unwrap();
+                        status.done_bytes = done;
+                        status.total_bytes = total;
+                    };
+                    updater
+                        .apply(&layout, &mut progress)
+                        .map_err(|e| e.to_string())
+                });
+            let installed = matches!(result, Ok(Applied::Installed { .. }));
+            match &result {
+                Ok(Applied::Installed { version, report }) => log(&format!(
+                    "installed {version} as {} ({} bytes downloaded of {})",
+                    report.entry, report.downloaded, report.total
+                )),
+                Ok(Applied::UpToDate { .. }) => log("up to date"),
+                Err(e) => log(&format!("install failed: {e}")),
+            }
+            service.set_phase(if installed { "installed" } else { "idle" });
+            service.refresh();
+            *service.busy.lock().unwrap() = false;
+            if installed && then_reboot {
+                log("rebooting into the new release (reboot = \"after-install\")");
+                if let Err(e) = ask_supervisor_to_reboot() {
+                    log(&format!("cannot ask the supervisor to reboot: {e}"));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Settles the last install after a boot (see `Updater::reconcile`).
+    fn settle(&self) -> bool {
+        let settled = (|| -> Result<bool, String> {
+            let (slot, version) = device::booted()?;
+            let blessed = device::booted_slot_blessed(slot)?;
+            let updater = updater()?;
+            if let Some(message) = updater
+                .reconcile(slot, &version, blessed)
+                .map_err(|e| e.to_string())?
+            {
+                log(&message);
+            }
+            Ok(updater
+                .store
+                .load()
+                .map_err(|e| e.to_string())?
+                .pending
+                .is_none()
+                || blessed)
+        })();
+        self.refresh();
+        settled.unwrap_or_else(|e| {
+            log(&e);
+            true
+        })
+    }
+}
+
+fn ask_supervisor_to_reboot() -> Result<(), String> {
+    let connection = zbus::blocking::connection::Builder::address(SYSTEM_BUS)
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
+    connection
+        .call_method(
+            Some(SUPERVISOR),
+            SUPERVISOR_PATH,
+            Some(SUPERVISOR),
+            "Reboot",
+            &(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+struct Interface {
+    service: Arc<Service>,
+}
+
+#[zbus::interface(name = "org.llamabox.Update1")]
+impl Interface {
+    /// Verifies the repository's metadata: "up to date (…)" or "available: <version>".
+    fn check(&self) -> zbus::fdo::Result<String> {
+        self.service.check().map_err(zbus::fdo::Error::Failed)
+    }
+
+    /// Starts installing an available update into the inactive slot.
+    fn apply(&self) -> zbus::fdo::Result<()> {
+        self.service
+            .start_apply(false)
+            .map_err(zbus::fdo::Error::Failed)
+    }
+
+    /// The service's state as JSON.
+    fn status(&self) -> zbus::fdo::Result<String> {
+        self.service.refresh();
+        let status = self.service.status.lock().unwrap().clone();
+        Ok(serde_json::to_string(&status).expect("status serializes"))
+    }
+}
+
+/// Runs the service: never returns.
+pub fn run() -> ! {
+    let (slot, version) = device::booted().unwrap_or((llamabox_format::Slot::A, "unknown".into()));
+    let service = Arc::new(Service {
+        status: Mutex::new(Status {
+            phase: "idle".into(),
+            running_version: version,
+            running_slot: slot.to_string(),
+            ..Status::default()
+        }),
+        busy: Mutex::new(false),
+    });
+    service.refresh();
+
+    // Serve the bus first: readiness means the control plane answers.
+    let connection = loop {
+        let built = zbus::blocking::connection::Builder::address(SYSTEM_BUS)
+            .and_then(|b| b.name(BUS_NAME))
+            .and_then(|b| {
+                b.serve_at(
+                    OBJECT_PATH,
+                    Interface {
+                        service: service.clone(),
+                    },
+                )
+            })
+            .and_then(|b| b.build());
+        match built {
+            Ok(c) => break c,
+            Err(e) => {
+                log(&format!("cannot serve {BUS_NAME} yet: {e}"));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    log(&format!("serving {BUS_NAME}"));
+    notify_ready();
+
+    // Settle the last install: at once, then until the booted slot is blessed.
+    let settler = service.clone();
+    std::thread::spawn(move || {
+        while !settler.settle() {
+            std::thread::sleep(Duration::from_secs(10));
+        }
+    });
+
+    loop {
+        let schedule = device::config().unwrap_or_else(|e| {
+            log(&format!("{e}; updates are checked by hand only"));
+            device::Config::default()
+        });
+        let interval = schedule.check_interval_minutes;
+        if interval == 0 || schedule.mirrors.is_empty() {
+            std::thread::sleep(Duration::from_secs(3600));
+            continue;
+        }
+        std::thread::sleep(Duration::from_secs(interval * 60));
+        match service.check() {
+            Ok(message) => {
+                log(&message);
+                if message.starts_with("available") && schedule.auto_install {
+                    let then_reboot = schedule.reboot == device::RebootPolicy::AfterInstall;
+                    if let Err(e) = service.start_apply(then_reboot) {
+                        log(&e);
+                    }
+                }
+            }
+            Err(e) => log(&format!("scheduled check failed: {e}")),
+        }
+        let _ = &connection;
+    }
+}
+
+fn notify_ready() {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
+            let _ = socket.send_to(b"READY=1", path);
+        }
+    }
+}
