@@ -89,6 +89,16 @@ pub fn install(
     let entries_dir = layout.esp.join(DIRECTORY);
     let entries = boot_entries(&entries_dir)?;
     let generation = entries.iter().map(|e| e.generation).max().unwrap_or(0) + 1;
+    // The other slot is the fallback while the running one is on trial: never
+    // overwrite the only release known to be good.
+    if let Some(running) = entries.iter().find(|e| e.slot == layout.active) {
+        if running.counter.is_some() {
+            return Err(Error::RunningOnTrial {
+                slot: layout.active,
+                entry: running.file_name(),
+            });
+        }
+    }
 
     // 1. Make the inactive slot unbootable before touching it.
     for entry in entries.iter().filter(|e| e.slot == target) {

@@ -34,6 +34,11 @@ pub enum Error {
     TamperedChunk { file: String, index: usize },
     #[error("the slot manifest in the bundle does not match the signed target: {0}")]
     ManifestMismatch(String),
+    #[error("the running slot {slot} is still on trial ({entry}): the other slot is its fallback and is not overwritten until this one is blessed")]
+    RunningOnTrial {
+        slot: llamabox_format::Slot,
+        entry: String,
+    },
     #[error("the inactive slot's partition holds {available} bytes, the bundle needs {needed}")]
     SlotTooSmall { needed: u64, available: u64 },
     #[error("{what}: {source}")]

@@ -480,3 +480,22 @@ fn a_repository_on_a_usb_stick_gets_the_same_checks() {
     );
     assert_eq!(report.slot, Some(Slot::B));
 }
+
+#[test]
+fn the_fallback_slot_is_kept_while_the_running_one_is_on_trial() {
+    let mut w = world("on-trial");
+    let v2 = w.release("0.2.0", 2, None);
+    w.publish(&v2);
+    installed(w.apply().unwrap());
+    // Booted into slot b, which is still on trial (the health gate has not passed).
+    w.device.boot_on_trial(Slot::B, "0.2.0");
+    let v3 = w.release("0.3.0", 3, None);
+    w.publish(&v3);
+    let slot_a = w.device.partition_bytes(Slot::A);
+    let err = w.apply().unwrap_err();
+    assert!(matches!(err, Error::RunningOnTrial { .. }), "{err}");
+    assert!(
+        slot_a == w.device.partition_bytes(Slot::A),
+        "the fallback slot changed"
+    );
+}

@@ -181,8 +181,19 @@ impl TestBox {
         names
     }
 
-    /// What the next boot does once the new slot is blessed: it runs, at its version.
+    /// The next boot: `slot` runs at `version` and the health gate blesses it.
     pub fn boot_into(&mut self, slot: Slot, version: &str) {
+        self.boot_on_trial(slot, version);
+        let dir = self.layout.esp.join("EFI/Linux");
+        for name in self.entries() {
+            if let Some(entry) = BootEntry::parse(&name).filter(|e| e.slot == slot) {
+                std::fs::rename(dir.join(&name), dir.join(entry.blessed().file_name())).unwrap();
+            }
+        }
+    }
+
+    /// The next boot: `slot` runs at `version`, still on trial.
+    pub fn boot_on_trial(&mut self, slot: Slot, version: &str) {
         self.layout.active = slot;
         self.installed = version.into();
     }
