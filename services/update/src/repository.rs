@@ -6,9 +6,11 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use llamabox_format::update::metadata::RoleMetadata;
 use llamabox_format::update::metadata::{check_pinned, MAX_METADATA_LEN};
 use llamabox_format::update::{
-    BundleIndex, MetadataError, Root, Signed, Snapshot, Target, Targets, Timestamp, Version,
+    BundleIndex, MetaFile, MetadataError, Root, Signed, Snapshot, Target, Targets, Timestamp,
+    Version,
 };
 
 use crate::fetch::{FetchError, Fetcher};
@@ -79,32 +81,23 @@ pub fn check(
     timestamp.check_fresh(now)?;
     let pinned = &timestamp.signed.snapshot;
 
-    let name = format!("{}.snapshot.json", pinned.version);
-    let bytes = fetch(fetcher, &name, pinned.length)?;
-    pinned.check(&name, &bytes)?;
-    let snapshot = Signed::<Snapshot>::parse(&bytes)?;
-    snapshot.verify(&root)?;
-    same_version(
-        "snapshot version named by the timestamp",
-        pinned.version,
-        snapshot.signed.version,
+    let snapshot: Signed<Snapshot> = fetch_pinned(
+        fetcher,
+        &root,
+        pinned,
+        "timestamp",
+        seen.snapshot_version,
+        now,
     )?;
-    snapshot.check_not_older(seen.snapshot_version)?;
-    snapshot.check_fresh(now)?;
     let pinned = &snapshot.signed.targets;
-
-    let name = format!("{}.targets.json", pinned.version);
-    let bytes = fetch(fetcher, &name, pinned.length)?;
-    pinned.check(&name, &bytes)?;
-    let targets = Signed::<Targets>::parse(&bytes)?;
-    targets.verify(&root)?;
-    same_version(
-        "targets version named by the snapshot",
-        pinned.version,
-        targets.signed.version,
+    let targets: Signed<Targets> = fetch_pinned(
+        fetcher,
+        &root,
+        pinned,
+        "snapshot",
+        seen.targets_version,
+        now,
     )?;
-    targets.check_not_older(seen.targets_version)?;
-    targets.check_fresh(now)?;
 
     let mut seen = seen.clone();
     seen.timestamp_version = timestamp.signed.version;
@@ -145,6 +138,32 @@ pub fn check(
         }
     };
     Ok(Walk { check, seen })
+}
+
+/// Fetches `<version>.<role>.json` as pinned by the `named_by` role's file: at most the
+/// pinned length, the pinned hash, signed for its role, the pinned version, not older
+/// than `seen`, not expired.
+fn fetch_pinned<T: RoleMetadata>(
+    fetcher: &Fetcher,
+    root: &Root,
+    pinned: &MetaFile,
+    named_by: &str,
+    seen: u64,
+    now: SystemTime,
+) -> Result<Signed<T>, Error> {
+    let name = format!("{}.{}.json", pinned.version, T::ROLE);
+    let bytes = fetch(fetcher, &name, pinned.length)?;
+    pinned.check(&name, &bytes)?;
+    let file = Signed::<T>::parse(&bytes)?;
+    file.verify(root)?;
+    same_version(
+        &format!("{} version named by the {named_by}", T::ROLE),
+        pinned.version,
+        file.signed.version(),
+    )?;
+    file.check_not_older(seen)?;
+    file.check_fresh(now)?;
+    Ok(file)
 }
 
 fn same_version(what: &str, expected: u64, found: u64) -> Result<(), Error> {
