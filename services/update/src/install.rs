@@ -144,24 +144,20 @@ pub fn install(
 
     let uki = index.uki(target);
     let total = slot_file.length + uki.length;
-    let mut report = Report {
-        slot: Some(target),
-        total,
-        ..Report::default()
-    };
-    let mut done = 0;
-    write_file(
+    let mut writer = Writer {
         fetcher,
         index,
-        "slot",
-        slot_file,
-        &partition,
-        &sources,
-        &local,
-        &mut report,
-        &mut done,
+        sources,
+        local,
+        report: Report {
+            slot: Some(target),
+            total,
+            ..Report::default()
+        },
+        done: 0,
         progress,
-    )?;
+    };
+    writer.write_file("slot", slot_file, &partition)?;
     partition
         .sync_all()
         .map_err(io("flushing the inactive slot"))?;
@@ -178,24 +174,14 @@ pub fn install(
     let tmp = entries_dir.join("llamabox-new.tmp");
     let file = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
     let uki_name = llamabox_format::update::bundle::uki_file(target);
-    write_file(
-        fetcher,
-        index,
-        &uki_name,
-        uki,
-        &file,
-        &sources,
-        &local,
-        &mut report,
-        &mut done,
-        progress,
-    )?;
+    writer.write_file(&uki_name, uki, &file)?;
     file.sync_all().map_err(io("flushing the new boot entry"))?;
     drop(file);
     let entry = BootEntry::new_trial(generation, target, layout.tries);
     std::fs::rename(&tmp, entries_dir.join(entry.file_name()))
         .map_err(io("installing the new boot entry"))?;
     sync_dir(&entries_dir)?;
+    let mut report = writer.report;
     report.entry = entry.file_name();
     Ok(report)
 }
@@ -269,163 +255,168 @@ fn index_file(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_file(
-    fetcher: &Fetcher,
-    index: &BundleIndex,
-    name: &str,
-    file: &BundleFile,
-    out: &File,
-    sources: &[File],
-    local: &HashMap<String, Local>,
-    report: &mut Report,
-    done: &mut u64,
-    progress: Progress,
-) -> Result<(), Error> {
-    // Where each chunk goes in `out`.
-    let mut positions = Vec::with_capacity(file.chunks.len());
-    let mut at = 0;
-    for chunk in &file.chunks {
-        positions.push(at);
-        at += u64::from(chunk.length);
-    }
-    let mut missing: Vec<usize> = Vec::new();
-    let mut buf = Vec::new();
-    for (i, chunk) in file.chunks.iter().enumerate() {
-        buf.resize(chunk.length as usize, 0);
-        // Already in place (an install resumed after a power cut)?
-        if out.read_exact_at(&mut buf, positions[i]).is_ok() && hash_matches(&buf, chunk) {
-            report.in_place += u64::from(chunk.length);
-        } else if let Some(found) = local.get(&chunk.sha256) {
-            let read = sources[found.source].read_exact_at(&mut buf, found.offset);
-            if read.is_ok() && hash_matches(&buf, chunk) {
-                out.write_all_at(&buf, positions[i])
-                    .map_err(io(format!("writing `{name}`")))?;
-                report.copied += u64::from(chunk.length);
+/// Writes the bundle's files, chunk by verified chunk, and counts where the bytes came from.
+struct Writer<'a> {
+    fetcher: &'a Fetcher,
+    index: &'a BundleIndex,
+    /// Files of this box that hold chunks (`local` points into them).
+    sources: Vec<File>,
+    local: HashMap<String, Local>,
+    report: Report,
+    done: u64,
+    progress: Progress<'a>,
+}
+
+impl Writer<'_> {
+    /// Writes `file` into `out`: chunks in place are kept, chunks this box has are copied,
+    /// the rest are downloaded.
+    fn write_file(&mut self, name: &str, file: &BundleFile, out: &File) -> Result<(), Error> {
+        // Where each chunk goes in `out`.
+        let mut positions = Vec::with_capacity(file.chunks.len());
+        let mut at = 0;
+        for chunk in &file.chunks {
+            positions.push(at);
+            at += u64::from(chunk.length);
+        }
+        let mut missing: Vec<usize> = Vec::new();
+        let mut buf = Vec::new();
+        for (i, chunk) in file.chunks.iter().enumerate() {
+            buf.resize(chunk.length as usize, 0);
+            // Already in place (an install resumed after a power cut)?
+            if out.read_exact_at(&mut buf, positions[i]).is_ok() && hash_matches(&buf, chunk) {
+                self.report.in_place += u64::from(chunk.length);
+            } else if let Some(found) = self.local.get(&chunk.sha256) {
+                let read = self.sources[found.source].read_exact_at(&mut buf, found.offset);
+                if read.is_ok() && hash_matches(&buf, chunk) {
+                    out.write_all_at(&buf, positions[i])
+                        .map_err(io(format!("writing `{name}`")))?;
+                    self.report.copied += u64::from(chunk.length);
+                } else {
+                    missing.push(i);
+                    continue;
+                }
             } else {
                 missing.push(i);
                 continue;
             }
-        } else {
-            missing.push(i);
-            continue;
+            self.done += u64::from(chunk.length);
+            (self.progress)(self.done, self.report.total);
         }
-        *done += u64::from(chunk.length);
-        progress(*done, report.total);
+        self.download(name, file, &missing, &positions, out)
     }
-    download(
-        fetcher, index, name, file, &missing, &positions, out, report, done, progress,
-    )
+
+    /// Downloads the `missing` chunks of `file`, merging neighbours in the data file into
+    /// one range request, and resuming after the last verified chunk when a transfer breaks.
+    fn download(
+        &mut self,
+        name: &str,
+        file: &BundleFile,
+        missing: &[usize],
+        positions: &[u64],
+        out: &File,
+    ) -> Result<(), Error> {
+        let Writer {
+            fetcher,
+            index,
+            report,
+            done,
+            progress,
+            ..
+        } = self;
+        // Unique chunks in data-file order, each with every position it is written to.
+        let mut by_offset: Vec<(u64, Vec<usize>)> = Vec::new();
+        {
+            let mut seen: HashMap<u64, usize> = HashMap::new();
+            for &i in missing {
+                let offset = file.chunks[i].offset;
+                match seen.get(&offset) {
+                    Some(&at) => by_offset[at].1.push(i),
+                    None => {
+                        seen.insert(offset, by_offset.len());
+                        by_offset.push((offset, vec![i]));
+                    }
+                }
+            }
+            by_offset.sort_by_key(|(offset, _)| *offset);
+        }
+        let data_path = format!("bundles/{}.data", index.data_sha256);
+        let mut next = 0;
+        while next < by_offset.len() {
+            // One run of chunks adjacent in the data file.
+            let start = by_offset[next].0;
+            let mut end = next;
+            let mut run_end = start + u64::from(file.chunks[by_offset[next].1[0]].length);
+            while end + 1 < by_offset.len()
+                && by_offset[end + 1].0 == run_end
+                && run_end - start < MAX_RANGE
+            {
+                end += 1;
+                run_end += u64::from(file.chunks[by_offset[end].1[0]].length);
+            }
+            let mut attempt = 0;
+            loop {
+                let first = next;
+                let range_start = by_offset[first].0;
+                let mut current = first;
+                let mut pending: Vec<u8> = Vec::new();
+                let mut sink = |mut bytes: &[u8]| -> Result<(), Error> {
+                    while !bytes.is_empty() {
+                        let (_, targets) = &by_offset[current];
+                        let chunk = &file.chunks[targets[0]];
+                        let want = chunk.length as usize - pending.len();
+                        let take = want.min(bytes.len());
+                        pending.extend_from_slice(&bytes[..take]);
+                        bytes = &bytes[take..];
+                        if pending.len() == chunk.length as usize {
+                            if !hash_matches(&pending, chunk) {
+                                return Err(Error::TamperedChunk {
+                                    file: name.to_string(),
+                                    index: targets[0],
+                                });
+                            }
+                            for &i in targets {
+                                out.write_all_at(&pending, positions[i])
+                                    .map_err(io(format!("writing `{name}`")))?;
+                            }
+                            report.downloaded += u64::from(chunk.length);
+                            *done += u64::from(chunk.length) * targets.len() as u64;
+                            progress(*done, report.total);
+                            pending.clear();
+                            current += 1;
+                        }
+                    }
+                    Ok(())
+                };
+                let result = fetcher.get_range(
+                    attempt,
+                    &data_path,
+                    range_start,
+                    run_end - range_start,
+                    &mut sink,
+                );
+                next = current;
+                match result {
+                    Ok(()) => break,
+                    // Wrong bytes and oversized answers are attacks: no retry.
+                    Err(e @ (Error::TamperedChunk { .. } | Error::Io { .. })) => return Err(e),
+                    Err(Error::Fetch(e @ crate::fetch::FetchError::TooMuchData { .. })) => {
+                        return Err(e.into())
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        if attempt >= ATTEMPTS * fetcher.mirror_count() {
+                            return Err(e);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(200 * attempt as u64));
+                    }
+                }
+            }
+            next = end + 1;
+        }
+        Ok(())
+    }
 }
 
 fn hash_matches(bytes: &[u8], chunk: &ChunkRef) -> bool {
     hex::encode(Sha256::digest(bytes)) == chunk.sha256
-}
-
-/// Downloads the `missing` chunks of `file`, merging neighbours in the data file into
-/// one range request, and resuming after the last verified chunk when a transfer breaks.
-#[allow(clippy::too_many_arguments)]
-fn download(
-    fetcher: &Fetcher,
-    index: &BundleIndex,
-    name: &str,
-    file: &BundleFile,
-    missing: &[usize],
-    positions: &[u64],
-    out: &File,
-    report: &mut Report,
-    done: &mut u64,
-    progress: Progress,
-) -> Result<(), Error> {
-    // Unique chunks in data-file order, each with every position it is written to.
-    let mut by_offset: Vec<(u64, Vec<usize>)> = Vec::new();
-    {
-        let mut seen: HashMap<u64, usize> = HashMap::new();
-        for &i in missing {
-            let offset = file.chunks[i].offset;
-            match seen.get(&offset) {
-                Some(&at) => by_offset[at].1.push(i),
-                None => {
-                    seen.insert(offset, by_offset.len());
-                    by_offset.push((offset, vec![i]));
-                }
-            }
-        }
-        by_offset.sort_by_key(|(offset, _)| *offset);
-    }
-    let data_path = format!("bundles/{}.data", index.data_sha256);
-    let mut next = 0;
-    while next < by_offset.len() {
-        // One run of chunks adjacent in the data file.
-        let start = by_offset[next].0;
-        let mut end = next;
-        let mut run_end = start + u64::from(file.chunks[by_offset[next].1[0]].length);
-        while end + 1 < by_offset.len()
-            && by_offset[end + 1].0 == run_end
-            && run_end - start < MAX_RANGE
-        {
-            end += 1;
-            run_end += u64::from(file.chunks[by_offset[end].1[0]].length);
-        }
-        let mut attempt = 0;
-        loop {
-            let first = next;
-            let range_start = by_offset[first].0;
-            let mut current = first;
-            let mut pending: Vec<u8> = Vec::new();
-            let mut sink = |mut bytes: &[u8]| -> Result<(), Error> {
-                while !bytes.is_empty() {
-                    let (_, targets) = &by_offset[current];
-                    let chunk = &file.chunks[targets[0]];
-                    let want = chunk.length as usize - pending.len();
-                    let take = want.min(bytes.len());
-                    pending.extend_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
-                    if pending.len() == chunk.length as usize {
-                        if !hash_matches(&pending, chunk) {
-                            return Err(Error::TamperedChunk {
-                                file: name.to_string(),
-                                index: targets[0],
-                            });
-                        }
-                        for &i in targets {
-                            out.write_all_at(&pending, positions[i])
-                                .map_err(io(format!("writing `{name}`")))?;
-                        }
-                        report.downloaded += u64::from(chunk.length);
-                        *done += u64::from(chunk.length) * targets.len() as u64;
-                        progress(*done, report.total);
-                        pending.clear();
-                        current += 1;
-                    }
-                }
-                Ok(())
-            };
-            let result = fetcher.get_range(
-                attempt,
-                &data_path,
-                range_start,
-                run_end - range_start,
-                &mut sink,
-            );
-            next = current;
-            match result {
-                Ok(()) => break,
-                // Wrong bytes and oversized answers are attacks: no retry.
-                Err(e @ (Error::TamperedChunk { .. } | Error::Io { .. })) => return Err(e),
-                Err(Error::Fetch(e @ crate::fetch::FetchError::TooMuchData { .. })) => {
-                    return Err(e.into())
-                }
-                Err(e) => {
-                    attempt += 1;
-                    if attempt >= ATTEMPTS * fetcher.mirror_count() {
-                        return Err(e);
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(200 * attempt as u64));
-                }
-            }
-        }
-        next = end + 1;
-    }
-    Ok(())
 }
