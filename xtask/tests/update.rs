@@ -68,6 +68,34 @@ fn power_off(agent: &mut Agent, machine: &mut xtask::qemu::Machine) {
     machine.wait_exit(Duration::from_secs(120)).unwrap();
 }
 
+/// Installs the repository's release and checks the client's report names `installed`
+/// (e.g. "installed 0.2.0 as llamabox-3-b+3.efi"); prints it with the time it took.
+fn apply_expecting(agent: &mut Agent, server: &Server, installed: &str) {
+    let started = std::time::Instant::now();
+    let out = update(agent, server, "apply").unwrap().join("\n");
+    eprintln!("{out}\napply took {:.1} s", started.elapsed().as_secs_f32());
+    assert!(out.contains(installed), "{out}");
+}
+
+/// Boots, checks the box runs `version` from `slot`, and waits for the slot's blessing.
+fn boot_expecting(
+    vm: &mut TestMachine,
+    slot: &str,
+    version: &str,
+) -> (xtask::qemu::Machine, Agent) {
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    let info = boot_info(&mut agent);
+    assert!(
+        info.contains(&format!("slot={slot}")) && info.contains(&format!("version={version}")),
+        "{info}"
+    );
+    machine
+        .wait_for(&format!("slot {slot} blessed"), BOOT_TIMEOUT)
+        .unwrap();
+    (machine, agent)
+}
+
 #[test]
 fn updates_install_into_the_other_slot_and_the_next_one_comes_back() {
     let mut vm = TestMachine::with_image("update-ab", TEST_IMAGE);
@@ -75,47 +103,19 @@ fn updates_install_into_the_other_slot_and_the_next_one_comes_back() {
     publish(&repo, "llamabox-test-v2");
     let server = Server::start(&repo);
 
-    let mut machine = vm.boot();
-    let mut agent = vm.agent(&mut machine);
-    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
-    let out = update(&mut agent, &server, "apply").unwrap().join("\n");
-    eprintln!("{out}");
-    assert!(
-        out.contains("installed 0.2.0 as llamabox-3-b+3.efi"),
-        "{out}"
-    );
+    let (mut machine, mut agent) = boot_expecting(&mut vm, "a", "0.1.0");
+    apply_expecting(&mut agent, &server, "installed 0.2.0 as llamabox-3-b+3.efi");
     power_off(&mut agent, &mut machine);
 
-    let mut machine = vm.boot();
-    let mut agent = vm.agent(&mut machine);
-    let info = boot_info(&mut agent);
-    assert!(
-        info.contains("slot=b") && info.contains("version=0.2.0"),
-        "{info}"
-    );
-    machine.wait_for("slot b blessed", BOOT_TIMEOUT).unwrap();
+    let (mut machine, mut agent) = boot_expecting(&mut vm, "b", "0.2.0");
     let status = update(&mut agent, &server, "status").unwrap().join("\n");
     assert!(status.contains("updated to 0.2.0"), "{status}");
-
     publish(&repo, "llamabox-test-v3");
-    let started = std::time::Instant::now();
-    let out = update(&mut agent, &server, "apply").unwrap().join("\n");
-    eprintln!("{out}\napply took {:.1} s", started.elapsed().as_secs_f32());
-    assert!(
-        out.contains("installed 0.3.0 as llamabox-4-a+3.efi"),
-        "{out}"
-    );
     // Most of v3 is already on the box (v2 in the active slot).
+    apply_expecting(&mut agent, &server, "installed 0.3.0 as llamabox-4-a+3.efi");
     power_off(&mut agent, &mut machine);
 
-    let mut machine = vm.boot();
-    let mut agent = vm.agent(&mut machine);
-    let info = boot_info(&mut agent);
-    assert!(
-        info.contains("slot=a") && info.contains("version=0.3.0"),
-        "{info}"
-    );
-    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+    boot_expecting(&mut vm, "a", "0.3.0");
 }
 
 #[test]
@@ -126,14 +126,8 @@ fn a_release_that_never_becomes_healthy_is_rolled_back() {
     publish(&repo, "llamabox-test-broken-v2");
     let server = Server::start(&repo);
 
-    let mut machine = vm.boot();
-    let mut agent = vm.agent(&mut machine);
-    machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
-    let out = update(&mut agent, &server, "apply").unwrap().join("\n");
-    assert!(
-        out.contains("installed 0.2.0 as llamabox-3-b+3.efi"),
-        "{out}"
-    );
+    let (mut machine, mut agent) = boot_expecting(&mut vm, "a", "0.1.0");
+    apply_expecting(&mut agent, &server, "installed 0.2.0 as llamabox-3-b+3.efi");
     power_off(&mut agent, &mut machine);
 
     // Slot b gets the board's tries, each ending at the health gate's deadline; then
