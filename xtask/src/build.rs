@@ -124,6 +124,61 @@ impl Ctx<'_> {
         }
         Ok((unpacked, package.sha256))
     }
+
+    /// The unpacked contents of a locked PyPI distribution, and its SHA-256.
+    fn pypi_dist(&mut self, name: &str, version: &str) -> Result<(PathBuf, String)> {
+        let lock = pypi::PypiLock::load(&self.project.pypi_lock())?;
+        let dist = lock.get(name, version)?.clone();
+        let downloads = self.project.downloads_dir();
+        let dir = self.cache.get_or_build("pypi", &dist.sha256[..32], |dir| {
+            let file = pypi::fetch(&dist, &downloads)?;
+            pypi::unpack(&file, dir)
+        })?;
+        Ok((dir, dist.sha256))
+    }
+}
+
+/// Stages one recipe for a board on its own, in the build cache, and returns its tree
+/// (the target filesystem's layout): how tests and benchmarks get a recipe's files,
+/// such as a converted model, without building an image that holds them. The entry is
+/// the one an image build uses.
+pub fn stage_one(project: &Project, board: &str, recipe: &str) -> Result<PathBuf> {
+    let recipes = config::recipe::load_all(&project.recipes_dir())?;
+    let board = config::board::load(&project.boards_dir(), board)?;
+    let Some(r) = recipes.get(recipe) else {
+        bail!(
+            "no recipe `{recipe}`{}",
+            config::suggest(recipe, recipes.keys().map(String::as_str))
+        );
+    };
+    if !r.supports(board.arch) {
+        bail!(
+            "recipe `{recipe}` does not support {} (board {})",
+            board.arch.name(),
+            board.name
+        );
+    }
+    let lock = DebianLock::load(&project.debian_lock())?;
+    // Only the recipe's crates are built: an image of that one recipe.
+    let image = ImageDef {
+        name: recipe.to_string(),
+        version: String::new(),
+        rootfs: vec![recipe.to_string()],
+        initramfs: Vec::new(),
+        health_grace_ms: 0,
+        health_deadline_ms: 0,
+    };
+    let mut ctx = Ctx {
+        project,
+        board: &board,
+        image: &image,
+        recipes: &recipes,
+        lock: &lock,
+        mirror: None,
+        cache: Cache::new(project.default_cache_dir()),
+    };
+    let binaries = build_crates(&ctx)?;
+    Ok(stage_recipe(&mut ctx, r, &binaries)?.tree)
 }
 
 pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
@@ -302,13 +357,37 @@ fn stage_recipe(
             dirs
         }
         Source::Pypi { name, version } => {
-            let lock = pypi::PypiLock::load(&ctx.project.pypi_lock())?;
-            let dist = lock.get(name, version)?.clone();
-            key.add_str("dist", &dist.sha256);
-            let downloads = ctx.project.downloads_dir();
-            let dir = ctx.cache.get_or_build("pypi", &dist.sha256[..32], |dir| {
-                let file = pypi::fetch(&dist, &downloads)?;
-                pypi::unpack(&file, dir)
+            let (dir, sha) = ctx.pypi_dist(name, version)?;
+            key.add_str("dist", &sha);
+            vec![dir]
+        }
+        Source::Convert(convert) => {
+            // The converted file is its own cache entry, keyed by the converter (the
+            // build tool's identity is part of every entry), its pinned inputs and
+            // settings; the recipe's entry then installs from it like from any source.
+            let mut input = KeyHasher::default();
+            input.add_str("converter", convert.converter.name());
+            let mut dists = Vec::new();
+            for (name, version) in &convert.pypi {
+                let (dir, sha) = ctx.pypi_dist(name, version)?;
+                input.add_str("dist", &sha);
+                dists.push(dir);
+            }
+            for part in &convert.model {
+                input.add_str("model", part);
+            }
+            input
+                .add_str("assets", &convert.assets)
+                .add_str("output", &convert.output);
+            let input = input.finish();
+            key.add_str("converted", &input);
+            let dir = ctx.cache.get_or_build("convert", &input, |dir| {
+                eprintln!(
+                    "    converting {} ({})",
+                    recipe.name,
+                    convert.converter.name()
+                );
+                crate::convert::run(convert, &dists, dir)
             })?;
             vec![dir]
         }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod build;
 pub mod cache;
 pub mod config;
+pub mod convert;
 pub mod fetch;
 pub mod fuzz;
 pub mod keys;

