@@ -16,6 +16,23 @@ const DEFAULT_BOARD: &str = "qemu-x86_64";
 const TEST_MODEL: &str = "/usr/share/llamabox/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TEST_MODEL_ENV: &str = "LLAMABOX_TEST_MODEL";
 
+/// The Whisper models (converted by their recipes) `cargo xtask test` hands the host
+/// tests: (recipe, path in the image, environment variable). From the image's root
+/// filesystem when the image has them, else from the recipe staged on its own; both
+/// are the same cache entry.
+const TEST_WHISPER_MODELS: &[(&str, &str, &str)] = &[
+    (
+        "whisper-base",
+        "/usr/share/llamabox/models/whisper/ggml-base.bin",
+        "LLAMABOX_TEST_WHISPER_MODEL",
+    ),
+    (
+        "whisper-tiny-en",
+        "/usr/share/llamabox/models/whisper/ggml-tiny.en.bin",
+        "LLAMABOX_TEST_WHISPER_MODEL_EN",
+    ),
+];
+
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
@@ -88,6 +105,14 @@ enum Cmd {
         /// Address to listen on; QEMU guests reach the host's loopback as 10.0.2.2.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: String,
+    },
+    /// Stage one recipe on its own into the build cache (no image) and print its files
+    /// paths there: e.g. a converted Whisper model for a benchmark.
+    Stage {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: String,
+        /// The recipe: recipes/<RECIPE>.toml.
+        recipe: String,
     },
     /// Generate an ed25519 signing key pair.
     Keys {
@@ -228,6 +253,16 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Lock => lock::run(&project)?,
+        Cmd::Stage { board, recipe } => {
+            let tree = build::stage_one(&project, &board, &recipe)?;
+            for entry in walkdir::WalkDir::new(&tree).sort_by_file_name() {
+                let entry = entry?;
+                if !entry.file_type().is_dir() {
+                    let rel = entry.path().strip_prefix(&tree)?;
+                    println!("/{}\t{}", rel.display(), entry.path().display());
+                }
+            }
+        }
         Cmd::Bench {
             what:
                 BenchCmd::Inference {
@@ -331,6 +366,13 @@ fn test(project: &Project, board: &str, soak: bool, args: &[String]) -> Result<(
             cmd.env(TEST_MODEL_ENV, model);
         }
         None => eprintln!("    the image has no {TEST_MODEL}: {TEST_MODEL_ENV} is not set"),
+    }
+    for (recipe, path, env) in TEST_WHISPER_MODELS {
+        let model = match output.rootfs_file(path) {
+            Some(model) => model,
+            None => build::stage_one(project, board, recipe)?.join(path.trim_start_matches('/')),
+        };
+        cmd.env(env, model);
     }
     let status = cmd.status().context("cannot run cargo test")?;
     if !status.success() {
