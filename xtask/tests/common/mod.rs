@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod audio;
+pub mod files;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
