@@ -16,4 +16,5 @@ pub mod qemu;
 pub mod release;
 pub mod serve;
 pub mod setup;
+pub mod speech;
 pub mod stage;

@@ -1,0 +1,164 @@
+//! The always-on path: source → 16 kHz → end-pointing → Whisper → events (→ the LLM).
+//! Capture and end-pointing run on the caller's thread and never wait for Whisper:
+//! utterances queue for a transcription thread, transcripts queue for an answer thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::answer::Answerer;
+use crate::audio::{AudioSource, Resampler, SAMPLE_RATE};
+use crate::events::{Event, Events};
+use crate::transcribe::{Options, Transcriber};
+use crate::vad::{EndpointConfig, Endpointer, Utterance};
+
+/// What `Status` reports about the pipeline.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Stats {
+    pub utterances: u64,
+    pub last_transcript: Option<String>,
+    pub capture_error: Option<String>,
+}
+
+pub struct Pipeline {
+    pub transcriber: Arc<Mutex<Transcriber>>,
+    pub events: Events,
+    pub endpoint: EndpointConfig,
+    pub options: Options,
+    pub answerer: Option<Answerer>,
+    /// Off: audio is read and dropped (the microphone is muted), nothing is detected.
+    pub listening: Arc<AtomicBool>,
+    pub stats: Arc<Mutex<Stats>>,
+    next_utterance: AtomicU64,
+}
+
+impl Pipeline {
+    pub fn new(transcriber: Arc<Mutex<Transcriber>>, events: Events) -> Self {
+        Self {
+            transcriber,
+            events,
+            endpoint: EndpointConfig::default(),
+            options: Options::default(),
+            answerer: None,
+            listening: Arc::new(AtomicBool::new(true)),
+            stats: Arc::default(),
+            next_utterance: AtomicU64::new(1),
+        }
+    }
+
+    /// Listens until the source ends (a file) or fails (a device); returns once every
+    /// utterance heard has been transcribed (and answered).
+    pub fn run(&self, source: &mut dyn AudioSource) -> Result<()> {
+        let (utterances, queued) = mpsc::channel::<(u64, Utterance, Instant)>();
+        let (questions, asked) = mpsc::channel::<(u64, String)>();
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.transcribe_all(queued, questions));
+            scope.spawn(|| self.answer_all(asked));
+            self.capture(source, utterances)
+        })
+    }
+
+    fn capture(
+        &self,
+        source: &mut dyn AudioSource,
+        utterances: mpsc::Sender<(u64, Utterance, Instant)>,
+    ) -> Result<()> {
+        let mut resampler = Resampler::new(source.sample_rate())?;
+        let mut endpointer = Endpointer::new(self.endpoint.clone());
+        let mut heard: u64 = 0;
+        let mut current = None;
+        let hand_over = |u: Utterance, current: &mut Option<u64>| {
+            let id = current
+                .take()
+                .unwrap_or_else(|| self.next_utterance.fetch_add(1, Ordering::Relaxed));
+            let _ = utterances.send((id, u, Instant::now()));
+        };
+        let result = loop {
+            let samples = match source.read() {
+                Ok(Some(s)) => s,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            if !self.listening.load(Ordering::Relaxed) {
+                continue;
+            }
+            let samples = resampler.push(&samples);
+            heard += samples.len() as u64;
+            for u in endpointer.push(&samples) {
+                hand_over(u, &mut current);
+            }
+            if endpointer.speaking() && current.is_none() {
+                let id = self.next_utterance.fetch_add(1, Ordering::Relaxed);
+                current = Some(id);
+                self.events.publish(Event::SpeechStarted {
+                    utterance: id,
+                    at_ms: heard * 1000 / SAMPLE_RATE as u64,
+                });
+            }
+        };
+        let tail = resampler.finish();
+        let mut done = endpointer.push(&tail);
+        done.extend(endpointer.finish());
+        for u in done {
+            hand_over(u, &mut current);
+        }
+        result
+    }
+
+    fn transcribe_all(
+        &self,
+        queued: mpsc::Receiver<(u64, Utterance, Instant)>,
+        questions: mpsc::Sender<(u64, String)>,
+    ) {
+        for (id, utterance, ended) in queued {
+            let result = self
+                .transcriber
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .transcribe(&utterance.samples, &self.options);
+            let transcript = match result {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("utterance {id}: {e:#}");
+                    continue;
+                }
+            };
+            {
+                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                stats.utterances += 1;
+                if !transcript.text.is_empty() {
+                    stats.last_transcript = Some(transcript.text.clone());
+                }
+            }
+            self.events.publish(Event::Transcript {
+                utterance: id,
+                text: transcript.text.clone(),
+                language: transcript.language.clone(),
+                start_ms: utterance.start * 1000 / SAMPLE_RATE as u64,
+                duration_ms: utterance.duration_ms(),
+                latency_ms: ended.elapsed().as_millis() as u64,
+            });
+            if self.answerer.is_some() && !transcript.text.is_empty() {
+                let _ = questions.send((id, transcript.text));
+            }
+        }
+    }
+
+    fn answer_all(&self, asked: mpsc::Receiver<(u64, String)>) {
+        let Some(answerer) = &self.answerer else {
+            return;
+        };
+        for (id, question) in asked {
+            if let Err(e) = answerer.answer(id, &question, &self.events) {
+                self.events.publish(Event::AnswerFailed {
+                    utterance: id,
+                    error: format!("{e:#}"),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! End-pointing: earshot's voice-activity scores on 16 ms frames turn a continuous
+//! stream into utterances. Timing follows Home Assistant's Assist pipeline: speech starts
+//! after 0.3 s of voice, an utterance ends after 0.7 s of silence, and none runs past 15 s.
+
+use std::collections::VecDeque;
+
+use earshot::Detector;
+
+/// earshot's frame: 256 samples, 16 ms at 16 kHz.
+pub const FRAME: usize = 256;
+const FRAME_MS: u32 = 16;
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// A frame scoring at least this is voice.
+    pub threshold: f32,
+    /// Voice needed before an utterance starts (filters clicks and coughs): four in five
+    /// frames of this span.
+    pub start_ms: u32,
+    /// Silence that ends an utterance.
+    pub end_silence_ms: u32,
+    /// Longest utterance; a longer one is cut and the rest starts a new one.
+    pub max_ms: u32,
+    /// Audio kept from before the start was detected, so first syllables are not lost.
+    pub pre_roll_ms: u32,
+    /// Voice must stand this far (dB) above the noise floor: the neural detector takes
+    /// loud steady noise (a fan, a hum) for voice; speech rises and falls above it.
+    pub above_floor_db: f32,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            start_ms: 300,
+            end_silence_ms: 700,
+            max_ms: 15_000,
+            pre_roll_ms: 300,
+            above_floor_db: 6.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Silence,
+    /// Reached `max_ms`.
+    Timeout,
+    /// The source ended mid-utterance.
+    EndOfStream,
+}
+
+#[derive(Debug, Clone)]
+pub struct Utterance {
+    /// 16 kHz mono samples, with the pre-roll and a little of the trailing silence.
+    pub samples: Vec<f32>,
+    /// Position of the first sample in the stream, in samples since the stream began.
+    pub start: u64,
+    pub end_reason: EndReason,
+}
+
+impl Utterance {
+    pub fn duration_ms(&self) -> u64 {
+        self.samples.len() as u64 * 1000 / 16_000
+    }
+}
+
+pub struct Endpointer {
+    config: EndpointConfig,
+    detector: Box<Detector>,
+    /// Samples not yet making a whole frame.
+    partial: Vec<f32>,
+    /// Frames seen so far.
+    frames: u64,
+    /// Energies (dB) of the last [`FLOOR_FRAMES`] frames: their minimum is the noise floor.
+    energies: VecDeque<f32>,
+    state: State,
+}
+
+/// The noise floor is the quietest frame of the last second.
+const FLOOR_FRAMES: usize = 62;
+/// Digital silence counts as this quiet.
+const SILENCE_DB: f32 = -90.0;
+
+enum State {
+    Idle {
+        /// The last frames (pre-roll plus the start window), oldest first.
+        recent: VecDeque<Vec<f32>>,
+        /// Voice decisions over the start window, oldest first.
+        window: VecDeque<bool>,
+    },
+    Speaking {
+        samples: Vec<f32>,
+        start: u64,
+        /// Unvoiced frames since the last voiced one.
+        silent: u32,
+        /// Each frame's energy (dB), to judge the utterance against the floor after it.
+        energies: Vec<f32>,
+    },
+}
+
+/// Trailing silence kept on an utterance (Whisper likes a little room after the last word).
+const KEEP_TRAILING_MS: u32 = 200;
+
+impl Endpointer {
+    pub fn new(config: EndpointConfig) -> Self {
+        Self {
+            config,
+            detector: Detector::default_boxed(),
+            partial: Vec::new(),
+            frames: 0,
+            energies: VecDeque::new(),
+            state: idle(),
+        }
+    }
+
+    /// Feeds 16 kHz samples; returns the utterances they complete.
+    pub fn push(&mut self, samples: &[f32]) -> Vec<Utterance> {
+        let mut done = Vec::new();
+        self.partial.extend_from_slice(samples);
+        let mut offset = 0;
+        while self.partial.len() - offset >= FRAME {
+            let frame = self.partial[offset..offset + FRAME].to_vec();
+            offset += FRAME;
+            done.extend(self.frame(frame));
+        }
+        self.partial.drain(..offset);
+        done
+    }
+
+    /// The stream ended: the utterance in progress, if any.
+    pub fn finish(&mut self) -> Option<Utterance> {
+        let state = std::mem::replace(&mut self.state, idle());
+        match state {
+            State::Speaking {
+                mut samples, start, ..
+            } => {
+                samples.append(&mut self.partial);
+                Some(Utterance {
+                    samples,
+                    start,
+                    end_reason: EndReason::EndOfStream,
+                })
+            }
+            State::Idle { .. } => None,
+        }
+    }
+
+    /// Whether an utterance is in progress.
+    pub fn speaking(&self) -> bool {
+        matches!(self.state, State::Speaking { .. })
+    }
+
+    fn frame(&mut self, frame: Vec<f32>) -> Option<Utterance> {
+        // earshot wants [-1, 1]; a clipping microphone can overshoot after resampling.
+        let clamped: Vec<f32> = frame.iter().map(|s| s.clamp(-1.0, 1.0)).collect();
+        let energy = energy_db(&clamped);
+        let floor = self
+            .energies
+            .iter()
+            .copied()
+            .fold(f32::INFINITY, f32::min)
+            .min(energy);
+        self.energies.push_back(energy);
+        if self.energies.len() > FLOOR_FRAMES {
+            self.energies.pop_front();
+        }
+        let voiced = self.detector.predict_f32(&clamped) >= self.config.threshold
+            && energy >= floor + self.config.above_floor_db;
+        let index = self.frames;
+        self.frames += 1;
+        let c = &self.config;
+        match &mut self.state {
+            State::Idle { recent, window } => {
+                recent.push_back(frame);
+                let keep = frames_in(c.pre_roll_ms + c.start_ms) as usize;
+                while recent.len() > keep {
+                    recent.pop_front();
+                }
+                window.push_back(voiced);
+                let span = frames_in(c.start_ms) as usize;
+                while window.len() > span {
+                    window.pop_front();
+                }
+                let voiced_frames = window.iter().filter(|v| **v).count();
+                if window.len() == span && voiced_frames * 5 >= span * 4 {
+                    let start = (index + 1 - recent.len() as u64) * FRAME as u64;
+                    let samples = recent.drain(..).flatten().collect();
+                    self.state = State::Speaking {
+                        samples,
+                        start,
+                        silent: 0,
+                        energies: vec![energy],
+                    };
+                }
+                None
+            }
+            State::Speaking {
+                samples,
+                start,
+                silent,
+                energies,
+            } => {
+                samples.extend_from_slice(&frame);
+                energies.push(energy);
+                *silent = if voiced { 0 } else { *silent + 1 };
+                let reason = if *silent >= frames_in(c.end_silence_ms) {
+                    let keep = frames_in(KEEP_TRAILING_MS).min(*silent);
+                    samples.truncate(samples.len() - ((*silent - keep) as usize * FRAME));
+                    Some(EndReason::Silence)
+                } else if samples.len() as u64 >= c.max_ms as u64 * 16 {
+                    Some(EndReason::Timeout)
+                } else {
+                    None
+                };
+                let end_reason = reason?;
+                // Judged against the floor heard since: noise that began with this
+                // "utterance" (a fan switched on) is no louder than what followed it.
+                let loud = loudness(energies);
+                let spoken = end_reason != EndReason::Silence || loud >= floor + c.above_floor_db;
+                let utterance = Utterance {
+                    samples: std::mem::take(samples),
+                    start: *start,
+                    end_reason,
+                };
+                self.state = idle();
+                spoken.then_some(utterance)
+            }
+        }
+    }
+}
+
+fn idle() -> State {
+    State::Idle {
+        recent: VecDeque::new(),
+        window: VecDeque::new(),
+    }
+}
+
+fn frames_in(ms: u32) -> u32 {
+    ms.div_ceil(FRAME_MS)
+}
+
+/// Mean power of a frame in dB relative to full scale.
+fn energy_db(frame: &[f32]) -> f32 {
+    let power = frame.iter().map(|s| s * s).sum::<f32>() / frame.len().max(1) as f32;
+    if power > 0.0 {
+        (10.0 * power.log10()).max(SILENCE_DB)
+    } else {
+        SILENCE_DB
+    }
+}
+
+/// How loud an utterance is: the energy its loudest quarter of frames reaches.
+fn loudness(energies: &[f32]) -> f32 {
+    let mut sorted = energies.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted
+        .get(sorted.len() * 3 / 4)
+        .copied()
+        .unwrap_or(SILENCE_DB)
+}
