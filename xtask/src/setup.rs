@@ -20,11 +20,16 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("cmake", "cmake"),
     ("c++", "g++"),
     ("clang", "clang"),
+    // The voice service captures through ALSA (cpal links libasound, found by pkg-config);
+    // its tests and benchmark speak their sentences with espeak-ng.
+    ("pkg-config", "pkg-config"),
+    ("espeak-ng", "espeak-ng"),
 ];
 /// (glob that must match a file, Debian package providing it)
 const FILES: &[(&str, &str)] = &[
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     ("/usr/lib/llvm-*/lib/libclang.so*", "libclang-dev"),
+    ("/usr/lib/*/libasound.so", "libasound2-dev"),
 ];
 
 fn have_command(name: &str) -> bool {

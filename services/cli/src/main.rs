@@ -12,6 +12,8 @@ const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 const LOG_DIR: &str = "/var/log/llamabox";
 const UPDATE_BUS_NAME: &str = "org.llamabox.Update1";
 const UPDATE_OBJECT_PATH: &str = "/org/llamabox/Update1";
+const VOICE_BUS_NAME: &str = "org.llamabox.Voice1";
+const VOICE_OBJECT_PATH: &str = "/org/llamabox/Voice1";
 
 #[derive(Parser)]
 #[command(name = "llamabox", about = "Control and inspect a Llama Box", version)]
@@ -48,6 +50,11 @@ enum Cmd {
         #[command(subcommand)]
         action: UpdateCmd,
     },
+    /// Voice, through the voice service (org.llamabox.Voice1).
+    Voice {
+        #[command(subcommand)]
+        action: VoiceCmd,
+    },
     /// Stop every service and reboot.
     Reboot,
     /// Stop every service and power off.
@@ -64,6 +71,22 @@ enum UpdateCmd {
     Status,
 }
 
+#[derive(Subcommand)]
+enum VoiceCmd {
+    /// Model, capture source, whether the microphone listens, the last transcript.
+    Status,
+    /// Print transcripts (and spoken answers) as they arrive.
+    Listen {
+        /// Stop after this many transcripts (default: never).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Mute the microphone: audio is dropped unheard until `unmute`.
+    Mute,
+    /// Listen again.
+    Unmute,
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("llamabox: {e}");
@@ -71,19 +94,83 @@ fn main() {
     }
 }
 
-fn update_proxy() -> Result<zbus::blocking::Proxy<'static>, String> {
+/// A proxy for `name` at `path` (its interface has the bus name's name).
+fn service_proxy(
+    name: &'static str,
+    path: &'static str,
+    what: &str,
+) -> Result<zbus::blocking::Proxy<'static>, String> {
     let address =
         std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| DEFAULT_BUS.to_string());
     let connection = zbus::blocking::connection::Builder::address(address.as_str())
         .and_then(|b| b.build())
         .map_err(|e| format!("cannot reach the system bus at {address}: {e}"))?;
-    zbus::blocking::Proxy::new_owned(
-        connection,
-        UPDATE_BUS_NAME,
-        UPDATE_OBJECT_PATH,
-        UPDATE_BUS_NAME,
-    )
-    .map_err(|e| format!("cannot reach the update service: {e}"))
+    zbus::blocking::Proxy::new_owned(connection, name, path, name)
+        .map_err(|e| format!("cannot reach the {what}: {e}"))
+}
+
+fn update_proxy() -> Result<zbus::blocking::Proxy<'static>, String> {
+    service_proxy(UPDATE_BUS_NAME, UPDATE_OBJECT_PATH, "update service")
+}
+
+fn voice(action: VoiceCmd) -> Result<(), String> {
+    let proxy = service_proxy(VOICE_BUS_NAME, VOICE_OBJECT_PATH, "voice service")?;
+    match action {
+        VoiceCmd::Status => {
+            let json: String = proxy
+                .call("Status", &())
+                .map_err(|e| format!("voice status: {e}"))?;
+            let status: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| format!("voice status: {e}"))?;
+            let text = |key: &str| match &status[key] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "none".into(),
+                other => other.to_string(),
+            };
+            println!("model: {}", text("model"));
+            println!("source: {}", text("source"));
+            println!("listening: {}", text("listening"));
+            println!("utterances: {}", text("utterances"));
+            println!("last transcript: {}", text("last-transcript"));
+            if !status["capture-error"].is_null() {
+                println!("capture error: {}", text("capture-error"));
+            }
+        }
+        VoiceCmd::Mute | VoiceCmd::Unmute => {
+            let listening = matches!(action, VoiceCmd::Unmute);
+            proxy
+                .call_method("SetListening", &(listening,))
+                .map_err(|e| format!("voice: {e}"))?;
+        }
+        VoiceCmd::Listen { count } => {
+            let transcripts = proxy
+                .receive_signal("Transcript")
+                .map_err(|e| format!("voice transcripts: {e}"))?;
+            let answers = proxy
+                .receive_signal("AnswerDone")
+                .map_err(|e| format!("voice answers: {e}"))?;
+            std::thread::spawn(move || {
+                for message in answers {
+                    if let Ok((id, text)) = message.body().deserialize::<(u64, String)>() {
+                        println!("answer {id}: {text}");
+                    }
+                }
+            });
+            let mut seen = 0;
+            for message in transcripts {
+                let (id, text, _language): (u64, String, String) = message
+                    .body()
+                    .deserialize()
+                    .map_err(|e| format!("a malformed Transcript signal: {e}"))?;
+                println!("utterance {id}: {text}");
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn update_status(proxy: &zbus::blocking::Proxy<'_>) -> Result<serde_json::Value, String> {
@@ -177,6 +264,7 @@ fn call(method: &str, service: &str) -> Result<(), String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Update { action } => update(action)?,
+        Cmd::Voice { action } => voice(action)?,
         Cmd::Status => {
             type Row = (String, String, String, bool, bool, i32, u32, String);
             let rows: Vec<Row> = proxy()?

@@ -1,0 +1,86 @@
+//! The voice service in the image, on the real capture path: a spoken clip is played
+//! into the loopback card (snd-aloop, the qemu-x86_64 board's "microphone"), the
+//! service captures it from ALSA's default device, end-points and transcribes it with
+//! the image's Whisper model, and the transcript arrives as a D-Bus signal
+//! (`llamabox voice listen`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{files, TestMachine};
+use xtask::speech;
+
+const TEST_IMAGE: &str = "llamabox-test";
+/// Loading Whisper base and decoding under TCG is slow; a real board takes a second.
+const SERVICE_READY: Duration = Duration::from_secs(600);
+const ANSWER: Duration = Duration::from_secs(60);
+const DIR: &str = "/run/voice-test";
+/// The loopback's other side: what is played into device 1 is captured from device 0
+/// (ALSA's default). `plughw` converts to whatever format the capture opened.
+const PLAYBACK: &str = "plughw:Loopback,1,0";
+const SAID: &str = "Please turn off the lights in the kitchen.";
+
+#[test]
+fn speech_played_into_the_microphone_arrives_as_a_transcript_on_d_bus() {
+    let mut vm = TestMachine::with_image("voice-capture", TEST_IMAGE);
+    let mut clip = speech::speak(SAID, "en-us").unwrap();
+    clip.extend(vec![0.0; speech::RATE as usize]);
+    let wav = vm.dir.join("said.wav");
+    speech::write_wav(&wav, &clip).unwrap();
+    let wav = std::fs::read(&wav).unwrap();
+
+    let mut machine = vm.boot();
+    let mut agent = vm.agent(&mut machine);
+    let started = Instant::now();
+    machine
+        .wait_for("llamabox-supervisor: voice: ready", SERVICE_READY)
+        .expect("the voice service became ready");
+    eprintln!("voice ready {:.1?} after the agent", started.elapsed());
+
+    files::write(&mut agent, &format!("{DIR}/said.wav"), &wav);
+    let reply = agent
+        .command("spawn /usr/bin/llamabox voice listen --count 1", ANSWER)
+        .unwrap()
+        .join("\n");
+    let pid = reply.strip_prefix("pid ").expect(&reply).to_string();
+    // Subscribed before the clip plays: give the signal match a moment to register.
+    std::thread::sleep(Duration::from_secs(2));
+    let played = Instant::now();
+    agent
+        .command(
+            &format!("exec /usr/bin/aplay -D {PLAYBACK} {DIR}/said.wav"),
+            ANSWER,
+        )
+        .unwrap();
+    // Under TCG, Whisper takes minutes; report what the service says while waiting.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let heard = loop {
+        if let Ok(out) = agent.command(&format!("wait {pid} 20"), Duration::from_secs(80)) {
+            break out.join("\n");
+        }
+        let status = agent.command("exec /usr/bin/llamabox voice status", ANSWER);
+        eprintln!("{:.0?}: {status:?}", played.elapsed());
+        if Instant::now() > deadline {
+            let logs = agent.command("exec /usr/bin/llamabox logs voice", ANSWER);
+            panic!(
+                "no transcript after {:.0?}; the service's log: {logs:#?}",
+                played.elapsed()
+            );
+        }
+    };
+    eprintln!(
+        "{heard:?} {:.1?} after the clip began playing",
+        played.elapsed()
+    );
+    let wer = speech::word_error_rate(SAID, heard.trim_start_matches(|c| c != ':'));
+    assert!(heard.starts_with("utterance "), "{heard}");
+    assert!(wer <= 0.2, "heard {heard:?} for {SAID:?}");
+
+    let status = agent
+        .command("exec /usr/bin/llamabox voice status", ANSWER)
+        .unwrap()
+        .join("\n");
+    assert!(status.contains("model: base"), "{status}");
+    assert!(status.contains("utterances: 1"), "{status}");
+}
