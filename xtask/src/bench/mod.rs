@@ -1,3 +1,6 @@
+//! Benchmarks of our services against the reference implementations they build on
+//! (`voice`: the voice service's).
+//!
 //! `cargo xtask bench inference`: our inference service against llama.cpp's own
 //! `llama-server`, same model, threads and context, measured alternately in one run
 //! (ours, reference, reference, ours, … request by request) so both see the same
@@ -12,6 +15,8 @@ mod prompts;
 mod reference;
 mod report;
 mod server;
+mod voice;
+mod whisper_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +27,7 @@ use crate::project::Project;
 use server::{Kind, Server, Settings, Side};
 
 pub use assets::PYPI_DISTS;
+pub use voice::{voice, VoiceOptions};
 
 /// KV cache per sequence, in tokens, on both sides and in both configurations: the
 /// longest request (the prompt-processing one) needs about 870.
@@ -59,7 +65,7 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
         Ours::Build => Side {
             label: "ours",
             kind: Kind::Ours,
-            binary: build_ours(project)?,
+            binary: build_release(project, "llamabox-inference")?,
         },
         Ours::Binary(path) => {
             check_exists(path)?;
@@ -287,19 +293,20 @@ fn stop_all(servers: [Running; 2]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo build --release -p llamabox-inference`, with cargo's `[env]` CPU baseline.
-fn build_ours(project: &Project) -> Result<PathBuf> {
-    eprintln!("==> cargo build --release -p llamabox-inference");
+/// `cargo build --release -p <package>` (its binary has the package's name), with
+/// cargo's `[env]` CPU baseline.
+fn build_release(project: &Project, package: &str) -> Result<PathBuf> {
+    eprintln!("==> cargo build --release -p {package}");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&project.root)
-        .args(["build", "--release", "--package", "llamabox-inference"])
+        .args(["build", "--release", "--package", package])
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
-        bail!("`cargo build --release -p llamabox-inference` failed (see above)");
+        bail!("`cargo build --release -p {package}` failed (see above)");
     }
-    let binary = project.target_dir().join("release/llamabox-inference");
+    let binary = project.target_dir().join("release").join(package);
     check_exists(&binary)?;
     Ok(binary)
 }

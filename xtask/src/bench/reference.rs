@@ -52,7 +52,7 @@ pub fn cmake_flags(project: &Project) -> Result<Vec<String>> {
 
 /// The `GGML_*` variables of `[env]` in cargo's configuration: what `llama-cpp-sys-2`
 /// passes to llama.cpp's CMake when it builds our service.
-fn ggml_baseline(config: &Path) -> Result<Vec<(String, String)>> {
+pub(super) fn ggml_baseline(config: &Path) -> Result<Vec<(String, String)>> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let table: toml::Table =
