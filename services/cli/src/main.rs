@@ -130,7 +130,16 @@ fn voice(action: VoiceCmd) -> Result<(), String> {
             println!("model: {}", text("model"));
             println!("source: {}", text("source"));
             println!("listening: {}", text("listening"));
-            println!("utterances: {}", text("utterances"));
+            println!(
+                "heard: {} s, level {} dBFS",
+                text("heard-seconds"),
+                text("level-dbfs")
+            );
+            println!(
+                "utterances: {} ({} detected)",
+                text("utterances"),
+                text("speech-started")
+            );
             println!("last transcript: {}", text("last-transcript"));
             if !status["capture-error"].is_null() {
                 println!("capture error: {}", text("capture-error"));

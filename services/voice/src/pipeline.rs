@@ -19,6 +19,12 @@ use crate::vad::{EndpointConfig, Endpointer, Utterance};
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Stats {
+    /// Seconds of audio heard since the service started (is the microphone delivering?).
+    pub heard_seconds: u64,
+    /// Loudest sample of the last second, in dBFS (is anything reaching it?).
+    pub level_dbfs: Option<i32>,
+    /// Utterances detected; `utterances` counts those transcribed.
+    pub speech_started: u64,
     pub utterances: u64,
     pub last_transcript: Option<String>,
     pub capture_error: Option<String>,
@@ -70,6 +76,7 @@ impl Pipeline {
         let mut resampler = Resampler::new(source.sample_rate())?;
         let mut endpointer = Endpointer::new(self.endpoint.clone());
         let mut heard: u64 = 0;
+        let mut peak: f32 = 0.0;
         let mut current = None;
         let hand_over = |u: Utterance, current: &mut Option<u64>| {
             let id = current
@@ -87,13 +94,25 @@ impl Pipeline {
                 continue;
             }
             let samples = resampler.push(&samples);
+            let before = heard;
             heard += samples.len() as u64;
+            peak = samples.iter().fold(peak, |p, s| p.max(s.abs()));
+            if heard / SAMPLE_RATE as u64 != before / SAMPLE_RATE as u64 {
+                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                stats.heard_seconds += 1;
+                stats.level_dbfs = Some((20.0 * peak.max(1e-5).log10()).round() as i32);
+                peak = 0.0;
+            }
             for u in endpointer.push(&samples) {
                 hand_over(u, &mut current);
             }
             if endpointer.speaking() && current.is_none() {
                 let id = self.next_utterance.fetch_add(1, Ordering::Relaxed);
                 current = Some(id);
+                self.stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .speech_started += 1;
                 self.events.publish(Event::SpeechStarted {
                     utterance: id,
                     at_ms: heard * 1000 / SAMPLE_RATE as u64,

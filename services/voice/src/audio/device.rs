@@ -55,7 +55,13 @@ impl DeviceSource {
         let (tx, buffers) = mpsc::sync_channel(256);
         let errors = tx.clone();
         let on_error = move |e: cpal::Error| {
-            let _ = errors.try_send(Err(e.to_string()));
+            // An overrun (the reader fell behind: a busy or emulated CPU) loses a few
+            // milliseconds; cpal has already restarted the stream. Anything else is fatal.
+            if e.kind() == cpal::ErrorKind::Xrun {
+                eprintln!("capture overrun: some audio was lost");
+            } else {
+                let _ = errors.try_send(Err(e.to_string()));
+            }
         };
         let stream_config = config.config();
         let stream = match format {
