@@ -191,7 +191,10 @@ pub fn voice(project: &Project, options: &VoiceOptions) -> Result<()> {
         println!("{}", render_rtf(rows));
         println!("{}", render_work(rows));
         println!("{}", render_latency(latency, &stream));
-        println!("{}\n", others_note(*others));
+        println!(
+            "latency runs{}\n",
+            others_note(*others).replacen(';', ":", 1)
+        );
     }
     println!("targets:");
     for v in &verdicts {
