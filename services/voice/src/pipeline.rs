@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::answer::Answerer;
 use crate::audio::{AudioSource, Resampler, SAMPLE_RATE};
 use crate::events::{Event, Events};
-use crate::transcribe::{Options, Transcriber};
+use crate::transcribe::{Options, Transcriber, Transcript};
 use crate::vad::{EndpointConfig, Endpointer, Utterance};
 
 /// What `Status` reports about the pipeline.
@@ -78,10 +78,13 @@ impl Pipeline {
         let mut heard: u64 = 0;
         let mut peak: f32 = 0.0;
         let mut current = None;
+        let new_id = || self.next_utterance.fetch_add(1, Ordering::Relaxed);
         let hand_over = |u: Utterance, current: &mut Option<u64>| {
-            let id = current
-                .take()
-                .unwrap_or_else(|| self.next_utterance.fetch_add(1, Ordering::Relaxed));
+            let id = if u.draft {
+                *current.get_or_insert_with(new_id)
+            } else {
+                current.take().unwrap_or_else(new_id)
+            };
             let _ = utterances.send((id, u, Instant::now()));
         };
         let result = loop {
@@ -107,7 +110,7 @@ impl Pipeline {
                 hand_over(u, &mut current);
             }
             if endpointer.speaking() && current.is_none() {
-                let id = self.next_utterance.fetch_add(1, Ordering::Relaxed);
+                let id = new_id();
                 current = Some(id);
                 self.stats
                     .lock()
@@ -133,12 +136,28 @@ impl Pipeline {
         queued: mpsc::Receiver<(u64, Utterance, Instant)>,
         questions: mpsc::Sender<(u64, String)>,
     ) {
+        // The last draft's transcript: (utterance, its length in samples, the transcript).
+        let mut draft: Option<(u64, usize, Transcript)> = None;
         for (id, utterance, ended) in queued {
-            let result = self
-                .transcriber
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .transcribe(&utterance.samples, &self.options);
+            let drafted = match draft.take() {
+                Some((d, len, t)) if d == id && len == utterance.samples.len() => Some(t),
+                _ => None,
+            };
+            let result = match drafted {
+                // The silence lasted: the final utterance is the draft, already transcribed.
+                Some(t) if !utterance.draft => Ok(t),
+                _ => self
+                    .transcriber
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .transcribe(&utterance.samples, &self.options),
+            };
+            if utterance.draft {
+                if let Ok(t) = result {
+                    draft = Some((id, utterance.samples.len(), t));
+                }
+                continue;
+            }
             let transcript = match result {
                 Ok(t) => t,
                 Err(e) => {

@@ -21,6 +21,9 @@ pub struct EndpointConfig {
     pub end_silence_ms: u32,
     /// Longest utterance; a longer one is cut and the rest starts a new one.
     pub max_ms: u32,
+    /// Silence after which a draft of the utterance is handed out, so transcription can
+    /// start while the end is still being confirmed (0: no drafts).
+    pub draft_after_ms: u32,
     /// Audio kept from before the start was detected, so first syllables are not lost.
     pub pre_roll_ms: u32,
     /// Voice must stand this far (dB) above the noise floor: the neural detector takes
@@ -35,6 +38,7 @@ impl Default for EndpointConfig {
             start_ms: 300,
             end_silence_ms: 700,
             max_ms: 15_000,
+            draft_after_ms: 250,
             pre_roll_ms: 300,
             above_floor_db: 6.0,
         }
@@ -57,6 +61,10 @@ pub struct Utterance {
     /// Position of the first sample in the stream, in samples since the stream began.
     pub start: u64,
     pub end_reason: EndReason,
+    /// A draft: the utterance as it stands after `draft_after_ms` of silence. If the
+    /// silence lasts, the final utterance has exactly these samples; if speech resumes,
+    /// a later draft or the final one replaces it.
+    pub draft: bool,
 }
 
 impl Utterance {
@@ -140,6 +148,7 @@ impl Endpointer {
                     samples,
                     start,
                     end_reason: EndReason::EndOfStream,
+                    draft: false,
                 })
             }
             State::Idle { .. } => None,
@@ -204,6 +213,25 @@ impl Endpointer {
                 samples.extend_from_slice(&frame);
                 energies.push(energy);
                 *silent = if voiced { 0 } else { *silent + 1 };
+                let trimmed = |samples: &Vec<f32>, silent: u32| {
+                    let keep = frames_in(KEEP_TRAILING_MS).min(silent);
+                    samples[..samples.len() - (silent - keep) as usize * FRAME].to_vec()
+                };
+                // Judged against the floor heard since: noise that began with this
+                // "utterance" (a fan switched on) is no louder than what followed it.
+                let spoken = || loudness(energies) >= floor + c.above_floor_db;
+                if c.draft_after_ms > 0
+                    && *silent == frames_in(c.draft_after_ms)
+                    && *silent < frames_in(c.end_silence_ms)
+                    && spoken()
+                {
+                    return Some(Utterance {
+                        samples: trimmed(samples, *silent),
+                        start: *start,
+                        end_reason: EndReason::Silence,
+                        draft: true,
+                    });
+                }
                 let reason = if *silent >= frames_in(c.end_silence_ms) {
                     let keep = frames_in(KEEP_TRAILING_MS).min(*silent);
                     samples.truncate(samples.len() - ((*silent - keep) as usize * FRAME));
@@ -214,14 +242,12 @@ impl Endpointer {
                     None
                 };
                 let end_reason = reason?;
-                // Judged against the floor heard since: noise that began with this
-                // "utterance" (a fan switched on) is no louder than what followed it.
-                let loud = loudness(energies);
-                let spoken = end_reason != EndReason::Silence || loud >= floor + c.above_floor_db;
+                let spoken = end_reason != EndReason::Silence || spoken();
                 let utterance = Utterance {
                     samples: std::mem::take(samples),
                     start: *start,
                     end_reason,
+                    draft: false,
                 };
                 self.state = idle();
                 spoken.then_some(utterance)
