@@ -38,7 +38,7 @@ impl Default for EndpointConfig {
             start_ms: 300,
             end_silence_ms: 700,
             max_ms: 15_000,
-            draft_after_ms: 250,
+            draft_after_ms: KEEP_TRAILING_MS,
             pre_roll_ms: 300,
             above_floor_db: 6.0,
         }
@@ -107,11 +107,15 @@ enum State {
     },
 }
 
-/// Trailing silence kept on an utterance (Whisper likes a little room after the last word).
+/// Trailing silence kept on an utterance (Whisper likes a little room after the last
+/// word). Also the earliest point for a draft: a draft's samples must be the final ones.
 const KEEP_TRAILING_MS: u32 = 200;
 
 impl Endpointer {
-    pub fn new(config: EndpointConfig) -> Self {
+    pub fn new(mut config: EndpointConfig) -> Self {
+        if config.draft_after_ms > 0 {
+            config.draft_after_ms = config.draft_after_ms.max(KEEP_TRAILING_MS);
+        }
         Self {
             config,
             detector: Detector::default_boxed(),
