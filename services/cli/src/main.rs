@@ -165,14 +165,12 @@ fn voice(action: VoiceCmd) -> Result<(), String> {
                     }
                 }
             });
-            let mut seen = 0;
-            for message in transcripts {
+            for (seen, message) in (1..).zip(transcripts) {
                 let (id, text, _language): (u64, String, String) = message
                     .body()
                     .deserialize()
                     .map_err(|e| format!("a malformed Transcript signal: {e}"))?;
                 println!("utterance {id}: {text}");
-                seen += 1;
                 if count.is_some_and(|c| seen >= c) {
                     break;
                 }
