@@ -75,7 +75,9 @@ fn changing_one_service_binary_downloads_a_small_part_of_the_bundle() {
     let full = index.data_length;
 
     let server = Server::start(&repo);
-    let device = TestBox::new_with_slot_size(&dir, &v1, &root, 256 << 20);
+    // File-backed slots as large as the board's partitions.
+    let board = xtask::config::board::load(&project.boards_dir(), BOARD).unwrap();
+    let device = TestBox::new_with_slot_size(&dir, &v1, &root, board.layout.slot_mib << 20);
     let started = Instant::now();
     let applied = device
         .updater(&server)
