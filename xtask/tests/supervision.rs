@@ -60,7 +60,8 @@ fn services_come_up_and_a_killed_service_comes_back() {
             "network",
             "test-agent",
             "test-idle",
-            "update"
+            "update",
+            "voice"
         ]
     );
     assert!(!s.service("inference").unwrap().critical);
