@@ -1,0 +1,311 @@
+//! The HTTP surface (docs/api.md lists every route and its rule).
+//!
+//! Public: the web app's files, `/health`, and pairing. Everything else under `/v1/`
+//! needs a paired phone's bearer token; without one it is 401, whether or not the
+//! route exists.
+
+use crate::net::{plain_http_allowed, Conn};
+use crate::pairing::{Pairing, Refusal, MAX_FAILURES};
+use crate::phones::{Phone, Phones};
+use crate::proxy::Upstreams;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{any, delete, get, post};
+use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use tower_http::services::{ServeDir, ServeFile};
+
+pub struct App {
+    pub device_name: String,
+    pub fingerprint: String,
+    pub pairing: Mutex<Pairing>,
+    pub phones: Mutex<Phones>,
+    pub upstreams: Upstreams,
+}
+
+/// Errors in the OpenAI shape the services use too: `{"error": {"message", "type"}}`.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    extra: Option<(&'static str, serde_json::Value)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    fn internal(e: anyhow::Error) -> ApiError {
+        tracing::error!("{e:#}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("{e:#}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"message": self.message, "type": self.kind});
+        if let Some((key, value)) = self.extra {
+            error[key] = value;
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED && self.kind == "unauthorized" {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        let (status, kind) = match refusal {
+            Refusal::WindowClosed | Refusal::TooManyFailures => {
+                (StatusCode::FORBIDDEN, "pairing_closed")
+            }
+            Refusal::Busy => (StatusCode::TOO_MANY_REQUESTS, "pairing_busy"),
+            Refusal::UnknownSession => (StatusCode::NOT_FOUND, "unknown_session"),
+            Refusal::BadMessage => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Refusal::WrongCode { .. } => (StatusCode::UNAUTHORIZED, "wrong_code"),
+        };
+        let mut error = ApiError::new(status, kind, refusal.to_string());
+        if let Refusal::WrongCode { attempts_left } = refusal {
+            error.extra = Some(("attempts_left", json!(attempts_left)));
+        }
+        error
+    }
+}
+
+/// JSON bodies parsed by hand so a bad one gets a JSON error naming the problem.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("request body: {e}"),
+        )
+    })
+}
+
+fn base64_field(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field}: not base64 ({e})"),
+        )
+    })
+}
+
+pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
+    let protected = Router::new()
+        .route("/v1/phones", get(list_phones))
+        .route("/v1/phones/{id}", delete(revoke_phone))
+        .route("/v1/pairing/window", post(open_window))
+        .route("/v1/{*rest}", any(forward))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_phone));
+    let static_files = ServeDir::new(web).fallback(ServeFile::new(web.join("index.html")));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/pairing", get(pairing_status))
+        .route("/v1/pairing/start", post(pairing_start))
+        .route("/v1/pairing/finish", post(pairing_finish))
+        .merge(protected)
+        .fallback_service(static_files)
+        .layer(middleware::from_fn(private_link_or_tls))
+        .with_state(app)
+}
+
+/// Plain HTTP only over loopback and USB; elsewhere the same URL over HTTPS.
+async fn private_link_or_tls(
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if conn.tls || plain_http_allowed(conn.local.ip()) {
+        return next.run(request).await;
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .map(|(name, _)| name)
+                .unwrap_or(h)
+                .to_string()
+        })
+        .unwrap_or_else(|| conn.local.ip().to_string());
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    Redirect::permanent(&format!("https://{host}{path}")).into_response()
+}
+
+async fn require_phone(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let phone = bearer(request.headers())
+        .and_then(|token| app.phones.lock().unwrap().authenticate(token).cloned());
+    match phone {
+        Some(phone) => {
+            request.extensions_mut().insert(phone);
+            next.run(request).await
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs a paired phone's credential (Authorization: Bearer <token>); pair with the box's setup code first",
+        )
+        .into_response(),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn forward(State(app): State<Arc<App>>, request: Request) -> Response {
+    app.upstreams.forward(request).await
+}
+
+async fn pairing_status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let status = app.pairing.lock().unwrap().status();
+    Json(json!({
+        "device": app.device_name,
+        "fingerprint": app.fingerprint,
+        "open": status.open,
+        "closes_in_s": status.closes_in_s,
+        "failures": status.failures,
+        "attempts_left": status.attempts_left,
+        "max_failures": MAX_FAILURES,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    /// What the phone calls itself ("Pixel 8"), shown in the list of phones.
+    name: String,
+    /// SPAKE2 message `A`, base64.
+    message: String,
+}
+
+async fn pairing_start(
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: StartRequest = parse(&body)?;
+    let message = base64_field(&request.message, "message")?;
+    let (session, reply) = app.pairing.lock().unwrap().start(&request.name, &message)?;
+    Ok(Json(
+        json!({"session": session, "message": B64.encode(reply)}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinishRequest {
+    session: String,
+    /// HMAC proof that the phone used the same code, base64.
+    proof: String,
+}
+
+async fn pairing_finish(
+    State(app): State<Arc<App>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: FinishRequest = parse(&body)?;
+    let proof = base64_field(&request.proof, "proof")?;
+    let result = app.pairing.lock().unwrap().finish(&request.session, &proof);
+    let (keys, name) = match result {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            tracing::warn!("pairing from {} refused: {refusal}", conn.remote);
+            return Err(refusal.into());
+        }
+    };
+    let (phone, token) = app
+        .phones
+        .lock()
+        .unwrap()
+        .add(&name)
+        .map_err(ApiError::internal)?;
+    tracing::info!(
+        "paired phone {} ({:?}) from {}",
+        phone.id,
+        phone.name,
+        conn.remote
+    );
+    let credential = json!({
+        "phone_id": phone.id,
+        "token": token,
+        "device": app.device_name,
+        "fingerprint": app.fingerprint,
+    });
+    let session = request.session.as_bytes();
+    Ok(Json(json!({
+        "proof": B64.encode(keys.box_proof(session)),
+        "sealed": B64.encode(keys.seal(session, credential.to_string().as_bytes())),
+    })))
+}
+
+async fn list_phones(
+    State(app): State<Arc<App>>,
+    Extension(me): Extension<Phone>,
+) -> Json<serde_json::Value> {
+    let phones = app.phones.lock().unwrap().list();
+    Json(json!({"phones": phones, "you": me.id}))
+}
+
+async fn revoke_phone(
+    State(app): State<Arc<App>>,
+    Extension(me): Extension<Phone>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let removed = app
+        .phones
+        .lock()
+        .unwrap()
+        .revoke(&id)
+        .map_err(ApiError::internal)?;
+    if !removed {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no paired phone {id}"),
+        ));
+    }
+    tracing::info!("phone {id} revoked by {}", me.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn open_window(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut pairing = app.pairing.lock().unwrap();
+    pairing.reopen()?;
+    let status = pairing.status();
+    Ok(Json(
+        json!({"open": status.open, "closes_in_s": status.closes_in_s}),
+    ))
+}

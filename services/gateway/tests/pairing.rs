@@ -1,0 +1,590 @@
+//! Pairing and authentication against the real gateway binary over real HTTP/TLS.
+//!
+//! The phone's side is the `llamabox-pairing` crate (the same code the web app runs as
+//! WebAssembly). Each test starts its own gateway with a known setup code.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use llamabox_pairing::{PhoneHandshake, SetupCode};
+use rand_core::OsRng;
+use reqwest::blocking::{Client, Response};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CODE: &str = "27182818";
+
+struct Gateway {
+    child: Child,
+    http: u16,
+    https: u16,
+    _state: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    fn start() -> Gateway {
+        Gateway::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Gateway {
+        let state = tempfile::tempdir().unwrap();
+        Gateway::start_in(state, extra)
+    }
+
+    fn start_in(state: tempfile::TempDir, extra: &[&str]) -> Gateway {
+        let device = state.path().join("provisioned.toml");
+        std::fs::write(
+            &device,
+            format!("id = \"0123456789abcdef\"\nsetup-code = \"{CODE}\"\n"),
+        )
+        .unwrap();
+        let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+        let (http, https) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_llamabox-gateway"))
+            .arg("serve")
+            .arg("--state")
+            .arg(state.path().join("state"))
+            .arg("--device-file")
+            .arg(&device)
+            .arg("--web")
+            .arg(web)
+            .args(["--http", &format!("[::]:{http}")])
+            .args(["--https", &format!("[::]:{https}")])
+            // Nothing listens there: forwarded requests show they passed authentication
+            // by failing with 502 instead of 401.
+            .args(["--inference", &format!("http://127.0.0.1:{}", free_port())])
+            .args(["--voice", &format!("http://127.0.0.1:{}", free_port())])
+            .arg("--no-mdns")
+            .args(extra)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let gateway = Gateway {
+            child,
+            http,
+            https,
+            _state: state,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client().get(gateway.url("/health")).send().is_err() {
+            assert!(Instant::now() < deadline, "the gateway did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gateway
+    }
+
+    /// Stops the gateway and hands back its state folder (a "reboot").
+    fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._state, tempfile::tempdir().unwrap())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    fn pairing(&self) -> Value {
+        client()
+            .get(self.url("/v1/pairing"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// What crossed the wire during one pairing, as a listener would record it.
+#[derive(Debug, Default)]
+struct Transcript {
+    phone_message: Vec<u8>,
+    session: String,
+    box_message: Vec<u8>,
+    phone_proof: Vec<u8>,
+    box_proof: Vec<u8>,
+    sealed: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+enum Outcome {
+    Paired {
+        token: String,
+        phone_id: String,
+        fingerprint: String,
+    },
+    Refused(StatusCode, Value),
+}
+
+fn pair(gateway: &Gateway, code: &str, name: &str, transcript: &mut Transcript) -> Outcome {
+    let (phone, message) = PhoneHandshake::start(&SetupCode::parse(code).unwrap(), &mut OsRng);
+    let request = json!({"name": name, "message": B64.encode(&message)});
+    let response = client()
+        .post(gateway.url("/v1/pairing/start"))
+        .json(&request)
+        .send()
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().unwrap();
+    transcript.raw.extend(request.to_string().bytes());
+    transcript.raw.extend(body.to_string().bytes());
+    if status != StatusCode::OK {
+        return Outcome::Refused(status, body);
+    }
+    let session = body["session"].as_str().unwrap().to_string();
+    let box_message = B64.decode(body["message"].as_str().unwrap()).unwrap();
+    let keys = phone.finish(&box_message).unwrap();
+    let proof = keys.phone_proof(session.as_bytes());
+    let request = json!({"session": session, "proof": B64.encode(&proof)});
+    let response = client()
+        .post(gateway.url("/v1/pairing/finish"))
+        .json(&request)
+        .send()
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().unwrap();
+    transcript.raw.extend(request.to_string().bytes());
+    transcript.raw.extend(body.to_string().bytes());
+    *transcript = Transcript {
+        phone_message: message,
+        session: session.clone(),
+        box_message,
+        phone_proof: proof,
+        raw: std::mem::take(&mut transcript.raw),
+        ..Transcript::default()
+    };
+    if status != StatusCode::OK {
+        return Outcome::Refused(status, body);
+    }
+    transcript.box_proof = B64.decode(body["proof"].as_str().unwrap()).unwrap();
+    transcript.sealed = B64.decode(body["sealed"].as_str().unwrap()).unwrap();
+    keys.verify_box_proof(session.as_bytes(), &transcript.box_proof)
+        .expect("the box proves it knows the code");
+    let credential: Value =
+        serde_json::from_slice(&keys.open(session.as_bytes(), &transcript.sealed).unwrap())
+            .unwrap();
+    Outcome::Paired {
+        token: credential["token"].as_str().unwrap().to_string(),
+        phone_id: credential["phone_id"].as_str().unwrap().to_string(),
+        fingerprint: credential["fingerprint"].as_str().unwrap().to_string(),
+    }
+}
+
+fn pair_ok(gateway: &Gateway, name: &str) -> (String, String, String) {
+    match pair(gateway, CODE, name, &mut Transcript::default()) {
+        Outcome::Paired {
+            token,
+            phone_id,
+            fingerprint,
+        } => (token, phone_id, fingerprint),
+        Outcome::Refused(status, body) => panic!("pairing refused: {status} {body}"),
+    }
+}
+
+fn get(gateway: &Gateway, path: &str, token: Option<&str>) -> Response {
+    let mut request = client().get(gateway.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().unwrap()
+}
+
+#[test]
+fn the_right_code_pairs_and_the_credential_opens_protected_routes() {
+    let gateway = Gateway::start();
+    assert_eq!(
+        get(&gateway, "/v1/phones", None).status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (token, phone_id, fingerprint) = pair_ok(&gateway, "Test phone");
+
+    let phones: Value = get(&gateway, "/v1/phones", Some(&token)).json().unwrap();
+    assert_eq!(phones["you"], phone_id);
+    assert_eq!(phones["phones"][0]["name"], "Test phone");
+    assert!(
+        phones.to_string().find(&token).is_none(),
+        "the token is never shown again"
+    );
+
+    // Forwarded routes pass authentication (the services are not running here: 502).
+    let models = get(&gateway, "/v1/models", Some(&token));
+    assert_eq!(models.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = models.json().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("inference service"),
+        "{body}"
+    );
+
+    // The fingerprint sealed into the credential is the certificate HTTPS presents.
+    let tls = Client::builder()
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let response = tls
+        .get(format!("https://127.0.0.1:{}/health", gateway.https))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let info = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .unwrap();
+    let der = info.peer_certificate().unwrap();
+    assert_eq!(hex::encode(Sha256::digest(der)), fingerprint);
+    assert_eq!(gateway.pairing()["fingerprint"], fingerprint);
+
+    // Over HTTPS the same token works.
+    let phones = tls
+        .get(format!("https://127.0.0.1:{}/v1/phones", gateway.https))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(phones.status(), StatusCode::OK);
+}
+
+#[test]
+fn a_wrong_code_fails_and_says_how_many_attempts_are_left() {
+    let gateway = Gateway::start();
+    match pair(&gateway, "31415926", "Guesser", &mut Transcript::default()) {
+        Outcome::Refused(status, body) => {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(body["error"]["type"], "wrong_code");
+            assert_eq!(body["error"]["attempts_left"], 19);
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("wrong setup code"));
+        }
+        Outcome::Paired { .. } => panic!("a wrong code paired"),
+    }
+    assert_eq!(gateway.pairing()["failures"], 1);
+    // The right code still pairs.
+    pair_ok(&gateway, "Owner");
+}
+
+#[test]
+fn twenty_wrong_codes_close_pairing_until_the_box_restarts() {
+    let gateway = Gateway::start();
+    for attempt in 1..=20 {
+        let wrong = format!("{:08}", 31415926 + attempt);
+        match pair(&gateway, &wrong, "Guesser", &mut Transcript::default()) {
+            Outcome::Refused(status, body) => {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+                assert_eq!(body["error"]["attempts_left"], 20 - attempt, "{body}");
+            }
+            Outcome::Paired { .. } => panic!("a wrong code paired"),
+        }
+    }
+    // The 21st attempt is refused before any proof is looked at, even with the right code.
+    match pair(&gateway, CODE, "Owner", &mut Transcript::default()) {
+        Outcome::Refused(status, body) => {
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert_eq!(body["error"]["type"], "pairing_closed");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("until the box restarts"),
+                "{body}"
+            );
+        }
+        Outcome::Paired { .. } => panic!("paired after 20 failures"),
+    }
+    let status = gateway.pairing();
+    assert_eq!(status["open"], false);
+    assert_eq!(status["attempts_left"], 0);
+
+    // A restart opens a new window with a new budget.
+    let state = gateway.stop();
+    let gateway = Gateway::start_in(state, &[]);
+    assert_eq!(gateway.pairing()["open"], true);
+    pair_ok(&gateway, "Owner");
+}
+
+#[test]
+fn a_revoked_phone_is_refused() {
+    let gateway = Gateway::start();
+    let (mine, my_id, _) = pair_ok(&gateway, "Mine");
+    let (lost, lost_id, _) = pair_ok(&gateway, "Lost");
+    assert_eq!(
+        get(&gateway, "/v1/phones", Some(&lost)).status(),
+        StatusCode::OK
+    );
+
+    let revoked = client()
+        .delete(gateway.url(&format!("/v1/phones/{lost_id}")))
+        .bearer_auth(&mine)
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let refused = get(&gateway, "/v1/phones", Some(&lost));
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let again = client()
+        .delete(gateway.url(&format!("/v1/phones/{lost_id}")))
+        .bearer_auth(&mine)
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+
+    let phones: Value = get(&gateway, "/v1/phones", Some(&mine)).json().unwrap();
+    let ids: Vec<&str> = phones["phones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [my_id.as_str()]);
+
+    // Revocation survives a restart (the list is on the data partition).
+    let state = gateway.stop();
+    let gateway = Gateway::start_in(state, &[]);
+    assert_eq!(
+        get(&gateway, "/v1/phones", Some(&lost)).status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&gateway, "/v1/phones", Some(&mine)).status(),
+        StatusCode::OK
+    );
+}
+
+/// Every protected route of docs/api.md, and paths that do not exist: 401 without a
+/// credential and with a made-up one, before anything else is looked at.
+#[test]
+fn unpaired_requests_get_401_on_every_protected_route() {
+    let gateway = Gateway::start();
+    let routes = [
+        ("GET", "/v1/phones"),
+        ("DELETE", "/v1/phones/0123456789ab"),
+        ("POST", "/v1/pairing/window"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/smollm2"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v1/audio/transcriptions"),
+        ("GET", "/v1/voice/events"),
+        ("GET", "/v1/voice/status"),
+        ("GET", "/v1/no/such/route"),
+        ("PUT", "/v1/pairing/start/extra"),
+    ];
+    for token in [None, Some("not-a-token"), Some("")] {
+        for (method, path) in routes {
+            let mut request = client().request(method.parse().unwrap(), gateway.url(path));
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let response = request.body("{}").send().unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            let body: Value = response.json().unwrap();
+            assert_eq!(body["error"]["type"], "unauthorized", "{method} {path}");
+        }
+    }
+    // The public ones answer.
+    assert_eq!(get(&gateway, "/health", None).status(), StatusCode::OK);
+    assert_eq!(get(&gateway, "/v1/pairing", None).status(), StatusCode::OK);
+    let app = get(&gateway, "/", None);
+    assert_eq!(app.status(), StatusCode::OK);
+    assert!(app.text().unwrap().contains("<html"));
+}
+
+#[test]
+fn malformed_pairing_requests_get_clear_errors_and_cost_nothing() {
+    let gateway = Gateway::start();
+    let post = |path: &str, body: &str| {
+        let response = client()
+            .post(gateway.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().unwrap())
+    };
+    let (status, body) = post("/v1/pairing/start", "{");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request body"),
+        "{body}"
+    );
+    let (status, body) = post("/v1/pairing/start", r#"{"name": "x", "message": "***"}"#);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("message: not base64"),
+        "{body}"
+    );
+    let (status, body) = post("/v1/pairing/start", r#"{"name": "x", "message": "AAAA"}"#);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["message"], "malformed pairing message");
+    let (status, body) = post(
+        "/v1/pairing/finish",
+        r#"{"session": "nope", "proof": "AAAA"}"#,
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["type"], "unknown_session");
+    assert_eq!(gateway.pairing()["failures"], 0);
+}
+
+/// A listener who records a whole successful pairing cannot test codes offline.
+///
+/// The attack: for each candidate code, play the phone's side against the recorded
+/// box message and compare the resulting proof with the recorded one. SPAKE2 makes the
+/// key depend on the phone's secret scalar, so even the right code does not reproduce
+/// the proof: the candidates are indistinguishable. (Against a scheme that sends, say,
+/// HMAC(code, nonce), the same loop finds the code: see the pairing crate's tests.)
+#[test]
+fn a_captured_pairing_exchange_does_not_reveal_the_code() {
+    let gateway = Gateway::start();
+    let mut transcript = Transcript::default();
+    let Outcome::Paired { .. } = pair(&gateway, CODE, "Phone", &mut transcript) else {
+        panic!("pairing failed");
+    };
+    // The code is not on the wire in any plain form.
+    let raw = String::from_utf8_lossy(&transcript.raw).to_string();
+    for form in [CODE.to_string(), "2718-2818".to_string(), B64.encode(CODE)] {
+        assert!(!raw.contains(&form), "{form} appears in the exchange");
+    }
+    for blob in [
+        &transcript.phone_message,
+        &transcript.box_message,
+        &transcript.phone_proof,
+        &transcript.box_proof,
+        &transcript.sealed,
+    ] {
+        assert!(!blob.windows(8).any(|w| w == CODE.as_bytes()));
+        assert!(!blob
+            .windows(4)
+            .any(|w| w == 27182818u32.to_le_bytes() || w == 27182818u32.to_be_bytes()));
+    }
+    // The offline dictionary attack, with the right code among 2000 candidates.
+    let mut candidates: Vec<String> = (0..2000u32)
+        .map(|i| format!("{:08}", 50_000_000 + i * 7919))
+        .collect();
+    candidates.push(CODE.to_string());
+    let mut matches = Vec::new();
+    for candidate in &candidates {
+        let Ok(code) = SetupCode::parse(candidate) else {
+            continue;
+        };
+        let (phone, _) = PhoneHandshake::start(&code, &mut OsRng);
+        let keys = phone.finish(&transcript.box_message).unwrap();
+        if keys.phone_proof(transcript.session.as_bytes()) == transcript.phone_proof
+            || keys
+                .open(transcript.session.as_bytes(), &transcript.sealed)
+                .is_ok()
+            || keys
+                .verify_box_proof(transcript.session.as_bytes(), &transcript.box_proof)
+                .is_ok()
+        {
+            matches.push(candidate.clone());
+        }
+    }
+    assert!(
+        matches.is_empty(),
+        "the recording confirms candidate codes {matches:?}"
+    );
+}
+
+#[test]
+fn the_window_closes_and_a_paired_phone_can_reopen_it() {
+    let gateway = Gateway::start_with(&["--pairing-window", "8s"]);
+    let (token, _, _) = pair_ok(&gateway, "Owner");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gateway.pairing()["open"] == true {
+        assert!(Instant::now() < deadline, "the window never closed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    match pair(&gateway, CODE, "Second", &mut Transcript::default()) {
+        Outcome::Refused(status, body) => {
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("window has ended"),
+                "{body}"
+            );
+        }
+        Outcome::Paired { .. } => panic!("paired with the window closed"),
+    }
+    let reopened = client()
+        .post(gateway.url("/v1/pairing/window"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(reopened.status(), StatusCode::OK);
+    pair_ok(&gateway, "Second");
+}
+
+/// Plain HTTP is for loopback and USB links only: from another interface of this
+/// machine the gateway redirects to HTTPS and answers nothing protected in the clear.
+#[test]
+fn plain_http_on_a_lan_address_redirects_to_https() {
+    let Some(lan) = lan_address() else {
+        eprintln!("no non-loopback IPv4 address here: skipped");
+        return;
+    };
+    let gateway = Gateway::start();
+    let no_redirects = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirects
+        .get(format!("http://{lan}:{}/v1/pairing", gateway.http))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://{lan}/v1/pairing")
+    );
+}
+
+fn lan_address() -> Option<std::net::IpAddr> {
+    // The address this machine would use to reach a public address (no packet is sent).
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
