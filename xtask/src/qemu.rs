@@ -97,6 +97,36 @@ pub fn run_interactive(board: &Board, disk: &Path, vars: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Additions to a headless machine (`Machine::start_extra`); the default adds nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Appended to QEMU's arguments: USB controllers and devices, their netdevs
+    /// (`usb_net_args`).
+    pub args: Vec<String>,
+    /// A network namespace (`/run/netns/<name>`) to run QEMU in, so the TAP devices its
+    /// netdevs open are that namespace's. The user-mode NIC works the same there, but its
+    /// port forwards listen on the namespace's loopback, not the host's.
+    pub netns: Option<PathBuf>,
+}
+
+/// QEMU arguments for an xHCI controller with QEMU's emulated USB network device on it
+/// (`usb-net`: RNDIS and CDC Ethernet configurations, as an Android phone's USB
+/// tethering looks to the box), backed by the netdev `netdev` without its id, e.g.
+/// `tap,ifname=phone0,script=no,downscript=no` or `user,net=192.168.42.0/24`.
+pub fn usb_net_args(netdev: &str) -> Vec<String> {
+    [
+        "-device",
+        "qemu-xhci,id=usbxhci",
+        "-device",
+        "usb-net,bus=usbxhci.0,netdev=usbnet",
+        "-netdev",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("{netdev},id=usbnet")])
+    .collect()
+}
+
 /// A headless machine whose serial console goes to a log file.
 pub struct Machine {
     child: Child,
@@ -131,7 +161,32 @@ impl Machine {
         agent: Option<&Path>,
         forwards: &[(u16, u16)],
     ) -> Result<Machine> {
+        Machine::start_extra(board, disk, vars, log, agent, forwards, &Extras::default())
+    }
+
+    /// Like `start_with`, with `extras`: more devices (USB), and a network namespace to
+    /// run in. With the default `Extras` it is `start_with`.
+    pub fn start_extra(
+        board: &Board,
+        disk: &Path,
+        vars: &Path,
+        log: &Path,
+        agent: Option<&Path>,
+        forwards: &[(u16, u16)],
+        extras: &Extras,
+    ) -> Result<Machine> {
         let mut cmd = base_args(board, disk, vars, forwards)?;
+        cmd.args(&extras.args);
+        if let Some(netns) = &extras.netns {
+            // nsenter execs QEMU in place, so the child is still QEMU itself.
+            let mut wrapped = Command::new("nsenter");
+            wrapped
+                .arg(format!("--net={}", netns.display()))
+                .arg("--")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            cmd = wrapped;
+        }
         let _ = std::fs::remove_file(log);
         cmd.args(["-display", "none", "-monitor", "none", "-serial"])
             .arg(format!("file:{}", log.display()));

@@ -24,6 +24,10 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     // its tests and benchmark speak their sentences with espeak-ng.
     ("pkg-config", "pkg-config"),
     ("espeak-ng", "espeak-ng"),
+    // The USB link test (xtask/tests/phone_link.rs) plays a tethering phone: a TAP device
+    // in a network namespace (ip) with dnsmasq as the phone's DHCP server.
+    ("ip", "iproute2"),
+    ("dnsmasq", "dnsmasq-base"),
 ];
 /// (glob that must match a file, Debian package providing it)
 const FILES: &[(&str, &str)] = &[

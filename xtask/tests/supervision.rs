@@ -61,6 +61,8 @@ fn services_come_up_and_a_killed_service_comes_back() {
             "test-agent",
             "test-idle",
             "update",
+            "usb-gadget",
+            "usb-host",
             "voice"
         ]
     );
