@@ -80,3 +80,99 @@ pub fn build(out: &Path, size: u64, volume_id: u32, files: &[(String, Vec<u8>)])
     fs.unmount()?;
     Ok(())
 }
+
+/// Writes one file (creating its folders) into the ESP of an existing disk (image file
+/// or block device) whose ESP spans `size` bytes from byte `offset`: how a flashing
+/// tool puts a device's own files next to the signed, shared ones.
+pub fn write_file(disk: &Path, offset: u64, size: u64, path: &str, data: &[u8]) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .with_context(|| disk.display().to_string())?;
+    let region = Region {
+        file,
+        offset,
+        size,
+        pos: 0,
+    };
+    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
+        .context("the ESP is not a FAT filesystem")?;
+    {
+        let parts: Vec<&str> = path.split('/').collect();
+        let mut dir = fs.root_dir();
+        for part in &parts[..parts.len() - 1] {
+            dir = match dir.open_dir(part) {
+                Ok(d) => d,
+                Err(_) => dir
+                    .create_dir(part)
+                    .with_context(|| format!("ESP: mkdir {part}"))?,
+            };
+        }
+        let mut file = dir
+            .create_file(parts[parts.len() - 1])
+            .with_context(|| format!("ESP: {path}"))?;
+        file.truncate()?;
+        file.write_all(data)
+            .with_context(|| format!("ESP: writing {path} (is the ESP full?)"))?;
+        file.flush()?;
+    }
+    fs.unmount().context("ESP: unmount")?;
+    Ok(())
+}
+
+/// A byte range of a file as a file of its own (one partition of a disk).
+struct Region {
+    file: std::fs::File,
+    offset: u64,
+    size: u64,
+    pos: u64,
+}
+
+impl std::io::Read for Region {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = (buf.len() as u64).min(self.size.saturating_sub(self.pos)) as usize;
+        let read = self.file.read_at(&mut buf[..n], self.offset + self.pos)?;
+        self.pos += read as u64;
+        Ok(read)
+    }
+}
+
+impl std::io::Write for Region {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = (buf.len() as u64).min(self.size.saturating_sub(self.pos)) as usize;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
+        }
+        let written = self.file.write_at(&buf[..n], self.offset + self.pos)?;
+        self.pos += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl std::io::Seek for Region {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            std::io::SeekFrom::Start(p) => p as i128,
+            std::io::SeekFrom::End(d) => self.size as i128 + d as i128,
+            std::io::SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if pos < 0 || pos > self.size as i128 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek outside the partition",
+            ));
+        }
+        self.pos = pos as u64;
+        Ok(self.pos)
+    }
+}

@@ -277,26 +277,31 @@ struct Staged {
     tree: PathBuf,
 }
 
-/// `cargo build` for every crate recipe the image uses, in one invocation per link mode.
-/// Returns binary name → built file.
+/// `cargo build` for every crate recipe the image uses, in one invocation per target
+/// (static, glibc, WebAssembly). Returns binary name → built file.
 fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
-    let mut by_mode: BTreeMap<bool, Vec<(&str, &Vec<String>)>> = BTreeMap::new();
+    let mut by_target: BTreeMap<&str, Vec<(&str, &Vec<String>, bool)>> = BTreeMap::new();
     for name in ctx.image.rootfs.iter().chain(&ctx.image.initramfs) {
         if let Source::Crate {
             package,
             binaries,
             static_link,
+            wasm,
         } = &ctx.recipes[name].source
         {
-            by_mode
-                .entry(*static_link)
+            let target = if *wasm {
+                WASM_TARGET
+            } else {
+                ctx.board.arch.rust_target(*static_link)
+            };
+            by_target
+                .entry(target)
                 .or_default()
-                .push((package, binaries));
+                .push((package, binaries, *wasm));
         }
     }
     let mut out = BTreeMap::new();
-    for (static_link, crates) in by_mode {
-        let target = ctx.board.arch.rust_target(static_link);
+    for (target, crates) in by_target {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(&ctx.project.root).args([
             "build",
@@ -305,10 +310,15 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
             "--target",
             target,
         ]);
-        for (package, binaries) in &crates {
+        for (package, binaries, wasm) in &crates {
             cmd.args(["--package", package]);
-            for b in *binaries {
-                cmd.args(["--bin", b]);
+            if *wasm {
+                // A cdylib: the .wasm is the library itself.
+                cmd.arg("--lib");
+            } else {
+                for b in *binaries {
+                    cmd.args(["--bin", b]);
+                }
             }
         }
         let status = cmd.status().context("cannot run cargo")?;
@@ -316,7 +326,7 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
             bail!("`cargo build --target {target}` for the image's crates failed (see above)");
         }
         let dir = ctx.project.target_dir().join(target).join("release");
-        for (_, binaries) in crates {
+        for (_, binaries, _) in crates {
             for b in binaries {
                 out.insert(b.clone(), dir.join(b));
             }
@@ -324,6 +334,9 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
     }
     Ok(out)
 }
+
+/// The browser's target (the web app's pairing code).
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 fn stage_recipe(
     ctx: &mut Ctx,

@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod keys;
 pub mod lock;
 pub mod project;
+pub mod provision;
 pub mod python;
 pub mod qemu;
 pub mod release;

@@ -5,9 +5,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use llamabox_format::provisioning::DeviceIdentity;
 use xtask::build::{self, BuildOptions};
 use xtask::project::Project;
-use xtask::{bench, config, fuzz, keys, lock, python, qemu, release, setup};
+use xtask::{bench, config, fuzz, keys, lock, provision, python, qemu, release, setup};
 
 const DEFAULT_BOARD: &str = "qemu-x86_64";
 
@@ -124,6 +125,13 @@ enum Cmd {
     },
     /// Pin the Debian packages and PyPI distributions that recipes and boards name.
     Lock,
+    /// Give a flashed disk (image file or block device) its own identity and pairing
+    /// setup code, and print its label (with a QR code).
+    Provision {
+        /// The flashed disk, e.g. /dev/sdX after `bmaptool copy`, or an image file.
+        #[arg(long)]
+        disk: PathBuf,
+    },
     /// Run the fuzz targets (cargo-fuzz) for a bounded time.
     Fuzz {
         #[arg(long, default_value_t = 30)]
@@ -271,6 +279,15 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Lock => lock::run(&project)?,
+        Cmd::Provision { disk } => {
+            let identity = provision::new_identity();
+            provision::write(&disk, &identity)?;
+            println!("{}", provision::label(&identity));
+            println!(
+                "provisioned {}: keep the setup code with the box (it is on no other copy)",
+                disk.display()
+            );
+        }
         Cmd::Stage { board, recipe } => {
             let tree = build::stage_one(&project, &board, &recipe)?;
             for entry in walkdir::WalkDir::new(&tree).sort_by_file_name() {
@@ -355,20 +372,39 @@ fn run_in_qemu(project: &Project, board_name: &str, image: &str, fresh: bool) ->
         .join("run")
         .join(format!("{image}-{board_name}"));
     std::fs::create_dir_all(&dir)?;
-    let (disk, vars, stamp) = (
-        dir.join("disk.qcow2"),
+    let (disk, vars, stamp, identity_file) = (
+        dir.join("disk.img"),
         dir.join("efivars.fd"),
         dir.join("image.sha256"),
+        dir.join("device.json"),
     );
-    // The run keeps its own disk state (data partition, boot counters) across runs of
-    // the same image; a new image or --fresh starts over.
+    // The run keeps its own disk state (data partition, boot counters, identity) across
+    // runs of the same image; a new image or --fresh starts over as a new device.
     let same_image =
         std::fs::read_to_string(&stamp).ok().as_deref() == Some(output.image_sha256.as_str());
-    if fresh || !same_image || !disk.exists() || !vars.exists() {
-        qemu::create_overlay(&output.image, &disk)?;
-        qemu::fresh_vars(&board, &vars)?;
-        std::fs::write(&stamp, &output.image_sha256)?;
-    }
+    let identity = std::fs::read(&identity_file)
+        .ok()
+        .and_then(|bytes| DeviceIdentity::parse(&bytes).ok());
+    let identity = match identity {
+        Some(identity) if !fresh && same_image && disk.exists() && vars.exists() => identity,
+        _ => {
+            // A sparse copy, not a qcow2 overlay: provisioning writes into its ESP.
+            let _ = std::fs::remove_file(&disk);
+            llamabox_image::tool::run(
+                Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(&output.image)
+                    .arg(&disk),
+            )?;
+            let identity = provision::new_identity();
+            provision::write(&disk, &identity)?;
+            std::fs::write(&identity_file, identity.to_json())?;
+            qemu::fresh_vars(&board, &vars)?;
+            std::fs::write(&stamp, &output.image_sha256)?;
+            identity
+        }
+    };
+    eprintln!("{}", provision::label(&identity));
     eprintln!(
         "==> booting {} in QEMU (TCG: expect ~20 s to stage 2); ctrl-a x quits",
         board.name

@@ -28,6 +28,9 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     // in a network namespace (ip) with dnsmasq as the phone's DHCP server.
     ("ip", "iproute2"),
     ("dnsmasq", "dnsmasq-base"),
+    // The web app's end-to-end test drives headless Chromium through chromedriver.
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 /// (glob that must match a file, Debian package providing it)
 const FILES: &[(&str, &str)] = &[
@@ -91,7 +94,9 @@ pub fn ensure_host_tools(arch: Arch) -> Result<()> {
             );
         }
     }
-    ensure_rust_target(arch.rust_target(true))
+    ensure_rust_target(arch.rust_target(true))?;
+    // The web app's pairing code (services/gateway/pairing) runs in the browser.
+    ensure_rust_target(crate::build::WASM_TARGET)
 }
 
 fn ensure_rust_target(target: &str) -> Result<()> {

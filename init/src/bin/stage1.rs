@@ -150,6 +150,7 @@ fn inspect_boot_entry(slot: Slot, boot: &mut BootInfo) -> bool {
         }
     };
     let entry = esp.entry(slot);
+    copy_device_identity(&esp);
     esp.unmount();
     match entry {
         Some(entry) => {
@@ -166,6 +167,44 @@ fn inspect_boot_entry(slot: Slot, boot: &mut BootInfo) -> bool {
             info!("no boot entry for slot {slot} on the ESP; treating it as on trial");
             true
         }
+    }
+}
+
+/// The box's own identity (setup code), put on the ESP by the flashing tool, goes to
+/// `/run` for the gateway, readable by root only. Unprovisioned boxes have none.
+fn copy_device_identity(esp: &MountedEsp) {
+    use llamabox_format::provisioning::{DeviceIdentity, ESP_PATH, MAX_SIZE, RUN_PATH};
+    use std::io::Read;
+    let source = esp.root().join(ESP_PATH);
+    let Ok(file) = std::fs::File::open(&source) else {
+        return;
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = file.take(MAX_SIZE as u64 + 1).read_to_end(&mut bytes) {
+        return info!("cannot read {}: {e}", source.display());
+    }
+    // Checked here so a damaged file is reported at boot, not later by the gateway.
+    if let Err(e) = DeviceIdentity::parse(&bytes) {
+        return info!("ignoring {}: {e}", source.display());
+    }
+    let target = std::path::Path::new(RUN_PATH);
+    let written = target
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(target)?
+                .write_all(&bytes)
+        });
+    match written {
+        Ok(()) => info!("device identity from the ESP in {RUN_PATH}"),
+        Err(e) => info!("cannot write {RUN_PATH}: {e}"),
     }
 }
 

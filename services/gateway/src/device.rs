@@ -1,27 +1,20 @@
 //! Who this box is: its id, mDNS name and setup code.
 //!
-//! A provisioned box has them in `device.toml`, written by the flashing tool onto the
-//! ESP and copied to `/run/llamabox/` at boot (the code printed on its label). A box
+//! A provisioned box gets them from the flashing tool (`llamabox_format::provisioning`:
+//! written onto the ESP, copied to `/run` by stage 1; the code is on its label). A box
 //! that was never provisioned (a development image) makes its own on first boot and
-//! keeps them on the data partition, so the code stays the same across reboots.
+//! keeps them on the data partition, so its code stays the same across reboots.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use llamabox_format::provisioning::DeviceIdentity;
 use llamabox_pairing::SetupCode;
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub struct Device {
     /// 16 hex digits, random per device.
     pub id: String,
     pub code: SetupCode,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct DeviceFile {
-    id: String,
-    setup_code: String,
 }
 
 impl Device {
@@ -36,7 +29,7 @@ impl Device {
         if provisioned.exists() {
             return Device::read(provisioned);
         }
-        let own = state.join("device.toml");
+        let own = state.join("device.json");
         if own.exists() {
             return Device::read(&own);
         }
@@ -46,7 +39,11 @@ impl Device {
             id: hex::encode(id),
             code: SetupCode::generate(&mut OsRng),
         };
-        device.write(&own)?;
+        let identity = DeviceIdentity {
+            id: device.id.clone(),
+            setup_code: device.code.digits().to_string(),
+        };
+        crate::files::write_private(&own, &identity.to_json())?;
         tracing::warn!(
             "this box was not provisioned: made a setup code on first boot ({}); it is {}",
             own.display(),
@@ -56,26 +53,14 @@ impl Device {
     }
 
     fn read(path: &Path) -> Result<Device> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let file: DeviceFile =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if file.id.len() != 16 || !file.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("{}: id must be 16 hex digits", path.display());
-        }
-        let code = SetupCode::parse(&file.setup_code)
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let identity =
+            DeviceIdentity::parse(&bytes).with_context(|| format!("{}", path.display()))?;
+        let code = SetupCode::parse(&identity.setup_code)
             .with_context(|| format!("{}: setup-code", path.display()))?;
         Ok(Device {
-            id: file.id.to_ascii_lowercase(),
+            id: identity.id,
             code,
         })
-    }
-
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let text = toml::to_string(&DeviceFile {
-            id: self.id.clone(),
-            setup_code: self.code.digits().to_string(),
-        })?;
-        crate::files::write_private(path, text.as_bytes())
     }
 }

@@ -43,7 +43,7 @@ struct ServeArgs {
     #[arg(long, default_value = "/var/lib/llamabox/gateway")]
     state: PathBuf,
     /// The provisioned identity (id and setup code), copied from the ESP at boot.
-    #[arg(long, default_value = "/run/llamabox/device.toml")]
+    #[arg(long, default_value = llamabox_format::provisioning::RUN_PATH)]
     device_file: PathBuf,
     /// The web app's files.
     #[arg(long, default_value = "/usr/share/llamabox/web")]

@@ -44,10 +44,10 @@ impl Gateway {
     }
 
     fn start_in(state: tempfile::TempDir, extra: &[&str]) -> Gateway {
-        let device = state.path().join("provisioned.toml");
+        let device = state.path().join("provisioned.json");
         std::fs::write(
             &device,
-            format!("id = \"0123456789abcdef\"\nsetup-code = \"{CODE}\"\n"),
+            format!(r#"{{"id": "0123456789abcdef", "setup-code": "{CODE}"}}"#),
         )
         .unwrap();
         let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");

@@ -28,6 +28,7 @@ struct RawSource {
     binaries: Option<Vec<String>>,
     #[serde(rename = "static")]
     static_link: Option<bool>,
+    wasm: Option<bool>,
     debian: Option<Vec<String>>,
     pypi: Option<String>,
     overlay: Option<String>,
@@ -61,6 +62,9 @@ pub enum Source {
         package: String,
         binaries: Vec<String>,
         static_link: bool,
+        /// Built for the browser (`wasm32-unknown-unknown`): `binaries` name the
+        /// library's `.wasm` files, the same on every board.
+        wasm: bool,
     },
     /// Debian binary packages, pinned in `recipes/debian.lock`.
     Debian { packages: Vec<String> },
@@ -181,7 +185,7 @@ pub fn load(path: &Path) -> Result<Recipe> {
     }
 
     let s = raw.source;
-    let crate_only_keys = s.binaries.is_some() || s.static_link.is_some();
+    let crate_only_keys = s.binaries.is_some() || s.static_link.is_some() || s.wasm.is_some();
     let kinds = [
         s.krate.is_some(),
         s.debian.is_some(),
@@ -195,6 +199,7 @@ pub fn load(path: &Path) -> Result<Recipe> {
                 Some(Source::Crate {
                     binaries: s.binaries.unwrap_or_else(|| vec![package.clone()]),
                     static_link: s.static_link.unwrap_or(true),
+                    wasm: s.wasm.unwrap_or(false),
                     package,
                 })
             } else if let Some(packages) = s.debian {
@@ -236,7 +241,7 @@ pub fn load(path: &Path) -> Result<Recipe> {
     if !matches!(source, Some(Source::Crate { .. })) && crate_only_keys {
         problems.add(
             "source.binaries",
-            "`binaries` and `static` only apply to `crate` sources",
+            "`binaries`, `static` and `wasm` only apply to `crate` sources",
         );
     }
 
