@@ -173,8 +173,21 @@ pub fn plain_http_allowed(local: IpAddr) -> bool {
 }
 
 /// A network interface whose device sits on a USB bus (host mode: the phone's
-/// tethering) or is a USB gadget (the box as a USB network device).
+/// tethering) or is a USB gadget (the box as a USB network device), or a bridge whose
+/// ports all are (the gadget's NCM and ECM functions share the bridge `usblink0`).
 pub fn is_usb_interface(name: &str) -> bool {
+    let class = Path::new("/sys/class/net").join(name);
+    if let Ok(ports) = std::fs::read_dir(class.join("brif")) {
+        let ports: Vec<String> = ports
+            .flatten()
+            .map(|p| p.file_name().to_string_lossy().into_owned())
+            .collect();
+        return !ports.is_empty() && ports.iter().all(|p| is_usb_device(p));
+    }
+    is_usb_device(name)
+}
+
+fn is_usb_device(name: &str) -> bool {
     let device = Path::new("/sys/class/net").join(name).join("device");
     match std::fs::canonicalize(device) {
         Ok(path) => {
