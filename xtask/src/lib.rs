@@ -19,3 +19,4 @@ pub mod serve;
 pub mod setup;
 pub mod speech;
 pub mod stage;
+pub mod web;

@@ -1,0 +1,674 @@
+//! The web app end to end, in a real browser: Debian's headless Chromium, driven
+//! through chromedriver's W3C WebDriver HTTP API with the blocking reqwest client the
+//! other tests use (no WebDriver crate, no Python: a dozen JSON commands suffice).
+//!
+//! The real gateway serves the assembled app (`xtask::web::build`: the static files
+//! plus pairing.wasm) and forwards to the real inference service on the model
+//! `cargo xtask test` provides (`LLAMABOX_TEST_MODEL`). The browser, with a phone's
+//! screen and user agent:
+//! - sees a wrong code refused with the attempts left, then pairs with the right one
+//!   (SPAKE2 in WebAssembly) and shows the certificate fingerprint;
+//! - sends a chat message and watches the answer grow while it streams; stops one
+//!   answer and regenerates it;
+//! - reloads: still paired, the conversation still there, the page controlled by the
+//!   service worker; the device screen lists this phone; the voice screen copes with
+//!   no voice service;
+//! - with the gateway stopped, reloads and still gets the app and its conversations
+//!   (offline shell); after this phone is revoked, the next request returns it to
+//!   the pairing screen.
+//!
+//! Screenshots (a 390×844 phone) go to `target/llamabox/screenshots/`, and to
+//! `docs/screenshots/` with `LLAMABOX_UPDATE_SCREENSHOTS=1`.
+//!
+//! Without Chromium the test is skipped, unless `LLAMABOX_REQUIRE_BROWSER` is set.
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use xtask::project::Project;
+
+const CODE: &str = "27182818";
+const WRONG_CODE: &str = "3141-5926";
+const QUESTION: &str = "Write a Python function that adds two numbers.";
+const SECOND_QUESTION: &str = "Tell me a long story about a llama who lives in a box.";
+/// A phone's user agent: the app names the phone after it ("Android phone").
+const USER_AGENT: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36";
+/// W3C WebDriver's key for element references.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A child process, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_healthy(process: &mut Process, url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = process.0.try_wait() {
+            panic!("{what} exited: {status}");
+        }
+        if client()
+            .get(format!("{url}/health"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} at {url} never became ready");
+}
+
+fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, inference: &str) -> Process {
+    let device = state.join("provisioned.json");
+    std::fs::write(
+        &device,
+        format!(r#"{{"id": "0123456789abcdef", "setup-code": "{CODE}"}}"#),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_llamabox-gateway"))
+        .arg("serve")
+        .arg("--state")
+        .arg(state.join("state"))
+        .arg("--device-file")
+        .arg(&device)
+        .arg("--web")
+        .arg(web)
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--https", &format!("127.0.0.1:{https}")])
+        .args(["--inference", inference])
+        // Nothing listens there: the voice screen must cope with 502.
+        .args(["--voice", &format!("http://127.0.0.1:{}", free_port())])
+        .arg("--no-mdns")
+        .spawn()
+        .expect("starting the gateway");
+    let mut process = Process(child);
+    wait_healthy(
+        &mut process,
+        &format!("http://127.0.0.1:{http}"),
+        "the gateway",
+    );
+    process
+}
+
+/// A WebDriver session in headless Chromium with a phone's screen.
+struct Browser {
+    http: Client,
+    session: String,
+    _driver: Process,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start(chromium: &Path, chromedriver: &Path) -> Browser {
+        let port = free_port();
+        let driver = Process(
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting chromedriver"),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client()
+            .get(format!("{base}/status"))
+            .send()
+            .is_err_and(|_| Instant::now() < deadline)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                    "--no-first-run", "--disable-extensions", "--hide-scrollbars",
+                    "--window-size=390,844",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+                "mobileEmulation": {
+                    "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 1.0, "touch": true},
+                    "userAgent": USER_AGENT,
+                },
+            },
+            "timeouts": {"script": 60000, "pageLoad": 60000, "implicit": 0},
+        }}});
+        let response: Value = client()
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .expect("creating a WebDriver session")
+            .json()
+            .unwrap();
+        let session = response["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {response}"))
+            .to_string();
+        Browser {
+            http: client(),
+            session: format!("{base}/session/{session}"),
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    fn command(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
+        let url = format!("{}{path}", self.session);
+        let request = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.post(url).json(&body),
+        };
+        let response = request.send().map_err(|e| e.to_string())?;
+        let ok = response.status().is_success();
+        let value: Value = response.json().map_err(|e| e.to_string())?;
+        if ok {
+            Ok(value["value"].clone())
+        } else {
+            Err(value["value"].to_string())
+        }
+    }
+
+    fn must(&self, method: &str, path: &str, body: Value) -> Value {
+        self.command(method, path, body)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    fn goto(&self, url: &str) {
+        self.must("POST", "/url", json!({ "url": url }));
+    }
+
+    fn refresh(&self) {
+        self.must("POST", "/refresh", json!({}));
+    }
+
+    /// Runs `script` (a function body; `return` gives the result) in the page.
+    fn exec(&self, script: &str) -> Value {
+        self.must(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Runs `script` with a callback `done` for asynchronous results.
+    fn exec_async(&self, script: &str) -> Value {
+        let script = format!("const done = arguments[arguments.length - 1];\n{script}");
+        self.must(
+            "POST",
+            "/execute/async",
+            json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Polls `script` until it returns something truthy.
+    fn wait(&self, what: &str, script: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            match self.command(
+                "POST",
+                "/execute/sync",
+                json!({"script": script, "args": []}),
+            ) {
+                Ok(v) if !(v.is_null() || v == false || v == "" || v == 0) => return v,
+                Ok(v) => last = v,
+                Err(e) => last = Value::String(e),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}; last: {last}");
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.must(
+            "POST",
+            "/element",
+            json!({"using": "css selector", "value": css}),
+        );
+        found[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.element(css);
+        self.must("POST", &format!("/element/{id}/click"), json!({}));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css);
+        self.must("POST", &format!("/element/{id}/clear"), json!({}));
+        self.must(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({ "text": text }),
+        );
+    }
+
+    fn visible(&self, css: &str) -> String {
+        format!("const e = document.querySelector({css:?}); return !!e && e.offsetParent !== null;")
+    }
+
+    fn text_of(&self, css: &str) -> String {
+        self.exec(&format!(
+            "const e = document.querySelector({css:?}); return e ? e.textContent : null;"
+        ))
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(
+                self.must("GET", "/screenshot", Value::Null)
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        let project = Project::locate();
+        let mut dirs = vec![project.build_dir().join("screenshots")];
+        if std::env::var_os("LLAMABOX_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+            dirs.push(project.root.join("docs").join("screenshots"));
+        }
+        for dir in dirs {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
+            eprintln!("screenshot: {}", dir.join(format!("{name}.png")).display());
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.command("DELETE", "", Value::Null);
+    }
+}
+
+/// The last assistant bubble: its text, state and how often it was repainted.
+const LAST_ANSWER: &str = "const all = document.querySelectorAll('#messages .msg.assistant');
+    const e = all[all.length - 1];
+    return e ? {text: e.querySelector('.body').textContent, state: e.dataset.state,
+                count: all.length} : null;";
+
+/// Watches the last answer stream; returns the distinct texts seen while it streamed
+/// and the final state.
+fn watch_stream(browser: &Browser, stop_after: Option<usize>) -> (Vec<String>, Value) {
+    browser.wait(
+        "the answer to start streaming",
+        "const all = document.querySelectorAll('#messages .msg.assistant');
+         const e = all[all.length - 1];
+         return !!e && e.dataset.state === 'streaming';",
+        Duration::from_secs(30),
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the answer never ended: {seen:?}"
+        );
+        let answer = browser.exec(LAST_ANSWER);
+        if answer["state"] != "streaming" {
+            return (seen, answer);
+        }
+        let text = answer["text"].as_str().unwrap_or_default().to_string();
+        if !text.is_empty() && seen.last() != Some(&text) {
+            seen.push(text);
+        }
+        if stop_after.is_some_and(|n| seen.len() >= n) {
+            browser.click("#stop");
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+}
+
+#[test]
+fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
+    let required = std::env::var_os("LLAMABOX_REQUIRE_BROWSER").is_some();
+    let chromium = ["/usr/lib/chromium/chromium"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| find_program(&["chromium", "chromium-browser"]));
+    let chromedriver = find_program(&["chromedriver"]);
+    let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
+        assert!(
+            !required,
+            "LLAMABOX_REQUIRE_BROWSER is set but chromium or chromedriver is missing (apt-get install chromium chromium-driver)"
+        );
+        eprintln!("SKIPPED: chromium and chromedriver are not installed (apt-get install chromium chromium-driver; LLAMABOX_REQUIRE_BROWSER=1 makes this a failure)");
+        return;
+    };
+    let model = std::env::var_os("LLAMABOX_TEST_MODEL")
+        .map(PathBuf::from)
+        .expect(
+        "LLAMABOX_TEST_MODEL is not set: run the tests with `cargo xtask test`, which provides it",
+    );
+    let inference_bin =
+        Path::new(env!("CARGO_BIN_EXE_llamabox-gateway")).with_file_name("llamabox-inference");
+    assert!(
+        inference_bin.exists(),
+        "{} is missing: `cargo build -p llamabox-inference` (cargo xtask test builds it)",
+        inference_bin.display()
+    );
+
+    let started = Instant::now();
+    let web = xtask::web::build(&Project::locate()).expect("building the web app");
+    eprintln!("web app assembled in {:?}", started.elapsed());
+
+    let port = free_port();
+    let inference_url = format!("http://127.0.0.1:{port}");
+    let mut inference = Process(
+        Command::new(&inference_bin)
+            .arg("--model")
+            .arg(&model)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--threads", "2", "--parallel", "2", "--ctx-size", "4096"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting llamabox-inference"),
+    );
+    wait_healthy(&mut inference, &inference_url, "the inference service");
+
+    let state = tempfile::tempdir().unwrap();
+    let (http, https) = (free_port(), free_port());
+    let gateway = start_gateway(state.path(), &web, http, https, &inference_url);
+    let origin = format!("http://127.0.0.1:{http}");
+    let pairing: Value = client()
+        .get(format!("{origin}/v1/pairing"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let device = pairing["device"].as_str().unwrap().to_string();
+    let fingerprint = pairing["fingerprint"].as_str().unwrap().to_uppercase();
+
+    let browser = Browser::start(&chromium, &chromedriver);
+    browser.goto(&format!("{origin}/"));
+
+    // Pairing: the box's name and state, a wrong code refused, then the right one.
+    browser.wait(
+        "the pairing screen",
+        &format!(
+            "return document.querySelector('#pair-device').textContent === {device:?}
+                && document.querySelector('#pair-state').textContent.includes('Pairing is open');"
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        browser.exec("return document.querySelector('#pair-name').value;"),
+        "Android phone"
+    );
+    browser.type_into("#pair-code", WRONG_CODE);
+    browser.click("#pair-button");
+    let error = browser.wait(
+        "the wrong code's error",
+        "const e = document.querySelector('#pair-error'); return !e.hidden && e.textContent;",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        error,
+        "Wrong setup code. 19 attempts left before pairing closes."
+    );
+    browser.wait(
+        "the attempts left in the state line",
+        "return document.querySelector('#pair-state').textContent.includes('19 attempts left');",
+        Duration::from_secs(10),
+    );
+    browser.type_into("#pair-code", &format!("{} {}", &CODE[..4], &CODE[4..]));
+    assert_eq!(
+        browser.exec("return document.querySelector('#pair-code').value;"),
+        "2718 2818"
+    );
+    browser.screenshot("pairing");
+    browser.click("#pair-button");
+    browser.wait(
+        "pairing to finish",
+        &browser.visible("#pair-done"),
+        Duration::from_secs(30),
+    );
+    let shown = browser.text_of("#paired-fingerprint");
+    assert_eq!(shown.replace(':', ""), fingerprint, "fingerprint shown");
+    assert_eq!(browser.text_of("#paired-device"), device);
+    let credential =
+        browser.exec("return JSON.parse(localStorage.getItem('llamabox.credential'));");
+    let token = credential["token"].as_str().unwrap().to_string();
+    let phone_id = credential["phoneId"].as_str().unwrap().to_string();
+    let phones: Value = client()
+        .get(format!("{origin}/v1/phones"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(phones["you"], phone_id.as_str());
+    assert_eq!(phones["phones"][0]["name"], "Android phone");
+    browser.click("#pair-continue");
+
+    // Chat: the model list from the box, settings, then a streamed answer.
+    browser.wait(
+        "the model picker",
+        "const o = document.querySelector('#set-model option'); return !!o && o.value;",
+        Duration::from_secs(30),
+    );
+    browser.click("#settings-toggle");
+    browser.type_into("#set-max-tokens", "200");
+    browser.type_into("#set-temperature", "0");
+    browser.click("#settings-close");
+    let settings = browser.exec("return JSON.parse(localStorage.getItem('llamabox.settings'));");
+    assert_eq!(settings["max_tokens"], "200", "{settings}");
+    assert_eq!(settings["temperature"], "0", "{settings}");
+
+    browser.type_into("#prompt", QUESTION);
+    browser.click("#send");
+    let t0 = Instant::now();
+    let (seen, done) = watch_stream(&browser, None);
+    let answer = done["text"].as_str().unwrap().to_string();
+    eprintln!(
+        "answer streamed in {:?}: {} distinct texts seen while streaming; {answer:?}",
+        t0.elapsed(),
+        seen.len(),
+    );
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(!answer.trim().is_empty(), "an empty answer");
+    assert!(
+        seen.len() >= 3,
+        "the answer did not grow while streaming: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).filter(|w| w[1].len() > w[0].len()).count() >= 2,
+        "the answer did not grow: {seen:?}"
+    );
+    assert_eq!(
+        browser.text_of("#messages .msg.user .body"),
+        QUESTION,
+        "the question is shown"
+    );
+    browser.exec("document.querySelector('#messages').scrollTop = 0;");
+    browser.screenshot("chat");
+
+    // Markdown from the model is rendered safely: no markup of its own gets through.
+    let rendered = browser.exec_async(
+        r#"import('/markdown.js').then((m) => {
+            const html = m.renderMarkdown([
+              '<img src=x onerror="window.pwned=1"> **bold** and `<b>code</b>`',
+              '[click](javascript:alert(1)) [ok](https://example.org/?a=1&b="2")',
+              '```html', '<script>window.pwned=1</script>', '```',
+              '- item *one*', '- item two',
+            ].join('\n'));
+            const doc = new DOMParser().parseFromString(html, 'text/html');
+            const tags = [...doc.body.querySelectorAll('*')].map((e) => e.tagName.toLowerCase());
+            const attrs = [...doc.body.querySelectorAll('*')].flatMap((e) => [...e.attributes].map((a) => a.name));
+            const hrefs = [...doc.body.querySelectorAll('a')].map((a) => a.getAttribute('href'));
+            done({tags: [...new Set(tags)].sort(), attrs: [...new Set(attrs)].sort(), hrefs,
+                  text: doc.body.textContent});
+        });"#,
+    );
+    let allowed_tags = [
+        "a", "br", "button", "code", "div", "em", "li", "p", "pre", "span", "strong", "ul",
+    ];
+    for tag in rendered["tags"].as_array().unwrap() {
+        assert!(
+            allowed_tags.contains(&tag.as_str().unwrap()),
+            "markdown made a <{tag}>: {rendered}"
+        );
+    }
+    for attr in rendered["attrs"].as_array().unwrap() {
+        assert!(
+            ["class", "href", "rel", "target", "type"].contains(&attr.as_str().unwrap()),
+            "markdown made an attribute {attr}: {rendered}"
+        );
+    }
+    assert_eq!(
+        rendered["hrefs"],
+        json!(["https://example.org/?a=1&b=\"2\""]),
+        "{rendered}"
+    );
+    let text = rendered["text"].as_str().unwrap();
+    assert!(
+        text.contains("<img src=x onerror=") && text.contains("<script>window.pwned=1</script>")
+    );
+
+    // Stop, then regenerate the stopped answer.
+    browser.type_into("#prompt", SECOND_QUESTION);
+    browser.click("#send");
+    let (seen, stopped) = watch_stream(&browser, Some(2));
+    assert_eq!(stopped["state"], "stopped", "{stopped} after {seen:?}");
+    assert!(browser.exec(&browser.visible("#send")) == true);
+    browser.click("#messages .msg.assistant:last-child button.regenerate");
+    let (_, regenerated) = watch_stream(&browser, None);
+    assert_eq!(regenerated["state"], "done", "{regenerated}");
+    assert_eq!(regenerated["count"], 2, "the stopped answer was replaced");
+
+    // The offline shell is in place before the reload.
+    let worker = browser.exec_async(
+        "navigator.serviceWorker.ready.then((r) => done(r.active ? r.active.state : null));",
+    );
+    assert!(worker == "activated" || worker == "activating", "{worker}");
+
+    // Reload: still paired, the conversation is still here, the worker controls the page.
+    browser.refresh();
+    browser.wait(
+        "the chat after the reload",
+        &format!(
+            "return !!document.querySelector('#messages .msg.user')
+                && document.querySelector('#messages .msg.user .body').textContent === {QUESTION:?};"
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(browser.exec(&browser.visible("#pairing")), false);
+    assert_eq!(
+        browser.exec("return document.querySelectorAll('#messages .msg.assistant')[0].querySelector('.body').textContent;"),
+        answer.as_str()
+    );
+    assert_eq!(
+        browser.exec("return !!navigator.serviceWorker.controller;"),
+        true,
+        "the service worker controls the page after a reload"
+    );
+    browser.click("#conv-toggle");
+    let titles = browser.exec(
+        "return [...document.querySelectorAll('#conv-list button.open')].map((b) => b.textContent);",
+    );
+    assert_eq!(titles, json!([QUESTION]));
+    browser.click("#conv-list li.current button.open");
+    assert_eq!(browser.exec(&browser.visible("#drawer")), false);
+
+    // Device: this phone, marked; device status not there yet.
+    browser.click(".tabs button[data-tab=device]");
+    browser.wait(
+        "the phone list",
+        "return [...document.querySelectorAll('#phone-list li')].some((li) =>
+            li.textContent.includes('Android phone') && li.textContent.includes('this phone'));",
+        Duration::from_secs(30),
+    );
+    browser.wait(
+        "the device status",
+        "return document.querySelector('#dev-status').textContent.includes('not available yet');",
+        Duration::from_secs(30),
+    );
+    assert_eq!(browser.text_of("#dev-name"), device);
+    browser.screenshot("device");
+
+    // Voice: the service is not running; the screen says so.
+    browser.click(".tabs button[data-tab=voice]");
+    browser.wait(
+        "the voice screen's state",
+        "return document.querySelector('#voice-state').textContent.includes('not running');",
+        Duration::from_secs(30),
+    );
+    browser.click(".tabs button[data-tab=chat]");
+
+    // Offline: the box is gone, the app and its conversations are not.
+    drop(gateway);
+    browser.refresh();
+    browser.wait(
+        "the app from the offline cache",
+        &format!(
+            "const u = document.querySelector('#messages .msg.user .body');
+             return !!u && u.textContent === {QUESTION:?};"
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(browser.exec(&browser.visible("#pairing")), false);
+    assert!(browser
+        .exec("return localStorage.getItem('llamabox.credential');")
+        .is_string());
+
+    // Revoked: the box is back, this phone is not paired any more: pairing screen.
+    let _gateway = start_gateway(state.path(), &web, http, https, &inference_url);
+    let revoked = client()
+        .delete(format!("{origin}/v1/phones/{phone_id}"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status(), reqwest::StatusCode::NO_CONTENT);
+    browser.click(".tabs button[data-tab=device]");
+    browser.wait(
+        "the pairing screen after revocation",
+        &browser.visible("#pair-code"),
+        Duration::from_secs(30),
+    );
+    assert!(browser.text_of("#pair-error").contains("no longer paired"));
+    assert!(browser
+        .exec("return localStorage.getItem('llamabox.credential');")
+        .is_null());
+    eprintln!("web app test done in {:?}", started.elapsed());
+}

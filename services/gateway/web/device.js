@@ -1,0 +1,110 @@
+// The device screen: this box, its paired phones (revocable), opening pairing for
+// another phone, and the box's status when the box reports one.
+
+import { apiJson, formatFingerprint, loadCredential } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+
+function text(tag, content, className) {
+  const element = document.createElement(tag);
+  element.textContent = content;
+  if (className) element.className = className;
+  return element;
+}
+
+async function loadPhones(onSelfRevoked) {
+  const list = $("phone-list");
+  let result;
+  try {
+    result = await apiJson("/v1/phones");
+  } catch (e) {
+    if (e.status !== 401) list.replaceChildren(text("li", `Could not load the phones: ${e.message}`, "error"));
+    return;
+  }
+  list.replaceChildren();
+  for (const phone of result.phones) {
+    const li = document.createElement("li");
+    const who = document.createElement("div");
+    who.className = "who";
+    who.append(text("span", phone.name));
+    const you = phone.id === result.you;
+    if (you) who.append(text("span", "this phone", "you"));
+    who.append(text("span", `paired ${new Date(phone.paired_at * 1000).toLocaleString()}`, "since"));
+    const revoke = text("button", "Revoke", "danger");
+    revoke.type = "button";
+    revoke.addEventListener("click", async () => {
+      const question = you
+        ? "Revoke this phone? It will need the setup code to pair again."
+        : `Revoke “${phone.name}”? It will need the setup code to pair again.`;
+      if (!confirm(question)) return;
+      try {
+        await apiJson(`/v1/phones/${encodeURIComponent(phone.id)}`, { method: "DELETE" });
+      } catch (e) {
+        if (e.status !== 401) alert(`Revoking failed: ${e.message}`);
+        return;
+      }
+      if (you) onSelfRevoked();
+      else loadPhones(onSelfRevoked);
+    });
+    li.append(who, revoke);
+    list.append(li);
+  }
+}
+
+function facts(entries) {
+  const dl = document.createElement("dl");
+  dl.className = "facts";
+  for (const [key, value] of entries) {
+    dl.append(text("dt", key));
+    dl.append(text("dd", typeof value === "object" && value !== null ? JSON.stringify(value) : String(value)));
+  }
+  return dl;
+}
+
+async function loadStatus() {
+  const box = $("dev-status");
+  try {
+    const status = await apiJson("/v1/device/status");
+    box.className = "";
+    box.replaceChildren(facts(Object.entries(status || {})));
+  } catch (e) {
+    if (e.status === 401) return;
+    box.className = "muted";
+    box.textContent = e.status === 404 || e.status === 502 || e.status === 503
+      ? "Device status (services, storage, version) is not available yet on this box."
+      : `Device status could not be loaded: ${e.message}`;
+  }
+}
+
+export function showDevice(onSelfRevoked) {
+  const credential = loadCredential();
+  if (credential) {
+    $("dev-name").textContent = credential.device;
+    $("dev-fingerprint").textContent = formatFingerprint(credential.fingerprint);
+  }
+  loadPhones(onSelfRevoked);
+  loadStatus();
+}
+
+export function initDevice(onForget) {
+  $("pair-another").addEventListener("click", async () => {
+    const state = $("window-state");
+    try {
+      const window = await apiJson("/v1/pairing/window", { method: "POST" });
+      const minutes = Math.max(1, Math.round(window.closes_in_s / 60));
+      state.textContent = `Pairing is open for ${minutes} min: open this app on the other phone and enter the box's setup code.`;
+    } catch (e) {
+      if (e.status !== 401) state.textContent = `Could not open pairing: ${e.message}`;
+    }
+  });
+  $("forget").addEventListener("click", async () => {
+    if (!confirm("Unpair this phone? It is removed from the box, and pairing again needs the setup code.")) return;
+    const credential = loadCredential();
+    try {
+      if (credential) await apiJson(`/v1/phones/${encodeURIComponent(credential.phoneId)}`, { method: "DELETE" });
+    } catch {
+      // Unreachable box or already revoked: forget it here anyway.
+    }
+    onForget();
+  });
+}
