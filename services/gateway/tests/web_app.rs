@@ -91,7 +91,13 @@ fn wait_healthy(process: &mut Process, url: &str, what: &str) {
     panic!("{what} at {url} never became ready");
 }
 
-fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, inference: &str) -> Process {
+/// Where the gateway finds its services.
+struct Services<'a> {
+    inference: &'a str,
+    voice: &'a str,
+}
+
+fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, services: &Services) -> Process {
     let device = state.join("provisioned.json");
     std::fs::write(
         &device,
@@ -108,9 +114,8 @@ fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, inference: &st
         .arg(web)
         .args(["--http", &format!("127.0.0.1:{http}")])
         .args(["--https", &format!("127.0.0.1:{https}")])
-        .args(["--inference", inference])
-        // Nothing listens there: the voice screen must cope with 502.
-        .args(["--voice", &format!("http://127.0.0.1:{}", free_port())])
+        .args(["--inference", services.inference])
+        .args(["--voice", services.voice])
         .arg("--no-mdns")
         .spawn()
         .expect("starting the gateway");
@@ -121,6 +126,53 @@ fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, inference: &st
         "the gateway",
     );
     process
+}
+
+/// What the voice service says about one spoken question (services/voice/src/events.rs).
+const VOICE_EVENTS: &[&str] = &[
+    r#"{"type":"speech-started","utterance":1,"at_ms":1200}"#,
+    r#"{"type":"transcript","utterance":1,"text":"What is the capital of France?","language":"en","start_ms":1200,"duration_ms":1800,"latency_ms":420}"#,
+    r#"{"type":"answer-delta","utterance":1,"text":"The capital"}"#,
+    r#"{"type":"answer-delta","utterance":1,"text":" of France is Paris."}"#,
+    r#"{"type":"answer-done","utterance":1,"text":"The capital of France is Paris."}"#,
+];
+
+/// A stand-in for the voice service's event stream (the real one needs a Whisper
+/// model and a microphone; services/voice tests it): each subscriber gets
+/// `VOICE_EVENTS`, then the stream stays open.
+fn fake_voice_service() -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !request.starts_with(b"GET /v1/voice/events ") {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let mut reply = String::from("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n");
+                for event in VOICE_EVENTS {
+                    reply += &format!("data: {event}\n\n");
+                }
+                if stream.write_all(reply.as_bytes()).is_ok() {
+                    std::thread::sleep(Duration::from_secs(600));
+                }
+            });
+        }
+    });
+    url
 }
 
 /// A WebDriver session in headless Chromium with a phone's screen.
@@ -409,7 +461,18 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
 
     let state = tempfile::tempdir().unwrap();
     let (http, https) = (free_port(), free_port());
-    let gateway = start_gateway(state.path(), &web, http, https, &inference_url);
+    // At first nothing listens for the voice service: the voice screen must cope (502).
+    let no_voice = format!("http://127.0.0.1:{}", free_port());
+    let gateway = start_gateway(
+        state.path(),
+        &web,
+        http,
+        https,
+        &Services {
+            inference: &inference_url,
+            voice: &no_voice,
+        },
+    );
     let origin = format!("http://127.0.0.1:{http}");
     let pairing: Value = client()
         .get(format!("{origin}/v1/pairing"))
@@ -652,8 +715,33 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
         .exec("return localStorage.getItem('llamabox.credential');")
         .is_string());
 
-    // Revoked: the box is back, this phone is not paired any more: pairing screen.
-    let _gateway = start_gateway(state.path(), &web, http, https, &inference_url);
+    // The box is back, now with a voice service: live transcripts and answers.
+    let voice = fake_voice_service();
+    let _gateway = start_gateway(
+        state.path(),
+        &web,
+        http,
+        https,
+        &Services {
+            inference: &inference_url,
+            voice: &voice,
+        },
+    );
+    browser.click(".tabs button[data-tab=voice]");
+    browser.wait(
+        "the transcript and its answer",
+        "const li = document.querySelector('#voice-list li');
+         return !!li && li.querySelector('.answer').textContent === 'The capital of France is Paris.';",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        browser.text_of("#voice-list li .heard"),
+        "“What is the capital of France?”"
+    );
+    assert!(browser.text_of("#voice-state").contains("Listening"));
+    browser.screenshot("voice");
+
+    // Revoked: this phone is not paired any more; its next request leads to pairing.
     let revoked = client()
         .delete(format!("{origin}/v1/phones/{phone_id}"))
         .bearer_auth(&token)
