@@ -280,7 +280,9 @@ struct Staged {
 /// `cargo build` for every crate recipe the image uses, in one invocation per target
 /// (static, glibc, WebAssembly). Returns binary name → built file.
 fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
-    let mut by_target: BTreeMap<&str, Vec<(&str, &Vec<String>, bool)>> = BTreeMap::new();
+    // target → (package, binaries, wasm)
+    type Crates<'a> = Vec<(&'a str, &'a Vec<String>, bool)>;
+    let mut by_target: BTreeMap<&str, Crates> = BTreeMap::new();
     for name in ctx.image.rootfs.iter().chain(&ctx.image.initramfs) {
         if let Source::Crate {
             package,

@@ -13,8 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::project::Project;
 
-/// The Rust target `pairing.wasm` is built for (`rustup target add` it).
-pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+use crate::build::WASM_TARGET;
 
 /// The app's sources in the checkout.
 pub fn source_dir(project: &Project) -> PathBuf {

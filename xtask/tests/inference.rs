@@ -1,35 +1,97 @@
-//! The inference service in the product image, in QEMU (TCG): the supervisor starts it,
-//! it loads the shipped model and reports ready, and a chat completion sent from the
-//! host through the port forward gets an answer, once over plain HTTP and once through
-//! the official `openai` Python client.
+//! The inference service and the gateway in the product image, in QEMU (TCG): the
+//! supervisor starts both; the box, provisioned like a flashed device, pairs with a
+//! "phone" (this test) over HTTPS using its setup code; the credential opens the API,
+//! and a chat completion sent from the host through the gateway gets an answer, once
+//! over plain HTTPS and once through the official `openai` Python client, which pins
+//! the device certificate.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use common::{free_port, TestMachine, BOOT_TIMEOUT};
+use llamabox_format::provisioning::DeviceIdentity;
+use llamabox_pairing::{PhoneHandshake, SetupCode};
 use serde_json::{json, Value};
-use xtask::qemu::INFERENCE_PORT;
+use sha2::{Digest, Sha256};
 
 /// Boot plus loading the model on one emulated vCPU.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// A few tokens: TCG emulates every AVX2 instruction.
 const MAX_TOKENS: u64 = 8;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const CODE: &str = "27182818";
 
+/// HTTPS to the box: its certificate is self-signed, so this client trusts any and the
+/// test checks the fingerprint itself (as a phone pins it after pairing).
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
 }
 
+/// The phone's side of pairing (docs/pairing.md): returns the credential.
+fn pair(http: &reqwest::blocking::Client, base: &str, code: &str) -> Value {
+    let code = SetupCode::parse(code).unwrap();
+    let (phone, message) = PhoneHandshake::start(&code, &mut rand_core::OsRng);
+    let started = post_json(
+        http,
+        &format!("{base}/v1/pairing/start"),
+        json!({"name": "QEMU test", "message": B64.encode(message)}),
+    );
+    let session = started["session"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"));
+    let keys = phone
+        .finish(&B64.decode(started["message"].as_str().unwrap()).unwrap())
+        .unwrap();
+    let finished = post_json(
+        http,
+        &format!("{base}/v1/pairing/finish"),
+        json!({"session": session, "proof": B64.encode(keys.phone_proof(session.as_bytes()))}),
+    );
+    let proof = B64
+        .decode(
+            finished["proof"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{finished}")),
+        )
+        .unwrap();
+    keys.verify_box_proof(session.as_bytes(), &proof).unwrap();
+    let sealed = B64.decode(finished["sealed"].as_str().unwrap()).unwrap();
+    serde_json::from_slice(&keys.open(session.as_bytes(), &sealed).unwrap()).unwrap()
+}
+
+fn post_json(http: &reqwest::blocking::Client, url: &str, body: Value) -> Value {
+    let text = http
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text}"))
+}
+
 #[test]
-fn inference_answers_a_chat_completion_through_the_port_forward() {
+fn inference_answers_a_paired_phone_through_the_gateway() {
     let mut vm = TestMachine::new("inference");
-    let port = free_port();
+    // Provisioned as `cargo xtask provision` does after flashing.
+    let identity = DeviceIdentity {
+        id: "0123456789abcdef".into(),
+        setup_code: CODE.into(),
+    };
+    xtask::provision::write(&vm.disk, &identity).unwrap();
+    let (https_port, http_port) = (free_port(), free_port());
     let started = Instant::now();
-    let mut machine = vm.boot_forwarding(&[(port, INFERENCE_PORT)]);
+    let mut machine = vm.boot_forwarding(&[(https_port, 443), (http_port, 80)]);
     let console = machine
         .wait_for("llamabox-supervisor: inference: ready", READY_TIMEOUT)
         .unwrap();
@@ -37,18 +99,56 @@ fn inference_answers_a_chat_completion_through_the_port_forward() {
         "inference ready {:.1} s after QEMU started",
         started.elapsed().as_secs_f32()
     );
+    machine
+        .wait_for("llamabox-supervisor: gateway: ready", BOOT_TIMEOUT)
+        .unwrap();
     assert!(
         console.contains("llamabox-init: stage 2 reached: slot a"),
         "{console}"
     );
-    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        console.contains("device identity from the ESP"),
+        "stage 1 did not pick up the provisioned identity: {console}"
+    );
+    let base = format!("https://127.0.0.1:{https_port}");
     let http = client();
 
-    let health = http.get(format!("{base}/health")).send().unwrap();
-    assert_eq!(health.status(), 200, "GET /health once ready");
+    // The provisioned name; the API is closed to unpaired clients.
+    let pairing = http.get(format!("{base}/v1/pairing")).send().unwrap();
+    let info = pairing.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+    let fingerprint = hex::encode(Sha256::digest(info.peer_certificate().unwrap()));
+    let cert_der = info.peer_certificate().unwrap().to_vec();
+    let pairing: Value = serde_json::from_str(&pairing.text().unwrap()).unwrap();
+    assert_eq!(pairing["device"], "llamabox-0123", "{pairing}");
+    assert_eq!(pairing["open"], true, "{pairing}");
+    assert_eq!(
+        http.get(format!("{base}/v1/models"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    // Plain HTTP arrives on the virtual Ethernet (not a USB link): sent to HTTPS.
+    let plain = http
+        .get(format!("http://127.0.0.1:{http_port}/v1/models"))
+        .send()
+        .unwrap();
+    assert_eq!(plain.status(), 308, "plain HTTP from the LAN side");
 
-    let models = http.get(format!("{base}/v1/models")).send().unwrap();
-    assert_eq!(models.status(), 200, "GET /v1/models");
+    let credential = pair(&http, &base, CODE);
+    assert_eq!(
+        credential["fingerprint"],
+        fingerprint.as_str(),
+        "{credential}"
+    );
+    let token = credential["token"].as_str().unwrap().to_string();
+
+    let models = http
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(models.status(), 200, "GET /v1/models with the credential");
     let models: Value = serde_json::from_str(&models.text().unwrap()).unwrap();
     let model = models["data"][0]["id"]
         .as_str()
@@ -58,6 +158,7 @@ fn inference_answers_a_chat_completion_through_the_port_forward() {
     let asked = Instant::now();
     let response = http
         .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&token)
         .header("Content-Type", "application/json")
         .body(
             json!({
@@ -87,11 +188,34 @@ fn inference_answers_a_chat_completion_through_the_port_forward() {
         "usage: {body}"
     );
 
+    // The device certificate, as the phone pins it: the openai client verifies the
+    // connection against it (and the host name `localhost` it names).
+    let cert_pem = vm.dir.join("device-cert.pem");
+    let pem_body: Vec<String> = B64
+        .encode(&cert_der)
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).to_string())
+        .collect();
+    std::fs::write(
+        &cert_pem,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            pem_body.join("\n")
+        ),
+    )
+    .unwrap();
+    let base = format!("https://localhost:{https_port}");
     // The same request as a user's program sends it: the official client library.
     let script = format!(
         r#"
 import openai
-client = openai.OpenAI(base_url="{base}/v1", api_key="unused", timeout={timeout})
+client = openai.OpenAI(
+    base_url="{base}/v1",
+    api_key="{token}",
+    timeout={timeout},
+    http_client=openai.DefaultHttpxClient(verify="{cert}"),
+)
 reply = client.chat.completions.create(
     model="{model}",
     messages=[{{"role": "user", "content": "Hi"}}],
@@ -102,7 +226,8 @@ assert reply.choices[0].message.role == "assistant", reply
 assert text and text.strip(), reply
 print("openai client reply:", repr(text))
 "#,
-        timeout = REQUEST_TIMEOUT.as_secs()
+        timeout = REQUEST_TIMEOUT.as_secs(),
+        cert = cert_pem.display(),
     );
     let output = std::process::Command::new(common::python())
         .arg("-c")

@@ -56,6 +56,7 @@ fn services_come_up_and_a_killed_service_comes_back() {
         names,
         [
             "dbus",
+            "gateway",
             "inference",
             "network",
             "test-agent",

@@ -166,6 +166,16 @@ setUnauthorizedHandler(() => {
 
 // ---- start -----------------------------------------------------------------------------
 
+// The label's QR code opens `/#pair=<code>`: the fragment never leaves the phone. The
+// code fills the form and is taken out of the address bar and history at once.
+function codeFromLink() {
+  const match = /^#pair=([0-9 -]{8,12})$/.exec(location.hash);
+  if (!match) return;
+  history.replaceState(null, "", location.pathname);
+  $("pair-code").value = match[1];
+}
+
+codeFromLink();
 initPairing();
 if (loadCredential()) showApp();
 else showPairing();
