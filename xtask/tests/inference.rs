@@ -143,6 +143,31 @@ fn inference_answers_a_paired_phone_through_the_gateway() {
     );
     let token = credential["token"].as_str().unwrap().to_string();
 
+    // The phone's device screen: the running release, storage and services.
+    let status = http
+        .get(format!("{base}/v1/device/status"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    let status: Value = serde_json::from_str(&status.text().unwrap()).unwrap();
+    assert_eq!(status["release"]["slot"], "a", "{status}");
+    assert_eq!(status["release"]["version"], "0.1.0", "{status}");
+    assert!(
+        status["storage"]["total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{status}"
+    );
+    let services = status["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"));
+    let ready = |name: &str| {
+        services
+            .iter()
+            .any(|s| s["name"] == name && s["ready"] == true)
+    };
+    assert!(ready("gateway") && ready("inference"), "{status}");
+    assert!(status["update"]["phase"].is_string(), "{status}");
+
     let models = http
         .get(format!("{base}/v1/models"))
         .bearer_auth(&token)

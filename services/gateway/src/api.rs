@@ -120,6 +120,7 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
         .route("/v1/phones", get(list_phones))
         .route("/v1/phones/{id}", delete(revoke_phone))
         .route("/v1/pairing/window", post(open_window))
+        .route("/v1/device/status", get(device_status))
         .route("/v1/{*rest}", any(forward))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_phone));
     let static_files = ServeDir::new(web).fallback(ServeFile::new(web.join("index.html")));
@@ -308,4 +309,12 @@ async fn open_window(State(app): State<Arc<App>>) -> Result<Json<serde_json::Val
     Ok(Json(
         json!({"open": status.open, "closes_in_s": status.closes_in_s}),
     ))
+}
+
+async fn device_status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = app.device_name.clone();
+    tokio::task::spawn_blocking(move || crate::status::collect(&name))
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("device status: {e}")))
 }

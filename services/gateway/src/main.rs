@@ -8,6 +8,7 @@ mod net;
 mod pairing;
 mod phones;
 mod proxy;
+mod status;
 mod tls;
 
 use anyhow::{Context, Result};

@@ -226,6 +226,17 @@ fn the_right_code_pairs_and_the_credential_opens_protected_routes() {
 
     let phones: Value = get(&gateway, "/v1/phones", Some(&token)).json().unwrap();
     assert_eq!(phones["you"], phone_id);
+    // On a host the device status's parts are missing; each says why, none fails it.
+    let status: Value = get(&gateway, "/v1/device/status", Some(&token))
+        .json()
+        .unwrap();
+    assert_eq!(status["device"], "llamabox-0123");
+    for part in ["release", "services", "storage", "update"] {
+        assert!(
+            status[part].is_object() || status[part].is_array(),
+            "{part}: {status}"
+        );
+    }
     assert_eq!(phones["phones"][0]["name"], "Test phone");
     assert!(
         phones.to_string().find(&token).is_none(),
@@ -387,6 +398,7 @@ fn unpaired_requests_get_401_on_every_protected_route() {
         ("GET", "/v1/phones"),
         ("DELETE", "/v1/phones/0123456789ab"),
         ("POST", "/v1/pairing/window"),
+        ("GET", "/v1/device/status"),
         ("GET", "/v1/models"),
         ("GET", "/v1/models/smollm2"),
         ("POST", "/v1/chat/completions"),

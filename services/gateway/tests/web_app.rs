@@ -674,7 +674,8 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     browser.click("#conv-list li.current button.open");
     assert_eq!(browser.exec(&browser.visible("#drawer")), false);
 
-    // Device: this phone, marked; device status not there yet.
+    // Device: this phone, marked; the device status's parts that a host lacks (boot
+    // record, supervisor, data partition) say why they are missing.
     browser.click(".tabs button[data-tab=device]");
     browser.wait(
         "the phone list",
@@ -684,7 +685,7 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     );
     browser.wait(
         "the device status",
-        "return document.querySelector('#dev-status').textContent.includes('not available yet');",
+        "return document.querySelector('#dev-status').textContent.includes('not available:');",
         Duration::from_secs(30),
     );
     assert_eq!(browser.text_of("#dev-name"), device);

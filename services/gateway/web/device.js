@@ -61,17 +61,49 @@ function facts(entries) {
   return dl;
 }
 
+function gigabytes(bytes) {
+  return `${(bytes / 1e9).toFixed(1)} GB`;
+}
+
+/** One part of the status: its facts, or why the box could not read it. */
+function partFacts(part, describe) {
+  if (!part || typeof part !== "object") return [];
+  if (part.error) return [["", `not available: ${part.error}`]];
+  return describe(part);
+}
+
+function renderStatus(status) {
+  const entries = [
+    ...partFacts(status.release, (r) => [["Version", `${r.version ?? "?"} (slot ${r.slot ?? "?"})`]]),
+    ...partFacts(status.storage, (s) => [["Storage", `${gigabytes(s.free_bytes)} free of ${gigabytes(s.total_bytes)}`]]),
+    ...partFacts(status.update, (u) => [["Updates", u.available ? `${u.available} available (${u.phase})` : `${u.phase}${u.last_result ? `: ${u.last_result}` : ""}`]]),
+  ];
+  const out = [facts(entries)];
+  if (Array.isArray(status.services)) {
+    const list = document.createElement("ul");
+    list.className = "service-list";
+    for (const service of status.services) {
+      const state = service.ready ? "ready" : service.state;
+      list.append(text("li", `${service.name}: ${state}${service.critical ? "" : " (optional)"}`, service.ready || service.state === "stopped" ? "" : "error"));
+    }
+    out.push(text("h3", "Services"), list);
+  } else if (status.services?.error) {
+    out.push(text("p", `Services: not available: ${status.services.error}`, "muted"));
+  }
+  return out;
+}
+
 async function loadStatus() {
   const box = $("dev-status");
   try {
     const status = await apiJson("/v1/device/status");
     box.className = "";
-    box.replaceChildren(facts(Object.entries(status || {})));
+    box.replaceChildren(...renderStatus(status || {}));
   } catch (e) {
     if (e.status === 401) return;
     box.className = "muted";
     box.textContent = e.status === 404 || e.status === 502 || e.status === 503
-      ? "Device status (services, storage, version) is not available yet on this box."
+      ? "Device status (services, storage, version) is not available on this box."
       : `Device status could not be loaded: ${e.message}`;
   }
 }
