@@ -168,6 +168,25 @@ fn inference_answers_a_paired_phone_through_the_gateway() {
     assert!(ready("gateway") && ready("inference"), "{status}");
     assert!(status["update"]["phase"].is_string(), "{status}");
 
+    // Updates from the phone reach the update service over D-Bus; the product image
+    // has no repository configured, which the service says.
+    let check = http
+        .post(format!("{base}/v1/update/check"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    let code = check.status();
+    let check: Value = serde_json::from_str(&check.text().unwrap()).unwrap();
+    assert!(
+        (code == 200 && check["result"].is_string())
+            || (code == 409
+                && check["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("update check: "))),
+        "{code} {check}"
+    );
+    eprintln!("update check from the phone: {code} {check}");
+
     let models = http
         .get(format!("{base}/v1/models"))
         .bearer_auth(&token)

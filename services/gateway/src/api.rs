@@ -121,6 +121,8 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
         .route("/v1/phones/{id}", delete(revoke_phone))
         .route("/v1/pairing/window", post(open_window))
         .route("/v1/device/status", get(device_status))
+        .route("/v1/update/check", post(update_check))
+        .route("/v1/update/apply", post(update_apply))
         .route("/v1/{*rest}", any(forward))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_phone));
     let static_files = ServeDir::new(web).fallback(ServeFile::new(web.join("index.html")));
@@ -317,4 +319,22 @@ async fn device_status(State(app): State<Arc<App>>) -> Result<Json<serde_json::V
         .await
         .map(Json)
         .map_err(|e| ApiError::internal(anyhow::anyhow!("device status: {e}")))
+}
+
+/// Update actions go to the update service over D-Bus; its refusal (no repository,
+/// nothing to install, already busy) comes back as a 409 with its own words.
+async fn update_check() -> Result<Json<serde_json::Value>, ApiError> {
+    match tokio::task::spawn_blocking(crate::status::update_check).await {
+        Ok(Ok(result)) => Ok(Json(json!({ "result": result }))),
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, "update_failed", e)),
+        Err(e) => Err(ApiError::internal(anyhow::anyhow!("update check: {e}"))),
+    }
+}
+
+async fn update_apply() -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    match tokio::task::spawn_blocking(crate::status::update_apply).await {
+        Ok(Ok(())) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": true })))),
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, "update_failed", e)),
+        Err(e) => Err(ApiError::internal(anyhow::anyhow!("update: {e}"))),
+    }
 }

@@ -88,3 +88,28 @@ fn update() -> Result<Value, String> {
         .map_err(|e| format!("the update service did not answer: {e}"))?;
     serde_json::from_str(&text).map_err(|e| format!("the update service's status: {e}"))
 }
+
+/// Asks the update service to check its repository: "up to date (…)" or
+/// "available: <version>", or why it could not.
+pub fn update_check() -> Result<String, String> {
+    bus_proxy("org.llamabox.Update1", "/org/llamabox/Update1")?
+        .call("Check", &())
+        .map_err(|e| bus_error("update check", e))
+}
+
+/// Starts installing the available update into the inactive slot; progress shows in
+/// the status.
+pub fn update_apply() -> Result<(), String> {
+    bus_proxy("org.llamabox.Update1", "/org/llamabox/Update1")?
+        .call_method("Apply", &())
+        .map(|_| ())
+        .map_err(|e| bus_error("update", e))
+}
+
+/// The service's own message from a D-Bus error, without zbus's wrapping.
+fn bus_error(what: &str, e: zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(_, Some(message), _) => format!("{what}: {message}"),
+        other => format!("{what}: {other}"),
+    }
+}

@@ -399,6 +399,8 @@ fn unpaired_requests_get_401_on_every_protected_route() {
         ("DELETE", "/v1/phones/0123456789ab"),
         ("POST", "/v1/pairing/window"),
         ("GET", "/v1/device/status"),
+        ("POST", "/v1/update/check"),
+        ("POST", "/v1/update/apply"),
         ("GET", "/v1/models"),
         ("GET", "/v1/models/smollm2"),
         ("POST", "/v1/chat/completions"),

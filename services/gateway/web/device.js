@@ -93,12 +93,36 @@ function renderStatus(status) {
   return out;
 }
 
+/** The Updates section: what the update service says, and Install when it has one. */
+function showUpdate(update) {
+  const state = $("update-state");
+  const apply = $("update-apply");
+  apply.hidden = true;
+  if (!update || update.error) {
+    state.textContent = update?.error ? `The update service is not available: ${update.error}` : "";
+    return;
+  }
+  if (update.phase === "installing") {
+    const percent = update.total_bytes ? Math.floor((100 * update.done_bytes) / update.total_bytes) : 0;
+    state.textContent = `Installing ${update.available ?? "an update"}: ${percent}%`;
+  } else if (update.phase === "installed") {
+    state.textContent = "The update is installed: it takes effect when the box restarts.";
+  } else if (update.available) {
+    state.textContent = `Version ${update.available} is available (running ${update.running_version}).`;
+    apply.textContent = `Install ${update.available}`;
+    apply.hidden = false;
+  } else {
+    state.textContent = `Running ${update.running_version}.${update.last_result ? ` ${update.last_result}` : ""}`;
+  }
+}
+
 async function loadStatus() {
   const box = $("dev-status");
   try {
     const status = await apiJson("/v1/device/status");
     box.className = "";
     box.replaceChildren(...renderStatus(status || {}));
+    showUpdate(status?.update);
   } catch (e) {
     if (e.status === 401) return;
     box.className = "muted";
@@ -119,6 +143,26 @@ export function showDevice(onSelfRevoked) {
 }
 
 export function initDevice(onForget) {
+  $("update-check").addEventListener("click", async () => {
+    const state = $("update-state");
+    state.textContent = "Checking…";
+    try {
+      const checked = await apiJson("/v1/update/check", { method: "POST" });
+      state.textContent = checked.result;
+      loadStatus();
+    } catch (e) {
+      if (e.status !== 401) state.textContent = `Checking failed: ${e.message}`;
+    }
+  });
+  $("update-apply").addEventListener("click", async () => {
+    if (!confirm("Install the update? The box keeps working while it installs, and uses it after its next restart.")) return;
+    try {
+      await apiJson("/v1/update/apply", { method: "POST" });
+      loadStatus();
+    } catch (e) {
+      if (e.status !== 401) $("update-state").textContent = `Installing failed: ${e.message}`;
+    }
+  });
   $("pair-another").addEventListener("click", async () => {
     const state = $("window-state");
     try {
