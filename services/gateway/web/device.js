@@ -66,17 +66,17 @@ function gigabytes(bytes) {
 }
 
 /** One part of the status: its facts, or why the box could not read it. */
-function partFacts(part, describe) {
+function partFacts(part, label, describe) {
   if (!part || typeof part !== "object") return [];
-  if (part.error) return [["", `not available: ${part.error}`]];
+  if (part.error) return [[label, `not available: ${part.error}`]];
   return describe(part);
 }
 
 function renderStatus(status) {
   const entries = [
-    ...partFacts(status.release, (r) => [["Version", `${r.version ?? "?"} (slot ${r.slot ?? "?"})`]]),
-    ...partFacts(status.storage, (s) => [["Storage", `${gigabytes(s.free_bytes)} free of ${gigabytes(s.total_bytes)}`]]),
-    ...partFacts(status.update, (u) => [["Updates", u.available ? `${u.available} available (${u.phase})` : `${u.phase}${u.last_result ? `: ${u.last_result}` : ""}`]]),
+    ...partFacts(status.release, "Version", (r) => [["Version", `${r.version ?? "?"} (slot ${r.slot ?? "?"})`]]),
+    ...partFacts(status.storage, "Storage", (s) => [["Storage", `${gigabytes(s.free_bytes)} free of ${gigabytes(s.total_bytes)}`]]),
+    ...partFacts(status.update, "Updates", (u) => [["Updates", u.available ? `${u.available} available (${u.phase})` : `${u.phase}${u.last_result ? `: ${u.last_result}` : ""}`]]),
   ];
   const out = [facts(entries)];
   if (Array.isArray(status.services)) {
