@@ -28,6 +28,11 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     // in a network namespace (ip) with dnsmasq as the phone's DHCP server.
     ("ip", "iproute2"),
     ("dnsmasq", "dnsmasq-base"),
+    // ... and resolves the box's mDNS services there with avahi-browse, through an
+    // avahi-daemon on a private D-Bus bus.
+    ("avahi-daemon", "avahi-daemon"),
+    ("avahi-browse", "avahi-utils"),
+    ("dbus-daemon", "dbus"),
     // The web app's end-to-end test drives headless Chromium through chromedriver.
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),

@@ -10,6 +10,14 @@ pub const SERVICE_TYPES: &[&str] = &["_llamabox._tcp.local.", "_https._tcp.local
 
 pub fn advertise(device_name: &str, https_port: u16, fingerprint: &str) -> Result<ServiceDaemon> {
     let daemon = ServiceDaemon::new().context("starting the mDNS responder")?;
+    // Nothing on the box browses, so it has no use for its own multicast looped back;
+    // hearing it makes mdns-sd take its own answers for a rival's: on a link whose IPv4
+    // address comes after its IPv6 one (USB tethering), the box answered its own probes
+    // and renamed itself over and over ("llamabox-ab12 (2374)"; QEMU test phone_link).
+    daemon
+        .set_multicast_loop_v4(false)
+        .and_then(|()| daemon.set_multicast_loop_v6(false))
+        .context("configuring the mDNS responder")?;
     let host = format!("{device_name}.local.");
     // TXT: protocol version, and the certificate's fingerprint prefix so an app can
     // tell two boxes apart before connecting (the full fingerprint comes with pairing).
