@@ -59,25 +59,35 @@ pub fn build(out: &Path, size: u64, volume_id: u32, files: &[(String, Vec<u8>)])
     let mut sorted: Vec<_> = files.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (path, data) in sorted {
-        let root = fs.root_dir();
-        let mut dir = root.clone();
-        let parts: Vec<&str> = path.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            dir = match dir.open_dir(part) {
-                Ok(d) => d,
-                Err(_) => dir
-                    .create_dir(part)
-                    .with_context(|| format!("ESP: mkdir {part}"))?,
-            };
-        }
-        let mut file = dir
-            .create_file(parts[parts.len() - 1])
-            .with_context(|| format!("ESP: {path}"))?;
-        file.truncate()?;
-        file.write_all(data)
-            .with_context(|| format!("ESP: writing {path} (is the ESP too small?)"))?;
+        put(&fs, path, data)?;
     }
     fs.unmount()?;
+    Ok(())
+}
+
+/// Writes `data` at `path` (folders separated by `/`, created as needed), replacing
+/// what was there.
+fn put<IO: fatfs::ReadWriteSeek>(
+    fs: &fatfs::FileSystem<IO>,
+    path: &str,
+    data: &[u8],
+) -> Result<()> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut dir = fs.root_dir();
+    for part in &parts[..parts.len() - 1] {
+        dir = match dir.open_dir(part) {
+            Ok(d) => d,
+            Err(_) => dir
+                .create_dir(part)
+                .with_context(|| format!("ESP: mkdir {part}"))?,
+        };
+    }
+    let mut file = dir
+        .create_file(parts[parts.len() - 1])
+        .with_context(|| format!("ESP: {path}"))?;
+    file.truncate()?;
+    file.write_all(data)
+        .with_context(|| format!("ESP: writing {path} (is the ESP full?)"))?;
     Ok(())
 }
 
@@ -98,25 +108,7 @@ pub fn write_file(disk: &Path, offset: u64, size: u64, path: &str, data: &[u8]) 
     };
     let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
         .context("the ESP is not a FAT filesystem")?;
-    {
-        let parts: Vec<&str> = path.split('/').collect();
-        let mut dir = fs.root_dir();
-        for part in &parts[..parts.len() - 1] {
-            dir = match dir.open_dir(part) {
-                Ok(d) => d,
-                Err(_) => dir
-                    .create_dir(part)
-                    .with_context(|| format!("ESP: mkdir {part}"))?,
-            };
-        }
-        let mut file = dir
-            .create_file(parts[parts.len() - 1])
-            .with_context(|| format!("ESP: {path}"))?;
-        file.truncate()?;
-        file.write_all(data)
-            .with_context(|| format!("ESP: writing {path} (is the ESP full?)"))?;
-        file.flush()?;
-    }
+    put(&fs, path, data)?;
     fs.unmount().context("ESP: unmount")?;
     Ok(())
 }

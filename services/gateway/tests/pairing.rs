@@ -142,11 +142,15 @@ enum Outcome {
     Refused(StatusCode, Value),
 }
 
-fn pair(gateway: &Gateway, code: &str, name: &str, transcript: &mut Transcript) -> Outcome {
-    let (phone, message) = PhoneHandshake::start(&SetupCode::parse(code).unwrap(), &mut OsRng);
-    let request = json!({"name": name, "message": B64.encode(&message)});
+/// One request and its answer, both recorded as a listener on the link sees them.
+fn exchange(
+    gateway: &Gateway,
+    path: &str,
+    request: Value,
+    transcript: &mut Transcript,
+) -> (StatusCode, Value) {
     let response = client()
-        .post(gateway.url("/v1/pairing/start"))
+        .post(gateway.url(path))
         .json(&request)
         .send()
         .unwrap();
@@ -154,6 +158,17 @@ fn pair(gateway: &Gateway, code: &str, name: &str, transcript: &mut Transcript) 
     let body: Value = response.json().unwrap();
     transcript.raw.extend(request.to_string().bytes());
     transcript.raw.extend(body.to_string().bytes());
+    (status, body)
+}
+
+fn pair(gateway: &Gateway, code: &str, name: &str, transcript: &mut Transcript) -> Outcome {
+    let (phone, message) = PhoneHandshake::start(&SetupCode::parse(code).unwrap(), &mut OsRng);
+    let (status, body) = exchange(
+        gateway,
+        "/v1/pairing/start",
+        json!({"name": name, "message": B64.encode(&message)}),
+        transcript,
+    );
     if status != StatusCode::OK {
         return Outcome::Refused(status, body);
     }
@@ -161,16 +176,12 @@ fn pair(gateway: &Gateway, code: &str, name: &str, transcript: &mut Transcript) 
     let box_message = B64.decode(body["message"].as_str().unwrap()).unwrap();
     let keys = phone.finish(&box_message).unwrap();
     let proof = keys.phone_proof(session.as_bytes());
-    let request = json!({"session": session, "proof": B64.encode(&proof)});
-    let response = client()
-        .post(gateway.url("/v1/pairing/finish"))
-        .json(&request)
-        .send()
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().unwrap();
-    transcript.raw.extend(request.to_string().bytes());
-    transcript.raw.extend(body.to_string().bytes());
+    let (status, body) = exchange(
+        gateway,
+        "/v1/pairing/finish",
+        json!({"session": session, "proof": B64.encode(&proof)}),
+        transcript,
+    );
     *transcript = Transcript {
         phone_message: message,
         session: session.clone(),
