@@ -39,9 +39,14 @@ pub const QUESTION: &str = "What is the capital of France?";
 
 /// `text` spoken by espeak-ng in `voice`, at [`RATE`].
 pub fn speak(text: &str, voice: &str) -> Result<Vec<f32>> {
-    let dir = std::env::temp_dir().join(format!("llamabox-speech-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{:x}.wav", fxhash(text, voice)));
+    // One file per call (tests speak from several threads), removed once read.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "llamabox-speech-{}-{call}-{:x}.wav",
+        std::process::id(),
+        fxhash(text, voice)
+    ));
     let status = Command::new("espeak-ng")
         .args(["-v", voice, "-w"])
         .arg(&path)
