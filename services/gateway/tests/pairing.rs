@@ -3,6 +3,10 @@
 //! The phone's side is the `llamabox-pairing` crate (the same code the web app runs as
 //! WebAssembly). Each test starts its own gateway with a known setup code.
 
+mod common;
+
+use common::free_port;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use llamabox_pairing::{PhoneHandshake, SetupCode};
@@ -11,7 +15,6 @@ use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,14 +26,6 @@ struct Gateway {
     http: u16,
     https: u16,
     _state: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Gateway {

@@ -23,9 +23,12 @@
 //!
 //! Without Chromium the test is skipped, unless `LLAMABOX_REQUIRE_BROWSER` is set.
 
+mod common;
+
+use common::free_port;
+
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,14 +42,6 @@ const SECOND_QUESTION: &str = "Tell me a long story about a llama who lives in a
 const USER_AGENT: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36";
 /// W3C WebDriver's key for element references.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn client() -> Client {
     Client::builder()
