@@ -9,34 +9,47 @@ use anyhow::{Context, Result};
 use crate::tool::run;
 
 pub struct UkiParts<'a> {
+    /// An objcopy that writes the stub's PE format (x86 or arm64).
+    pub objcopy: &'a str,
     pub stub: &'a Path,
     pub kernel: &'a Path,
+    /// A flattened device tree systemd-stub installs before starting the kernel.
+    pub device_tree: Option<&'a Path>,
     pub initrd: &'a Path,
     pub cmdline: &'a str,
     pub os_release: &'a str,
 }
 
-/// Section addresses as systemd 252's stub expects them (see systemd-stub(7)): the
-/// kernel goes high enough that a 16 MiB kernel fits below the initrd.
+/// Section addresses as systemd 252's stub expects them (see systemd-stub(7)): small
+/// sections low, the kernel at 32 MiB and the initrd above it (at 48 MiB when the
+/// kernel fits below that, as an x86 one does; an uncompressed arm64 `Image` is ~32 MB).
 pub fn build(parts: &UkiParts, work_dir: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(work_dir)?;
     let osrel = work_dir.join("os-release");
     let cmdline = work_dir.join("cmdline");
     std::fs::write(&osrel, parts.os_release)?;
     std::fs::write(&cmdline, format!("{}\0", parts.cmdline))?;
-    let section = |name: &str, file: &Path, vma: &str| {
+    let section = |name: &str, file: &Path, vma: u64| {
         [
             "--add-section".to_string(),
             format!("{name}={}", file.display()),
             "--change-section-vma".to_string(),
-            format!("{name}={vma}"),
+            format!("{name}={vma:#x}"),
         ]
     };
-    let mut cmd = Command::new("objcopy");
-    cmd.args(section(".osrel", &osrel, "0x20000"))
-        .args(section(".cmdline", &cmdline, "0x30000"))
-        .args(section(".linux", parts.kernel, "0x2000000"))
-        .args(section(".initrd", parts.initrd, "0x3000000"))
+    const LINUX_AT: u64 = 0x200_0000;
+    let kernel_size = std::fs::metadata(parts.kernel)?.len();
+    let initrd_at = (LINUX_AT + kernel_size)
+        .next_multiple_of(0x20_0000)
+        .max(0x300_0000);
+    let mut cmd = Command::new(parts.objcopy);
+    cmd.args(section(".osrel", &osrel, 0x20000))
+        .args(section(".cmdline", &cmdline, 0x30000));
+    if let Some(dtb) = parts.device_tree {
+        cmd.args(section(".dtb", dtb, 0x40000));
+    }
+    cmd.args(section(".linux", parts.kernel, LINUX_AT))
+        .args(section(".initrd", parts.initrd, initrd_at))
         .arg(parts.stub)
         .arg(out);
     run(&mut cmd).context("assembling the unified kernel image with objcopy")?;

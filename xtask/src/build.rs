@@ -14,7 +14,7 @@ use llamabox_format::{BootEntry, PublicKey, SecretKey, Slot};
 use llamabox_image::{bmap, cpio, disk, esp, modules, rootfs, uki};
 
 use crate::cache::{Cache, KeyHasher};
-use crate::config::board::Board;
+use crate::config::board::{Board, KernelSource};
 use crate::config::image::ImageDef;
 use crate::config::lock::DebianLock;
 use crate::config::recipe::{Recipe, Source};
@@ -31,6 +31,8 @@ pub struct BuildOptions {
     pub image: String,
     pub out_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
+    /// Files for the board's external inputs (`--input NAME=PATH`), by input name.
+    pub inputs: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug)]
@@ -195,7 +197,9 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
             );
         }
     }
-    crate::setup::ensure_host_tools(board.arch)?;
+    // A missing vendor input stops the build before anything is compiled.
+    let inputs = crate::inputs::resolve(project, &board, &options.inputs)?;
+    crate::setup::ensure_host_tools(&[board.arch])?;
     let signing = keys::signing_key(project)?;
 
     let mut ctx = Ctx {
@@ -238,8 +242,12 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     step.done();
 
     let step = Step::start("kernel and initramfs");
-    let (kernel_dir, kernel_sha) = ctx.debian_package(&board.kernel.package.clone())?;
+    let (kernel_dir, kernel_sha) = kernel_files(&mut ctx, &inputs)?;
     let kernel_image = find_one(&kernel_dir, &board.kernel.image)?;
+    let device_tree = match &board.device_tree {
+        Some(pattern) => Some(find_one(&kernel_dir, pattern)?),
+        None => None,
+    };
     let initramfs = build_initramfs(
         &mut ctx,
         &staged,
@@ -250,7 +258,8 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     step.done();
 
     let step = Step::start("boot entries and ESP");
-    let (esp_image, uki_a, uki_b) = build_esp(&mut ctx, &kernel_image, &initramfs)?;
+    let (esp_image, uki_a, uki_b) =
+        build_esp(&mut ctx, &kernel_image, device_tree.as_deref(), &initramfs)?;
     step.done();
 
     let step = Step::start("disk image");
@@ -303,6 +312,7 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
         }
     }
     let mut out = BTreeMap::new();
+    let target_dir = crate_target_dir(ctx.project, ctx.board);
     for (target, crates) in by_target {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(&ctx.project.root).args([
@@ -312,6 +322,11 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
             "--target",
             target,
         ]);
+        cmd.env("CARGO_TARGET_DIR", &target_dir);
+        if ctx.board.arch == Arch::Aarch64 {
+            // ggml's -march on arm64 (llama.cpp and whisper.cpp forward GGML_* to CMake).
+            cmd.env("GGML_CPU_ARM_ARCH", &ctx.board.cpu_baseline);
+        }
         for (package, binaries, wasm) in &crates {
             cmd.args(["--package", package]);
             if *wasm {
@@ -327,7 +342,7 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
         if !status.success() {
             bail!("`cargo build --target {target}` for the image's crates failed (see above)");
         }
-        let dir = ctx.project.target_dir().join(target).join("release");
+        let dir = target_dir.join(target).join("release");
         for (_, binaries, _) in crates {
             for b in binaries {
                 out.insert(b.clone(), dir.join(b));
@@ -335,6 +350,53 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// Where cargo builds a board's device binaries: the workspace's target directory for
+/// the architecture's default CPU baseline, a directory of its own for any other (so
+/// boards of one architecture with different baselines do not rebuild llama.cpp in
+/// turn). Boards with the same baseline share the binaries, byte for byte.
+fn crate_target_dir(project: &Project, board: &Board) -> PathBuf {
+    if board.cpu_baseline == board.arch.default_cpu_baseline() {
+        project.target_dir()
+    } else {
+        let safe: String = board
+            .cpu_baseline
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+            .collect();
+        project.target_dir().join("llamabox").join(format!("cpu-{safe}"))
+    }
+}
+
+/// The kernel's files (image, `lib/modules`, device trees) unpacked, and a digest of
+/// where they came from: a locked Debian package or a pinned external input.
+fn kernel_files(
+    ctx: &mut Ctx,
+    inputs: &BTreeMap<String, PathBuf>,
+) -> Result<(PathBuf, String)> {
+    match ctx.board.kernel.source.clone() {
+        KernelSource::Debian { package } => ctx.debian_package(&package),
+        KernelSource::Input { input, modules } => {
+            let spec = ctx
+                .board
+                .inputs
+                .iter()
+                .find(|i| i.name == input)
+                .context("kernel input not declared")?
+                .clone();
+            let file = inputs[&input].clone();
+            let dir = ctx.cache.get_or_build("input", &spec.sha256[..32], |dir| {
+                eprintln!("    unpacking {} ({})", spec.file, spec.name);
+                crate::inputs::unpack(&file, dir)?;
+                if let Some(modules) = &modules {
+                    crate::inputs::unpack(&find_one(dir, modules)?, dir)?;
+                }
+                Ok(())
+            })?;
+            Ok((dir, spec.sha256))
+        }
+    }
 }
 
 /// The browser's target (the web app's pairing code).
@@ -609,13 +671,12 @@ fn build_initramfs(
 fn build_esp(
     ctx: &mut Ctx,
     kernel: &Path,
+    device_tree: Option<&Path>,
     initramfs: &Path,
 ) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let (boot_dir, boot_sha) = ctx.debian_package("systemd-boot-efi")?;
-    let (stub_name, loader_name, removable) = match ctx.board.arch {
-        Arch::X86_64 => ("linuxx64.efi.stub", "systemd-bootx64.efi", "BOOTX64.EFI"),
-        Arch::Aarch64 => ("linuxaa64.efi.stub", "systemd-bootaa64.efi", "BOOTAA64.EFI"),
-    };
+    let arch = ctx.board.arch;
+    let (stub_name, loader_name, removable) = arch.systemd_boot_files();
     let efi_dir = boot_dir.join("usr/lib/systemd/boot/efi");
     let (stub, loader) = (efi_dir.join(stub_name), efi_dir.join(loader_name));
 
@@ -628,6 +689,9 @@ fn build_esp(
         .add_str("cmdline-b", &ctx.board.cmdline(Slot::B))
         .add_str("tries", &ctx.board.tries.to_string())
         .add_str("esp-mib", &ctx.board.layout.esp_mib.to_string());
+    if let Some(dtb) = device_tree {
+        key.add_file("device-tree", dtb)?;
+    }
     let key = key.finish();
     let (board, image) = (ctx.board.clone(), ctx.image.clone());
     let dir = ctx.cache.get_or_build("esp", &key, |dir| {
@@ -648,8 +712,10 @@ fn build_esp(
             let out = dir.join(entry.file_name());
             uki::build(
                 &uki::UkiParts {
+                    objcopy: arch.objcopy(),
                     stub: &stub,
                     kernel,
+                    device_tree,
                     initrd: initramfs,
                     cmdline: &board.cmdline(entry.slot),
                     os_release: &os_release(&image, Some(entry.slot)),
@@ -745,10 +811,7 @@ fn assemble_outputs(
     bmap_path: &Path,
     sha_path: &Path,
 ) -> Result<String> {
-    let root_type = match ctx.board.arch {
-        Arch::X86_64 => llamabox_image::gpt::TYPE_ROOT_X86_64,
-        Arch::Aarch64 => llamabox_image::gpt::TYPE_ROOT_ARM64,
-    };
+    let root_type = ctx.board.arch.gpt_root_type();
     let written = disk::assemble(
         image,
         &disk::DiskInputs {

@@ -16,13 +16,15 @@ use crate::project::Project;
 /// Debian packages the image needs besides those recipes name.
 const BUILTIN_DEBIAN: &[&str] = &["systemd-boot-efi"];
 
-pub fn run(project: &Project) -> Result<()> {
+pub fn run(project: &Project, upgrade: bool) -> Result<()> {
     let recipes = config::recipe::load_all(&project.recipes_dir())?;
     let mut wanted: BTreeMap<Arch, BTreeSet<String>> = BTreeMap::new();
     for name in config::board::known_boards(&project.boards_dir()) {
         let board = config::board::load(&project.boards_dir(), &name)?;
         let set = wanted.entry(board.arch).or_default();
-        set.insert(board.kernel.package.clone());
+        if let config::board::KernelSource::Debian { package } = &board.kernel.source {
+            set.insert(package.clone());
+        }
         set.extend(BUILTIN_DEBIAN.iter().map(|s| s.to_string()));
         for recipe in recipes.values().filter(|r| r.supports(board.arch)) {
             if let Source::Debian { packages } = &recipe.source {
@@ -42,12 +44,22 @@ pub fn run(project: &Project) -> Result<()> {
         .map(|l| l.component.clone())
         .unwrap_or_else(|| "main".into());
     let mirror = debian::mirror(&suite)?;
+    // Pins stay as they are: only packages (or architectures) not yet in the lock are
+    // resolved, so adding a board never moves another board's bytes. `--upgrade`
+    // resolves everything anew.
     let mut packages = Vec::new();
     for (arch, names) in &wanted {
-        let names: Vec<String> = names.iter().cloned().collect();
-        packages.extend(debian::resolve(&mirror, &suite, &component, *arch, &names)?);
+        let mut to_resolve = Vec::new();
+        for name in names {
+            match old.as_ref().filter(|_| !upgrade).and_then(|l| l.get(name, *arch).ok()) {
+                Some(pinned) => packages.push(pinned.clone()),
+                None => to_resolve.push(name.clone()),
+            }
+        }
+        if !to_resolve.is_empty() {
+            packages.extend(debian::resolve(&mirror, &suite, &component, *arch, &to_resolve)?);
+        }
     }
-    packages.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
     let lock = DebianLock {
         suite,
         component,
@@ -83,5 +95,9 @@ pub fn run(project: &Project) -> Result<()> {
             lock.packages.len()
         );
     }
-    crate::python::lock(project)
+    // The tests' Python packages are resolved by pip: anew only on `--upgrade`.
+    if upgrade || !project.python_requirements().exists() {
+        crate::python::lock(project)?;
+    }
+    Ok(())
 }

@@ -49,6 +49,8 @@ struct Cli {
 enum Cmd {
     /// Build the disk image for a board and print the paths of the image, its .bmap and .sha256.
     Image {
+        /// The board (board/<BOARD>/board.toml), with a device tree option where it has
+        /// several: `lx2160a:clearfog-cx`.
         #[arg(long, default_value = DEFAULT_BOARD)]
         board: String,
         /// Image definition: image/<IMAGE>.toml.
@@ -60,6 +62,10 @@ enum Cmd {
         /// Build cache directory (default: target/llamabox/cache).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// A file for one of the board's external inputs, e.g. the Jetson Linux BSP:
+        /// `--input jetson-linux=PATH` (repeatable; docs/boards.md).
+        #[arg(long = "input", value_name = "NAME=PATH")]
+        inputs: Vec<String>,
     },
     /// Build if needed and boot the image in QEMU, serial console on this terminal (ctrl-a x quits).
     Run {
@@ -124,13 +130,35 @@ enum Cmd {
         name: String,
     },
     /// Pin the Debian packages and PyPI distributions that recipes and boards name.
-    Lock,
+    /// Existing pins stay; only what is not pinned yet is resolved.
+    Lock {
+        /// Resolve every package anew (newest in the suite), not only the new ones.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Give a flashed disk (image file or block device) its own identity and pairing
     /// setup code, and print its label (with a QR code).
     Provision {
         /// The flashed disk, e.g. /dev/sdX after `bmaptool copy`, or an image file.
         #[arg(long)]
         disk: PathBuf,
+    },
+    /// Write an image onto a card or disk: only the blocks its .bmap maps, read back and
+    /// verified, then provisioned (its own setup code and label). Refuses mounted disks
+    /// and the disk this machine runs from; asks before writing.
+    Flash {
+        /// The target: a block device (/dev/sdX, /dev/mmcblk0, /dev/nvme0n1) or a file.
+        #[arg(long)]
+        disk: PathBuf,
+        /// The image to write (its .bmap beside it) [default: the board's built image,
+        /// built if needed].
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: String,
+        /// Do not ask before overwriting the target.
+        #[arg(long)]
+        yes: bool,
     },
     /// Run the fuzz targets (cargo-fuzz) for a bounded time.
     Fuzz {
@@ -199,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
             image,
             out,
             cache_dir,
+            inputs,
         } => {
             let output = build::build(
                 &project,
@@ -207,6 +236,7 @@ fn run(cli: Cli) -> Result<()> {
                     image,
                     out_dir: out,
                     cache_dir,
+                    inputs: xtask::inputs::parse_args(&inputs)?,
                 },
             )?;
             println!("image:  {}", output.image.display());
@@ -231,6 +261,41 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Fuzz { seconds } => fuzz::run(&project, seconds)?,
+        Cmd::Flash {
+            disk,
+            image,
+            board,
+            yes,
+        } => {
+            let image = match image {
+                Some(image) => image,
+                None => {
+                    build::build(
+                        &project,
+                        &BuildOptions {
+                            board,
+                            image: build::DEFAULT_IMAGE.into(),
+                            out_dir: None,
+                            cache_dir: None,
+                            inputs: Default::default(),
+                        },
+                    )?
+                    .image
+                }
+            };
+            let flashed = xtask::flash::flash(&xtask::flash::FlashOptions {
+                image: &image,
+                target: &disk,
+                yes,
+            })?;
+            println!("{}", provision::label(&flashed.identity));
+            println!(
+                "flashed {} onto {} ({:.1} MiB written and verified); keep the setup code with the box",
+                image.display(),
+                disk.display(),
+                flashed.written_bytes as f64 / 1048576.0
+            );
+        }
         Cmd::Keys { out, name } => {
             let (secret, public) =
                 keys::generate(&out, &name, &format!("Llama Box signing key `{name}`"))?;
@@ -253,6 +318,7 @@ fn run(cli: Cli) -> Result<()> {
                     image,
                     out_dir: None,
                     cache_dir: None,
+                    inputs: Default::default(),
                 },
             )?;
             let parts = out.release.expect("a build has release parts");
@@ -278,7 +344,7 @@ fn run(cli: Cli) -> Result<()> {
                 std::thread::park();
             }
         }
-        Cmd::Lock => lock::run(&project)?,
+        Cmd::Lock { upgrade } => lock::run(&project, upgrade)?,
         Cmd::Provision { disk } => {
             let identity = provision::new_identity();
             provision::write(&disk, &identity)?;
@@ -349,7 +415,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
         }
         Cmd::Setup => {
-            setup::ensure_host_tools(config::Arch::X86_64)?;
+            setup::ensure_host_tools(&[config::Arch::X86_64, config::Arch::Aarch64])?;
             println!("host tools are installed");
         }
     }
@@ -364,6 +430,7 @@ fn run_in_qemu(project: &Project, board_name: &str, image: &str, fresh: bool) ->
             image: image.into(),
             out_dir: None,
             cache_dir: None,
+            inputs: Default::default(),
         },
     )?;
     let board = config::board::load(&project.boards_dir(), board_name)?;
@@ -423,6 +490,7 @@ fn test(project: &Project, board: &str, soak: bool, args: &[String]) -> Result<(
             image: build::DEFAULT_IMAGE.into(),
             out_dir: None,
             cache_dir: None,
+            inputs: Default::default(),
         },
     )?;
     let python = python::ensure_venv(project)?;

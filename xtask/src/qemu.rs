@@ -44,10 +44,7 @@ fn base_args(board: &Board, disk: &Path, vars: &Path, forwards: &[(u16, u16)]) -
             board.name
         )
     })?;
-    let binary = match board.arch {
-        crate::config::Arch::X86_64 => "qemu-system-x86_64",
-        crate::config::Arch::Aarch64 => "qemu-system-aarch64",
-    };
+    let binary = board.arch.qemu_system();
     let format = if disk.extension().is_some_and(|e| e == "qcow2") {
         "qcow2"
     } else {

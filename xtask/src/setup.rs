@@ -13,7 +13,6 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("mkfs.erofs", "erofs-utils"),
     ("veritysetup", "cryptsetup-bin"),
     ("objcopy", "binutils"),
-    ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-img", "qemu-utils"),
     // llama.cpp (the inference service): llama-cpp-sys-2 builds it with CMake and a C++
     // compiler and generates its bindings with bindgen, which loads libclang.
@@ -39,7 +38,6 @@ const HOST_TOOLS: &[(&str, &str)] = &[
 ];
 /// (glob that must match a file, Debian package providing it)
 const FILES: &[(&str, &str)] = &[
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     ("/usr/lib/llvm-*/lib/libclang.so*", "libclang-dev"),
     ("/usr/lib/*/libasound.so", "libasound2-dev"),
 ];
@@ -53,18 +51,26 @@ fn have_command(name: &str) -> bool {
             .any(|d| Path::new(d).join(name).is_file())
 }
 
-pub fn missing_packages() -> Vec<&'static str> {
-    let mut missing: Vec<&str> = HOST_TOOLS
+/// A command name, or an absolute path (a glob) for a file.
+fn present(what: &str) -> bool {
+    if what.starts_with('/') {
+        glob::glob(what).is_ok_and(|mut m| m.any(|p| p.is_ok()))
+    } else {
+        have_command(what)
+    }
+}
+
+/// The Debian packages missing for building (and booting in QEMU) for `arches`.
+pub fn missing_packages(arches: &[Arch]) -> Vec<&'static str> {
+    let wanted = HOST_TOOLS
         .iter()
-        .filter(|(c, _)| !have_command(c))
+        .chain(FILES)
+        .chain(arches.iter().flat_map(|a| a.host_packages()));
+    let mut missing: Vec<&str> = wanted
+        .filter(|(what, _)| !present(what))
         .map(|(_, p)| *p)
         .collect();
-    missing.extend(
-        FILES
-            .iter()
-            .filter(|(f, _)| !glob::glob(f).is_ok_and(|mut m| m.any(|p| p.is_ok())))
-            .map(|(_, p)| *p),
-    );
+    missing.sort();
     missing.dedup();
     missing
 }
@@ -74,34 +80,74 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn ensure_host_tools(arch: Arch) -> Result<()> {
-    let missing = missing_packages();
+/// Installs what building for `arches` needs: Debian packages (arm64 libraries through
+/// Debian multiarch) and Rust targets. Only missing pieces are installed.
+pub fn ensure_host_tools(arches: &[Arch]) -> Result<()> {
+    let missing = missing_packages(arches);
     if !missing.is_empty() {
-        let cmd = format!(
-            "apt-get install -y --no-install-recommends {}",
-            missing.join(" ")
-        );
-        let sudo = if is_root() { "" } else { "sudo " };
-        if have_command("apt-get") && (is_root() || have_command("sudo")) {
-            eprintln!("==> installing host packages: {}", missing.join(" "));
-            let install = format!("{sudo}env DEBIAN_FRONTEND=noninteractive {cmd}");
-            let status = Command::new("sh")
-                .arg("-c")
-                .arg(format!("{install} || ({sudo}apt-get update && {install})"))
-                .status()?;
-            if !status.success() {
-                bail!("installing host packages failed; run `sudo {cmd}` yourself");
-            }
-        } else {
-            bail!(
-                "missing host packages: {}\n  run: sudo {cmd}",
-                missing.join(" ")
-            );
+        install_packages(&missing)?;
+    }
+    for arch in arches {
+        ensure_rust_target(arch.rust_target(true))?;
+        if *arch != Arch::X86_64 {
+            ensure_rust_target(arch.rust_target(false))?;
         }
     }
-    ensure_rust_target(arch.rust_target(true))?;
     // The web app's pairing code (services/gateway/pairing) runs in the browser.
     ensure_rust_target(crate::build::WASM_TARGET)
+}
+
+fn install_packages(missing: &[&str]) -> Result<()> {
+    let mut packages: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+    // QEMU's system emulators must match qemu-utils' version; a machine may come with a
+    // newer qemu-utils than its configured suites carry, so take the suite's own.
+    if packages.iter().any(|p| p.starts_with("qemu-system")) && have_command("qemu-img") {
+        if let Some(codename) = os_codename() {
+            packages.push(format!("qemu-utils/{codename}"));
+        }
+    }
+    let foreign: Vec<&str> = packages
+        .iter()
+        .filter_map(|p| p.split_once(':').map(|(_, a)| a))
+        .collect();
+    let install = format!(
+        "apt-get install -y --allow-downgrades --no-install-recommends {}",
+        packages.join(" ")
+    );
+    let sudo = if is_root() { "" } else { "sudo " };
+    if !(have_command("apt-get") && (is_root() || have_command("sudo"))) {
+        bail!(
+            "missing host packages: {}\n  run: sudo {install}",
+            missing.join(" ")
+        );
+    }
+    eprintln!("==> installing host packages: {}", missing.join(" "));
+    let mut script = String::new();
+    for arch in foreign {
+        script += &format!("{sudo}dpkg --add-architecture {arch} && ");
+    }
+    let install = format!("{sudo}env DEBIAN_FRONTEND=noninteractive {install}");
+    if script.is_empty() {
+        script = format!("{install} || ({sudo}apt-get update && {install})");
+    } else {
+        // A new architecture has no package lists until the next update.
+        script += &format!("{sudo}apt-get update && {install}");
+    }
+    let status = Command::new("sh").arg("-c").arg(&script).status()?;
+    if !status.success() {
+        bail!("installing host packages failed; run `{script}` yourself");
+    }
+    Ok(())
+}
+
+/// The Debian/Ubuntu release codename (`bookworm`), from os-release.
+fn os_codename() -> Option<String> {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
 }
 
 fn ensure_rust_target(target: &str) -> Result<()> {

@@ -17,6 +17,7 @@ fn two_clean_builds_are_byte_identical() {
             image: build::DEFAULT_IMAGE.into(),
             out_dir: Some(root.join(run).join("out")),
             cache_dir: Some(root.join(run).join("cache")),
+            inputs: Default::default(),
         };
         outputs.push(build::build(&project, &options).unwrap());
     }

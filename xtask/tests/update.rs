@@ -25,6 +25,7 @@ fn release_parts(image: &str) -> ReleaseParts {
         image: image.into(),
         out_dir: None,
         cache_dir: None,
+        inputs: Default::default(),
     };
     build::build(&Project::locate(), &options)
         .expect("building the release image")

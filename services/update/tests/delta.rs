@@ -25,6 +25,7 @@ fn changing_one_service_binary_downloads_a_small_part_of_the_bundle() {
         image: build::DEFAULT_IMAGE.into(),
         out_dir: None,
         cache_dir: None,
+        inputs: Default::default(),
     };
     let v1 = build::build(&project, &options)
         .expect("building the product image")

@@ -1,5 +1,6 @@
 //! `board/<name>/board.toml`: the hardware an image is built for.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -12,7 +13,13 @@ use super::{read_toml, suggest, Arch, Problems};
 struct RawBoard {
     description: String,
     arch: String,
+    #[serde(default)]
+    cpu_baseline: Option<String>,
     kernel: RawKernel,
+    #[serde(default)]
+    device_tree: Option<RawDeviceTree>,
+    #[serde(default, rename = "input")]
+    inputs: Vec<RawInput>,
     boot: RawBoot,
     partitions: RawPartitions,
     qemu: Option<RawQemu>,
@@ -21,7 +28,12 @@ struct RawBoard {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawKernel {
-    package: String,
+    #[serde(default)]
+    package: Option<String>,
+    #[serde(default)]
+    input: Option<String>,
+    #[serde(default)]
+    modules: Option<String>,
     #[serde(default = "default_kernel_image")]
     image: String,
     console: String,
@@ -29,8 +41,27 @@ struct RawKernel {
     cmdline: String,
     #[serde(default)]
     early_modules: Vec<String>,
+}
+
+/// Device trees the board can boot with: name → path in the kernel's files. The chosen
+/// one travels inside the UKI (systemd-stub installs its `.dtb` section).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDeviceTree {
+    default: String,
+    options: BTreeMap<String, String>,
+}
+
+/// A file the board needs that no package registry carries (a vendor BSP).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawInput {
+    name: String,
+    file: String,
+    sha256: String,
+    url: String,
     #[serde(default)]
-    device_trees: Vec<String>,
+    description: String,
 }
 
 fn default_kernel_image() -> String {
@@ -88,14 +119,38 @@ pub enum Loader {
     SystemdBoot,
 }
 
+/// Where the kernel, its modules and device trees come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// A Debian kernel package from the lock (`linux-image-*`).
+    Debian { package: String },
+    /// A pinned external input (a vendor BSP tarball, `[[input]]`), unpacked; `modules`
+    /// is a tarball inside it that holds `lib/modules/<version>`.
+    Input {
+        input: String,
+        modules: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    pub package: String,
+    pub source: KernelSource,
+    /// Glob of the kernel image within the source's files.
     pub image: String,
     pub console: String,
     pub cmdline: String,
     pub early_modules: Vec<String>,
-    pub device_trees: Vec<String>,
+}
+
+/// An external input: a file pinned by SHA-256, fetched from `url` on request or
+/// handed to the build with `--input NAME=PATH`.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub name: String,
+    pub file: String,
+    pub sha256: String,
+    pub url: String,
+    pub description: String,
 }
 
 #[derive(Debug, Clone)]
@@ -110,10 +165,18 @@ pub struct Qemu {
 
 #[derive(Debug, Clone)]
 pub struct Board {
+    /// The board's identity on the device (`/etc/llamabox/board`, update bundles):
+    /// the board directory's name, with the device tree option when it has several
+    /// (`lx2160a-honeycomb`), since an update must bring the same device tree.
     pub name: String,
     pub description: String,
     pub arch: Arch,
+    /// The CPU the device code is compiled for (`-march` for ggml on arm64).
+    pub cpu_baseline: String,
     pub kernel: Kernel,
+    /// The device tree path within the kernel's files, when the board boots with one.
+    pub device_tree: Option<String>,
+    pub inputs: Vec<Input>,
     pub firmware: Firmware,
     pub loader: Loader,
     pub tries: u32,
@@ -146,7 +209,14 @@ pub fn known_boards(board_dir: &Path) -> Vec<String> {
     names
 }
 
-pub fn load(board_dir: &Path, name: &str) -> Result<Board> {
+/// Loads `board/<name>/board.toml`. `spec` is the board's directory name, optionally
+/// with a device tree option: `lx2160a` (its default device tree) or
+/// `lx2160a:clearfog-cx`.
+pub fn load(board_dir: &Path, spec: &str) -> Result<Board> {
+    let (name, dt_option) = match spec.split_once(':') {
+        Some((name, option)) => (name, Some(option)),
+        None => (spec, None),
+    };
     let path = board_dir.join(name).join("board.toml");
     if !path.exists() {
         let known = known_boards(board_dir);
@@ -168,6 +238,25 @@ pub fn load(board_dir: &Path, name: &str) -> Result<Board> {
             ),
         );
     }
+    let cpu_baseline = match (&raw.cpu_baseline, arch) {
+        (Some(b), Some(Arch::Aarch64)) if !b.starts_with("armv8") && !b.starts_with("armv9") => {
+            problems.add(
+                "cpu-baseline",
+                format!("`{b}` is not an arm64 -march value (e.g. armv8-a+crc+crypto)"),
+            );
+            String::new()
+        }
+        (Some(b), _) if b == "native" => {
+            problems.add(
+                "cpu-baseline",
+                "never `native`: images run on other machines than the one that built them",
+            );
+            String::new()
+        }
+        (Some(b), _) => b.clone(),
+        (None, Some(a)) => a.default_cpu_baseline().to_string(),
+        (None, None) => String::new(),
+    };
     let firmware = match raw.boot.firmware.as_str() {
         "uefi" => Some(Firmware::Uefi),
         other => {
@@ -207,19 +296,93 @@ pub fn load(board_dir: &Path, name: &str) -> Result<Board> {
             "must not set llamabox.slot: the image sets it per slot",
         );
     }
+    let inputs: Vec<Input> = raw
+        .inputs
+        .into_iter()
+        .map(|i| Input {
+            name: i.name,
+            file: i.file,
+            sha256: i.sha256.to_ascii_lowercase(),
+            url: i.url,
+            description: i.description,
+        })
+        .collect();
+    for i in &inputs {
+        if i.sha256.len() != 64 || !i.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            problems.add(
+                &format!("input.{}.sha256", i.name),
+                "must be 64 hex digits",
+            );
+        }
+    }
+    let source = match (raw.kernel.package, raw.kernel.input) {
+        (Some(package), None) => Some(KernelSource::Debian { package }),
+        (None, Some(input)) => {
+            if !inputs.iter().any(|i| i.name == input) {
+                problems.add(
+                    "kernel.input",
+                    format!("no [[input]] named `{input}`"),
+                );
+            }
+            Some(KernelSource::Input {
+                input,
+                modules: raw.kernel.modules,
+            })
+        }
+        _ => {
+            problems.add(
+                "kernel",
+                "needs exactly one of `package` (Debian) or `input` (an [[input]])",
+            );
+            None
+        }
+    };
+    let device_tree = match (&raw.device_tree, dt_option) {
+        (None, None) => None,
+        (None, Some(option)) => {
+            problems.add(
+                "device-tree",
+                format!("board `{name}` has no device tree options, so `{name}:{option}` means nothing"),
+            );
+            None
+        }
+        (Some(dt), option) => {
+            let chosen = option.unwrap_or(&dt.default);
+            match dt.options.get(chosen) {
+                Some(path) => Some((chosen.to_string(), path.clone())),
+                None => {
+                    problems.add(
+                        "device-tree",
+                        format!(
+                            "no device tree option `{chosen}`{} (options: {})",
+                            suggest(chosen, dt.options.keys().map(String::as_str)),
+                            dt.options.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    };
     problems.finish(&path)?;
+    let full_name = match &device_tree {
+        Some((option, _)) => format!("{name}-{option}"),
+        None => name.to_string(),
+    };
     Ok(Board {
-        name: name.to_string(),
+        name: full_name,
         description: raw.description,
         arch: arch.unwrap(),
+        cpu_baseline,
         kernel: Kernel {
-            package: raw.kernel.package,
+            source: source.unwrap(),
             image: raw.kernel.image,
             console: raw.kernel.console,
             cmdline: raw.kernel.cmdline,
             early_modules: raw.kernel.early_modules,
-            device_trees: raw.kernel.device_trees,
         },
+        device_tree: device_tree.map(|(_, path)| path),
+        inputs,
         firmware: firmware.unwrap(),
         loader: loader.unwrap(),
         tries: raw.boot.tries,

@@ -57,6 +57,65 @@ impl Arch {
             (Arch::Aarch64, false) => "aarch64-unknown-linux-gnu",
         }
     }
+    /// The objcopy that can write this architecture's PE files (unified kernel images):
+    /// the host's binutils knows only x86 PE, Debian's cross binutils know arm64's.
+    pub fn objcopy(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "objcopy",
+            Arch::Aarch64 => "aarch64-linux-gnu-objcopy",
+        }
+    }
+    /// The QEMU system emulator for this architecture.
+    pub fn qemu_system(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+    /// systemd-boot's files for this architecture: (EFI stub, boot loader, the removable
+    /// media path firmware starts without a boot entry).
+    pub fn systemd_boot_files(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("linuxx64.efi.stub", "systemd-bootx64.efi", "BOOTX64.EFI"),
+            Arch::Aarch64 => ("linuxaa64.efi.stub", "systemd-bootaa64.efi", "BOOTAA64.EFI"),
+        }
+    }
+    /// The GPT partition type of a root filesystem for this architecture
+    /// (Discoverable Partitions Specification).
+    pub fn gpt_root_type(self) -> &'static str {
+        match self {
+            Arch::X86_64 => llamabox_image::gpt::TYPE_ROOT_X86_64,
+            Arch::Aarch64 => llamabox_image::gpt::TYPE_ROOT_ARM64,
+        }
+    }
+    /// The CPU baseline device code is compiled for when a board names none. x86_64's
+    /// is set for ggml in `.cargo/config.toml` (x86-64-v3); arm64's is the oldest core
+    /// a supported board has (the LX2160A's Cortex-A72).
+    pub fn default_cpu_baseline(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86-64-v3",
+            Arch::Aarch64 => "armv8-a+crc+crypto",
+        }
+    }
+    /// Host packages needed to build (and boot in QEMU) for this architecture besides
+    /// the common ones: (command or file glob that must exist, Debian package).
+    pub fn host_packages(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Arch::X86_64 => &[
+                ("qemu-system-x86_64", "qemu-system-x86"),
+                ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+            ],
+            Arch::Aarch64 => &[
+                ("qemu-system-aarch64", "qemu-system-arm"),
+                ("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64"),
+                ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+                ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+                ("aarch64-linux-gnu-objcopy", "binutils-aarch64-linux-gnu"),
+                // cpal's ALSA bindings link the arm64 libasound (Debian multiarch).
+                ("/usr/lib/aarch64-linux-gnu/libasound.so", "libasound2-dev:arm64"),
+            ],
+        }
+    }
 }
 
 /// Problems found in one file, reported together.

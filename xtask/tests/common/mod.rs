@@ -46,6 +46,7 @@ pub fn built_image(name: &str) -> PathBuf {
                 image: name.into(),
                 out_dir: None,
                 cache_dir: None,
+                inputs: Default::default(),
             };
             build::build(&Project::locate(), &options)
                 .expect("building the image")
