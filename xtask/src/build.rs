@@ -363,18 +363,24 @@ fn crate_target_dir(project: &Project, board: &Board) -> PathBuf {
         let safe: String = board
             .cpu_baseline
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
-        project.target_dir().join("llamabox").join(format!("cpu-{safe}"))
+        project
+            .target_dir()
+            .join("llamabox")
+            .join(format!("cpu-{safe}"))
     }
 }
 
 /// The kernel's files (image, `lib/modules`, device trees) unpacked, and a digest of
 /// where they came from: a locked Debian package or a pinned external input.
-fn kernel_files(
-    ctx: &mut Ctx,
-    inputs: &BTreeMap<String, PathBuf>,
-) -> Result<(PathBuf, String)> {
+fn kernel_files(ctx: &mut Ctx, inputs: &BTreeMap<String, PathBuf>) -> Result<(PathBuf, String)> {
     match ctx.board.kernel.source.clone() {
         KernelSource::Debian { package } => ctx.debian_package(&package),
         KernelSource::Input { input, modules } => {

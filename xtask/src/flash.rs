@@ -33,11 +33,11 @@ pub struct Flashed {
 pub fn flash(options: &FlashOptions) -> Result<Flashed> {
     let (image, target) = (options.image, options.target);
     let bmap_path = PathBuf::from(format!("{}.bmap", image.display()));
-    let map = bmap::parse(
-        &std::fs::read_to_string(&bmap_path)
-            .with_context(|| format!("reading {} (built beside the image)", bmap_path.display()))?,
-    )
-    .with_context(|| bmap_path.display().to_string())?;
+    let map =
+        bmap::parse(&std::fs::read_to_string(&bmap_path).with_context(|| {
+            format!("reading {} (built beside the image)", bmap_path.display())
+        })?)
+        .with_context(|| bmap_path.display().to_string())?;
     if std::fs::metadata(image)?.len() != map.image_size {
         bail!(
             "{} is not the image {} describes (sizes differ)",
@@ -153,10 +153,7 @@ fn check_target(target: &Path, image_size: u64) -> Result<TargetKind> {
             description: format!("the file {}", target.display()),
         });
     }
-    bail!(
-        "{} is neither a block device nor a file",
-        target.display()
-    )
+    bail!("{} is neither a block device nor a file", target.display())
 }
 
 fn confirm(options: &FlashOptions, kind: &TargetKind) -> Result<()> {
@@ -216,8 +213,10 @@ fn write_ranges(image: &Path, target: &Path, map: &Bmap, is_file: bool) -> Resul
     }
     let progress = indicatif::ProgressBar::new(map.mapped_bytes());
     progress.set_style(
-        indicatif::ProgressStyle::with_template("    {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "    {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut buf = vec![0u8; 1 << 20];
     for (start, end, _) in &map.ranges {
@@ -268,7 +267,9 @@ impl BlockDevice {
             .canonicalize()
             .with_context(|| format!("{}: no such block device in sysfs", link.display()))?;
         let path = if path.join("partition").exists() {
-            path.parent().context("partition without a disk")?.to_path_buf()
+            path.parent()
+                .context("partition without a disk")?
+                .to_path_buf()
         } else {
             path
         };

@@ -41,7 +41,11 @@ pub fn resolve(
             bail!(
                 "--input {name}: board {} has no input `{name}` (its inputs: {})",
                 board.name,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             );
         }
     }

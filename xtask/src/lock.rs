@@ -51,13 +51,23 @@ pub fn run(project: &Project, upgrade: bool) -> Result<()> {
     for (arch, names) in &wanted {
         let mut to_resolve = Vec::new();
         for name in names {
-            match old.as_ref().filter(|_| !upgrade).and_then(|l| l.get(name, *arch).ok()) {
+            match old
+                .as_ref()
+                .filter(|_| !upgrade)
+                .and_then(|l| l.get(name, *arch).ok())
+            {
                 Some(pinned) => packages.push(pinned.clone()),
                 None => to_resolve.push(name.clone()),
             }
         }
         if !to_resolve.is_empty() {
-            packages.extend(debian::resolve(&mirror, &suite, &component, *arch, &to_resolve)?);
+            packages.extend(debian::resolve(
+                &mirror,
+                &suite,
+                &component,
+                *arch,
+                &to_resolve,
+            )?);
         }
     }
     let lock = DebianLock {

@@ -482,7 +482,33 @@ fn run_in_qemu(project: &Project, board_name: &str, image: &str, fresh: bool) ->
     qemu::run_interactive(&board, &disk, &vars)
 }
 
+/// The arm64 suite: the scenarios that prove an architecture (boot, fallback, trust,
+/// the API through the gateway, an update), the arm64 board checks and
+/// reproducibility. The rest is architecture-independent and runs on x86_64.
+const ARM64_SUITE: &[&str] = &[
+    "--test",
+    "boot",
+    "--test",
+    "inference",
+    "--test",
+    "update",
+    "--test",
+    "boards",
+    "--test",
+    "reproducible",
+];
+const ARM64_TESTS: &[&str] = &[
+    "boots_to_stage_2_from_slot_a",
+    "corrupt_slot_a_fails_verification_and_slot_b_boots",
+    "root_hash_signed_by_an_untrusted_key_is_refused",
+    "inference_answers_a_paired_phone_through_the_gateway",
+    "updates_install_into_the_other_slot_and_the_next_one_comes_back",
+    "arm64_",
+    "two_clean_builds_are_byte_identical",
+];
+
 fn test(project: &Project, board: &str, soak: bool, args: &[String]) -> Result<()> {
+    let arch = config::board::load(&project.boards_dir(), board)?.arch;
     let output = build::build(
         project,
         &BuildOptions {
@@ -497,9 +523,20 @@ fn test(project: &Project, board: &str, soak: bool, args: &[String]) -> Result<(
     eprintln!("==> cargo test (boot tests use {})", output.image.display());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&project.root)
-        .args(["test", "--workspace", "--locked", "--"])
-        .args(args)
+    cmd.current_dir(&project.root).args(["test", "--locked"]);
+    match arch {
+        // Everything, except the arm64 board checks (they cross-build arm64 code).
+        config::Arch::X86_64 => {
+            cmd.args(["--workspace", "--"]).args(["--skip", "arm64_"]);
+        }
+        config::Arch::Aarch64 => {
+            cmd.args(["--package", "xtask"]).args(ARM64_SUITE).arg("--");
+            if args.is_empty() {
+                cmd.args(ARM64_TESTS);
+            }
+        }
+    }
+    cmd.args(args)
         .env("LLAMABOX_TEST_IMAGE", &output.image)
         .env("LLAMABOX_TEST_BOARD", board)
         .env("LLAMABOX_SOAK", if soak { "1" } else { "0" })

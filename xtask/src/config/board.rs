@@ -309,20 +309,14 @@ pub fn load(board_dir: &Path, spec: &str) -> Result<Board> {
         .collect();
     for i in &inputs {
         if i.sha256.len() != 64 || !i.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            problems.add(
-                &format!("input.{}.sha256", i.name),
-                "must be 64 hex digits",
-            );
+            problems.add(&format!("input.{}.sha256", i.name), "must be 64 hex digits");
         }
     }
     let source = match (raw.kernel.package, raw.kernel.input) {
         (Some(package), None) => Some(KernelSource::Debian { package }),
         (None, Some(input)) => {
             if !inputs.iter().any(|i| i.name == input) {
-                problems.add(
-                    "kernel.input",
-                    format!("no [[input]] named `{input}`"),
-                );
+                problems.add("kernel.input", format!("no [[input]] named `{input}`"));
             }
             Some(KernelSource::Input {
                 input,
@@ -342,7 +336,9 @@ pub fn load(board_dir: &Path, spec: &str) -> Result<Board> {
         (None, Some(option)) => {
             problems.add(
                 "device-tree",
-                format!("board `{name}` has no device tree options, so `{name}:{option}` means nothing"),
+                format!(
+                    "board `{name}` has no device tree options, so `{name}:{option}` means nothing"
+                ),
             );
             None
         }

@@ -112,7 +112,10 @@ impl Arch {
                 ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
                 ("aarch64-linux-gnu-objcopy", "binutils-aarch64-linux-gnu"),
                 // cpal's ALSA bindings link the arm64 libasound (Debian multiarch).
-                ("/usr/lib/aarch64-linux-gnu/libasound.so", "libasound2-dev:arm64"),
+                (
+                    "/usr/lib/aarch64-linux-gnu/libasound.so",
+                    "libasound2-dev:arm64",
+                ),
             ],
         }
     }
