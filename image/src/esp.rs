@@ -113,6 +113,26 @@ pub fn write_file(disk: &Path, offset: u64, size: u64, path: &str, data: &[u8]) 
     Ok(())
 }
 
+/// Reads one file from the ESP of an existing disk (see `write_file`).
+pub fn read_file(disk: &Path, offset: u64, size: u64, path: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(disk).with_context(|| disk.display().to_string())?;
+    let region = Region {
+        file,
+        offset,
+        size,
+        pos: 0,
+    };
+    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
+        .context("the ESP is not a FAT filesystem")?;
+    let mut data = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .with_context(|| format!("ESP: no {path}"))?
+        .read_to_end(&mut data)?;
+    Ok(data)
+}
+
 /// A byte range of a file as a file of its own (one partition of a disk).
 struct Region {
     file: std::fs::File,

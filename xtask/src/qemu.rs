@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::board::Board;
+use crate::config::board::{AgentConsole, Board};
 
 /// Ports of the device forwarded to loopback on the host by `cargo xtask run`:
 /// (host, guest). Guest 8080 is the inference service's OpenAI-compatible API.
@@ -189,8 +189,20 @@ impl Machine {
             .arg(format!("file:{}", log.display()));
         if let Some(agent) = agent {
             let _ = std::fs::remove_file(agent);
-            cmd.arg("-serial")
-                .arg(format!("unix:{},server=on,wait=off", agent.display()));
+            match board.qemu.as_ref().map(|q| q.agent_console) {
+                Some(AgentConsole::Virtio) => {
+                    cmd.args(["-device", "virtio-serial-pci", "-chardev"])
+                        .arg(format!(
+                            "socket,id=agent,path={},server=on,wait=off",
+                            agent.display()
+                        ))
+                        .args(["-device", "virtconsole,chardev=agent"]);
+                }
+                _ => {
+                    cmd.arg("-serial")
+                        .arg(format!("unix:{},server=on,wait=off", agent.display()));
+                }
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -51,15 +51,48 @@ fn main() {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
-        Some("--port") if args.len() == 2 => serve(&args[1]),
-        _ => {
-            eprintln!("usage: llamabox-test-agent --port DEVICE | --idle | --never-ready");
-            std::process::exit(2);
-        }
+        Some("--port") => match port_candidates(&args) {
+            Some(candidates) => serve(&candidates),
+            None => usage(),
+        },
+        _ => usage(),
     }
 }
 
-fn serve(device: &str) {
+fn usage() -> ! {
+    eprintln!(
+        "usage: llamabox-test-agent --port DEVICE [--port DEVICE …] | --idle | --never-ready"
+    );
+    std::process::exit(2);
+}
+
+/// `--port A --port B …`: the candidates in order.
+fn port_candidates(args: &[String]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for pair in args.chunks(2) {
+        match pair {
+            [flag, device] if flag == "--port" => out.push(device.clone()),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The boards' second console differs: a second UART on x86 (`/dev/ttyS1`), a virtio
+/// console on QEMU's arm64 `virt` machine, which has one UART (`/dev/hvc0`). The first
+/// candidate that exists is the agent's port.
+fn serve(candidates: &[String]) {
+    let Some(device) = candidates
+        .iter()
+        .find(|d| std::path::Path::new(d.as_str()).exists())
+    else {
+        eprintln!("none of {candidates:?} exists");
+        std::process::exit(1);
+    };
+    serve_on(device)
+}
+
+fn serve_on(device: &str) {
     let port = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -101,6 +101,8 @@ struct RawQemu {
     firmware_vars: String,
     #[serde(default)]
     watchdog: Option<String>,
+    #[serde(default)]
+    agent_console: Option<String>,
 }
 
 fn default_memory() -> u32 {
@@ -161,6 +163,17 @@ pub struct Qemu {
     pub firmware_code: PathBuf,
     pub firmware_vars: PathBuf,
     pub watchdog: Option<String>,
+    /// How the test images' agent is reached: a second UART, or a virtio console
+    /// where the machine has only one UART (QEMU's arm64 `virt`).
+    pub agent_console: AgentConsole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentConsole {
+    /// The guest's `/dev/ttyS1`.
+    SecondUart,
+    /// The guest's `/dev/hvc0` (`virtio_console` among the early modules).
+    Virtio,
 }
 
 #[derive(Debug, Clone)]
@@ -360,6 +373,17 @@ pub fn load(board_dir: &Path, spec: &str) -> Result<Board> {
             }
         }
     };
+    let agent_console = match raw.qemu.as_ref().and_then(|q| q.agent_console.as_deref()) {
+        None | Some("uart") => AgentConsole::SecondUart,
+        Some("virtio") => AgentConsole::Virtio,
+        Some(other) => {
+            problems.add(
+                "qemu.agent-console",
+                format!("unknown console `{other}` (known: uart, virtio)"),
+            );
+            AgentConsole::SecondUart
+        }
+    };
     problems.finish(&path)?;
     let full_name = match &device_tree {
         Some((option, _)) => format!("{name}-{option}"),
@@ -394,6 +418,7 @@ pub fn load(board_dir: &Path, spec: &str) -> Result<Board> {
             firmware_code: PathBuf::from(q.firmware_code),
             firmware_vars: PathBuf::from(q.firmware_vars),
             watchdog: q.watchdog,
+            agent_console,
         }),
     })
 }
