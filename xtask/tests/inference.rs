@@ -5,6 +5,8 @@
 //! over plain HTTPS and once through the official `openai` Python client, which pins
 //! the device certificate.
 
+#[path = "../../services/gateway/tests/common/browser.rs"]
+mod browser;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -286,6 +288,60 @@ print("openai client reply:", repr(text))
     );
     eprint!("{}", String::from_utf8_lossy(&output.stdout));
 
+    web_app_pairs_and_chats(https_port, &fingerprint);
+
     // Not critical, but a well-behaved service must not keep the slot from being blessed.
     machine.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+}
+
+/// The web app served by the box, as a phone opens it from the label's QR code (the
+/// setup code in the link's fragment): it pairs (SPAKE2 in WebAssembly), shows the
+/// certificate's fingerprint, and a chat message gets a streamed answer. Chromium
+/// accepts the box's self-signed certificate, as a person does after checking the
+/// fingerprint.
+fn web_app_pairs_and_chats(https_port: u16, fingerprint: &str) {
+    let Some((chromium, chromedriver)) = browser::find_browser() else {
+        return;
+    };
+    let web =
+        browser::Browser::start_with(&chromium, &chromedriver, &["--ignore-certificate-errors"]);
+    web.goto(&format!("https://127.0.0.1:{https_port}/#pair={CODE}"));
+    web.wait(
+        "the pairing screen with the code from the link",
+        &format!(
+            "return document.querySelector('#pair-code').value === {CODE:?}
+                && document.querySelector('#pair-state').textContent.includes('Pairing is open');"
+        ),
+        REQUEST_TIMEOUT,
+    );
+    web.click("#pair-button");
+    web.wait(
+        "pairing to finish",
+        &web.visible("#pair-done"),
+        REQUEST_TIMEOUT,
+    );
+    let shown = web.text_of("#paired-fingerprint").replace(':', "");
+    assert_eq!(shown.to_lowercase(), fingerprint, "fingerprint shown");
+    web.screenshot("board-paired");
+    web.click("#pair-continue");
+    web.wait(
+        "the model picker",
+        "const o = document.querySelector('#set-model option'); return !!o && o.value;",
+        REQUEST_TIMEOUT,
+    );
+    web.click("#settings-toggle");
+    web.type_into("#set-max-tokens", &MAX_TOKENS.to_string());
+    web.type_into("#set-temperature", "0");
+    web.click("#settings-close");
+    web.type_into("#prompt", "Hi");
+    web.click("#send");
+    let answer = web.wait(
+        "the answer",
+        "const all = document.querySelectorAll('#messages .msg.assistant');
+         const e = all[all.length - 1];
+         return !!e && e.dataset.state === 'done' && e.querySelector('.body').textContent;",
+        REQUEST_TIMEOUT,
+    );
+    eprintln!("web app answer: {answer}");
+    web.screenshot("board-chat");
 }

@@ -25,12 +25,12 @@
 
 mod common;
 
+use common::browser::{client, Browser, Process};
 use common::free_port;
 
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::project::Project;
 
@@ -38,37 +38,6 @@ const CODE: &str = "27182818";
 const WRONG_CODE: &str = "3141-5926";
 const QUESTION: &str = "Write a Python function that adds two numbers.";
 const SECOND_QUESTION: &str = "Tell me a long story about a llama who lives in a box.";
-/// A phone's user agent: the app names the phone after it ("Android phone").
-const USER_AGENT: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36";
-/// W3C WebDriver's key for element references.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-fn find_program(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    names.iter().find_map(|name| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// A child process, killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_healthy(process: &mut Process, url: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while Instant::now() < deadline {
@@ -168,204 +137,6 @@ fn voice_service(inference_url: &str) -> (Process, String, tempfile::TempDir) {
     (process, url, dir)
 }
 
-/// A WebDriver session in headless Chromium with a phone's screen.
-struct Browser {
-    http: Client,
-    session: String,
-    _driver: Process,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn start(chromium: &Path, chromedriver: &Path) -> Browser {
-        let port = free_port();
-        let driver = Process(
-            Command::new(chromedriver)
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting chromedriver"),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client()
-            .get(format!("{base}/status"))
-            .send()
-            .is_err_and(|_| Instant::now() < deadline)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let profile = tempfile::tempdir().unwrap();
-        let capabilities = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                    "--no-first-run", "--disable-extensions", "--hide-scrollbars",
-                    "--window-size=390,844",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-                "mobileEmulation": {
-                    "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 1.0, "touch": true},
-                    "userAgent": USER_AGENT,
-                },
-            },
-            "timeouts": {"script": 60000, "pageLoad": 60000, "implicit": 0},
-        }}});
-        let response: Value = client()
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .expect("creating a WebDriver session")
-            .json()
-            .unwrap();
-        let session = response["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {response}"))
-            .to_string();
-        Browser {
-            http: client(),
-            session: format!("{base}/session/{session}"),
-            _driver: driver,
-            _profile: profile,
-        }
-    }
-
-    fn command(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
-        let url = format!("{}{path}", self.session);
-        let request = match method {
-            "GET" => self.http.get(url),
-            "DELETE" => self.http.delete(url),
-            _ => self.http.post(url).json(&body),
-        };
-        let response = request.send().map_err(|e| e.to_string())?;
-        let ok = response.status().is_success();
-        let value: Value = response.json().map_err(|e| e.to_string())?;
-        if ok {
-            Ok(value["value"].clone())
-        } else {
-            Err(value["value"].to_string())
-        }
-    }
-
-    fn must(&self, method: &str, path: &str, body: Value) -> Value {
-        self.command(method, path, body)
-            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
-    }
-
-    fn goto(&self, url: &str) {
-        self.must("POST", "/url", json!({ "url": url }));
-    }
-
-    fn refresh(&self) {
-        self.must("POST", "/refresh", json!({}));
-    }
-
-    /// Runs `script` (a function body; `return` gives the result) in the page.
-    fn exec(&self, script: &str) -> Value {
-        self.must(
-            "POST",
-            "/execute/sync",
-            json!({"script": script, "args": []}),
-        )
-    }
-
-    /// Runs `script` with a callback `done` for asynchronous results.
-    fn exec_async(&self, script: &str) -> Value {
-        let script = format!("const done = arguments[arguments.length - 1];\n{script}");
-        self.must(
-            "POST",
-            "/execute/async",
-            json!({"script": script, "args": []}),
-        )
-    }
-
-    /// Polls `script` until it returns something truthy.
-    fn wait(&self, what: &str, script: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut last = Value::Null;
-        while Instant::now() < deadline {
-            match self.command(
-                "POST",
-                "/execute/sync",
-                json!({"script": script, "args": []}),
-            ) {
-                Ok(v) if !(v.is_null() || v == false || v == "" || v == 0) => return v,
-                Ok(v) => last = v,
-                Err(e) => last = Value::String(e),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("timed out waiting for {what}; last: {last}");
-    }
-
-    fn element(&self, css: &str) -> String {
-        let found = self.must(
-            "POST",
-            "/element",
-            json!({"using": "css selector", "value": css}),
-        );
-        found[ELEMENT].as_str().unwrap().to_string()
-    }
-
-    fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.must("POST", &format!("/element/{id}/click"), json!({}));
-    }
-
-    fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css);
-        self.must("POST", &format!("/element/{id}/clear"), json!({}));
-        self.must(
-            "POST",
-            &format!("/element/{id}/value"),
-            json!({ "text": text }),
-        );
-    }
-
-    fn visible(&self, css: &str) -> String {
-        format!("const e = document.querySelector({css:?}); return !!e && e.offsetParent !== null;")
-    }
-
-    fn text_of(&self, css: &str) -> String {
-        self.exec(&format!(
-            "const e = document.querySelector({css:?}); return e ? e.textContent : null;"
-        ))
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-    }
-
-    fn screenshot(&self, name: &str) {
-        use base64::Engine;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(
-                self.must("GET", "/screenshot", Value::Null)
-                    .as_str()
-                    .unwrap(),
-            )
-            .unwrap();
-        let project = Project::locate();
-        let mut dirs = vec![project.build_dir().join("screenshots")];
-        if std::env::var_os("LLAMABOX_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
-            dirs.push(project.root.join("docs").join("screenshots"));
-        }
-        for dir in dirs {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
-            eprintln!("screenshot: {}", dir.join(format!("{name}.png")).display());
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.command("DELETE", "", Value::Null);
-    }
-}
-
 /// The last assistant bubble: its text, state and how often it was repainted.
 const LAST_ANSWER: &str = "const all = document.querySelectorAll('#messages .msg.assistant');
     const e = all[all.length - 1];
@@ -406,19 +177,7 @@ fn watch_stream(browser: &Browser, stop_after: Option<usize>) -> (Vec<String>, V
 
 #[test]
 fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
-    let required = std::env::var_os("LLAMABOX_REQUIRE_BROWSER").is_some();
-    let chromium = ["/usr/lib/chromium/chromium"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .or_else(|| find_program(&["chromium", "chromium-browser"]));
-    let chromedriver = find_program(&["chromedriver"]);
-    let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
-        assert!(
-            !required,
-            "LLAMABOX_REQUIRE_BROWSER is set but chromium or chromedriver is missing (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("SKIPPED: chromium and chromedriver are not installed (apt-get install chromium chromium-driver; LLAMABOX_REQUIRE_BROWSER=1 makes this a failure)");
+    let Some((chromium, chromedriver)) = common::browser::find_browser() else {
         return;
     };
     let model = std::env::var_os("LLAMABOX_TEST_MODEL")
