@@ -323,9 +323,9 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
             target,
         ]);
         cmd.env("CARGO_TARGET_DIR", &target_dir);
-        if ctx.board.arch == Arch::Aarch64 {
-            // ggml's -march on arm64 (llama.cpp and whisper.cpp forward GGML_* to CMake).
-            cmd.env("GGML_CPU_ARM_ARCH", &ctx.board.cpu_baseline);
+        // ggml's CPU baseline (llama.cpp and whisper.cpp forward GGML_* to CMake).
+        for (name, value) in ggml_baseline_env(ctx.board) {
+            cmd.env(name, value);
         }
         for (package, binaries, wasm) in &crates {
             cmd.args(["--package", package]);
@@ -350,6 +350,27 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// ggml's CMake settings for the board's CPU baseline. x86-64-v3 is `.cargo/config.toml`'s
+/// (AVX2, FMA, F16C, BMI2: the host tests' too); x86-64-v2 stops at SSE4.2; on arm64 the
+/// baseline is `-march`.
+fn ggml_baseline_env(board: &Board) -> Vec<(&'static str, String)> {
+    match (board.arch, board.cpu_baseline.as_str()) {
+        (Arch::Aarch64, march) => vec![("GGML_CPU_ARM_ARCH", march.to_string())],
+        (Arch::X86_64, "x86-64-v2") => [
+            "GGML_AVX",
+            "GGML_AVX2",
+            "GGML_FMA",
+            "GGML_F16C",
+            "GGML_BMI2",
+        ]
+        .into_iter()
+        .map(|name| (name, "OFF".to_string()))
+        .chain([("GGML_SSE42", "ON".to_string())])
+        .collect(),
+        (Arch::X86_64, _) => Vec::new(),
+    }
 }
 
 /// Where cargo builds a board's device binaries: the workspace's target directory for

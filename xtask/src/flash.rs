@@ -227,7 +227,7 @@ fn write_ranges(image: &Path, target: &Path, map: &Bmap, is_file: bool) -> Resul
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
             source.read_exact(&mut buf[..n])?;
-            out.write_all(&mut buf[..n])
+            out.write_all(&buf[..n])
                 .with_context(|| format!("writing {}", target.display()))?;
             left -= n as u64;
             progress.inc(n as u64);

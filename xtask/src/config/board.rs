@@ -259,6 +259,13 @@ pub fn load(board_dir: &Path, spec: &str) -> Result<Board> {
             );
             String::new()
         }
+        (Some(b), Some(Arch::X86_64)) if b != "x86-64-v2" && b != "x86-64-v3" => {
+            problems.add(
+                "cpu-baseline",
+                format!("`{b}`: x86_64 boards take x86-64-v2 or x86-64-v3"),
+            );
+            String::new()
+        }
         (Some(b), _) if b == "native" => {
             problems.add(
                 "cpu-baseline",
