@@ -100,14 +100,7 @@ pub fn write_file(disk: &Path, offset: u64, size: u64, path: &str, data: &[u8]) 
         .write(true)
         .open(disk)
         .with_context(|| disk.display().to_string())?;
-    let region = Region {
-        file,
-        offset,
-        size,
-        pos: 0,
-    };
-    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
-        .context("the ESP is not a FAT filesystem")?;
+    let fs = open_region(file, offset, size)?;
     put(&fs, path, data)?;
     fs.unmount().context("ESP: unmount")?;
     Ok(())
@@ -117,20 +110,25 @@ pub fn write_file(disk: &Path, offset: u64, size: u64, path: &str, data: &[u8]) 
 pub fn read_file(disk: &Path, offset: u64, size: u64, path: &str) -> Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(disk).with_context(|| disk.display().to_string())?;
-    let region = Region {
-        file,
-        offset,
-        size,
-        pos: 0,
-    };
-    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
-        .context("the ESP is not a FAT filesystem")?;
+    let fs = open_region(file, offset, size)?;
     let mut data = Vec::new();
     fs.root_dir()
         .open_file(path)
         .with_context(|| format!("ESP: no {path}"))?
         .read_to_end(&mut data)?;
     Ok(data)
+}
+
+/// The FAT filesystem in `size` bytes of `file` from byte `offset`.
+fn open_region(file: std::fs::File, offset: u64, size: u64) -> Result<fatfs::FileSystem<Region>> {
+    let region = Region {
+        file,
+        offset,
+        size,
+        pos: 0,
+    };
+    fatfs::FileSystem::new(region, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
+        .context("the ESP is not a FAT filesystem")
 }
 
 /// A byte range of a file as a file of its own (one partition of a disk).
