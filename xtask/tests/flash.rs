@@ -126,13 +126,8 @@ fn refuses_mounted_targets_unconfirmed_writes_and_damaged_images() {
     run(Command::new("mount").arg(&device.0).arg(&mount_point));
     std::fs::write(mount_point.join("precious"), b"keep me").unwrap();
     for target in [Path::new(&device.0), disk.as_path()] {
-        let err = flash(&FlashOptions {
-            image: &image,
-            target,
-            yes: true,
-        })
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("is mounted"), "{err:#}");
+        let err = refusal(&image, target, true);
+        assert!(err.contains("is mounted"), "{err}");
     }
     assert_eq!(
         std::fs::read(mount_point.join("precious")).unwrap(),
@@ -143,13 +138,7 @@ fn refuses_mounted_targets_unconfirmed_writes_and_damaged_images() {
 
     // The disk this machine runs from, when / is on a block device we can name.
     if let Some(root) = root_block_device() {
-        let err = flash(&FlashOptions {
-            image: &image,
-            target: &root,
-            yes: true,
-        })
-        .unwrap_err();
-        let message = format!("{err:#}");
+        let message = refusal(&image, &root, true);
         assert!(
             message.contains("runs from") || message.contains("is mounted"),
             "{message}"
@@ -159,16 +148,8 @@ fn refuses_mounted_targets_unconfirmed_writes_and_damaged_images() {
     // No terminal to ask and no --yes: nothing is written.
     let unconfirmed = dir.join("unconfirmed.img");
     std::fs::write(&unconfirmed, b"old contents").unwrap();
-    let err = flash(&FlashOptions {
-        image: &image,
-        target: &unconfirmed,
-        yes: false,
-    })
-    .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("without confirmation"),
-        "{err:#}"
-    );
+    let err = refusal(&image, &unconfirmed, false);
+    assert!(err.contains("without confirmation"), "{err}");
     assert_eq!(std::fs::read(&unconfirmed).unwrap(), b"old contents");
 
     // A damaged image (one flipped bit in slot A) is refused before anything is written.
@@ -199,13 +180,7 @@ fn refuses_mounted_targets_unconfirmed_writes_and_damaged_images() {
         f.write_at(&[byte[0] ^ 1], slot_a + 4096).unwrap();
     }
     let target = dir.join("from-damaged.img");
-    let err = flash(&FlashOptions {
-        image: &damaged,
-        target: &target,
-        yes: true,
-    })
-    .unwrap_err();
-    let message = format!("{err:#}");
+    let message = refusal(&damaged, &target, true);
     assert!(
         message.contains("is damaged") && message.contains("do not match"),
         "{message}"
@@ -215,6 +190,12 @@ fn refuses_mounted_targets_unconfirmed_writes_and_damaged_images() {
         "nothing may be written from a damaged image"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The error (with its causes) of a flash that must be refused.
+fn refusal(image: &Path, target: &Path, yes: bool) -> String {
+    let err = flash(&FlashOptions { image, target, yes }).unwrap_err();
+    format!("{err:#}")
 }
 
 /// The block device `/` is mounted from, if it is one (not an overlay).
