@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -314,14 +313,8 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     let target_dir = crate_target_dir(ctx.project, ctx.board);
     for (target, crates) in by_target {
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&ctx.project.root).args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            target,
-        ]);
+        let mut cmd = ctx.project.cargo();
+        cmd.args(["build", "--release", "--locked", "--target", target]);
         cmd.env("CARGO_TARGET_DIR", &target_dir);
         // ggml's CPU baseline (llama.cpp and whisper.cpp forward GGML_* to CMake).
         for (name, value) in ggml_baseline_env(ctx.board) {

@@ -521,9 +521,8 @@ fn test(project: &Project, board: &str, soak: bool, args: &[String]) -> Result<(
     )?;
     let python = python::ensure_venv(project)?;
     eprintln!("==> cargo test (boot tests use {})", output.image.display());
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&project.root).args(["test", "--locked"]);
+    let mut cmd = project.cargo();
+    cmd.args(["test", "--locked"]);
     match arch {
         // Everything, except the arm64 board checks (they cross-build arm64 code).
         config::Arch::X86_64 => {

@@ -6,7 +6,6 @@
 //! changed app replaces the phone's offline copy on its next visit.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -31,8 +30,8 @@ const VERSION_LINE: &str = "const VERSION = \"dev\";";
 /// Builds `pairing.wasm` and assembles the web app in `target/llamabox/web/`; returns
 /// that folder (the gateway's `--web`).
 pub fn build(project: &Project) -> Result<PathBuf> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&project.root)
+    let status = project
+        .cargo()
         .args(["build", "--release", "--locked", "--target", WASM_TARGET])
         .args(["-p", "llamabox-pairing", "--lib"])
         .status()

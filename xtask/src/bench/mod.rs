@@ -19,7 +19,6 @@ mod voice;
 mod whisper_cli;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
@@ -297,9 +296,8 @@ fn stop_all(servers: [Running; 2]) -> Result<()> {
 /// cargo's `[env]` CPU baseline.
 fn build_release(project: &Project, package: &str) -> Result<PathBuf> {
     eprintln!("==> cargo build --release -p {package}");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&project.root)
+    let status = project
+        .cargo()
         .args(["build", "--release", "--package", package])
         .status()
         .context("cannot run cargo")?;

@@ -120,9 +120,8 @@ pub fn cmake_flags(project: &Project) -> Result<Vec<String>> {
 /// `whisper-rs-sys`'s `whisper.cpp/` directory, from `cargo metadata` (the registry's
 /// unpacked crate, wherever `CARGO_HOME` is).
 fn library_source(project: &Project) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(&project.root)
+    let output = project
+        .cargo()
         .args(["metadata", "--format-version", "1", "--locked"])
         .output()
         .context("cannot run cargo metadata")?;
