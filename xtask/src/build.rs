@@ -34,6 +34,43 @@ pub struct BuildOptions {
     pub inputs: BTreeMap<String, PathBuf>,
 }
 
+impl BuildOptions {
+    /// The product image for `board`, with the default output and cache folders.
+    pub fn for_board(board: impl Into<String>) -> BuildOptions {
+        BuildOptions {
+            board: board.into(),
+            image: DEFAULT_IMAGE.into(),
+            out_dir: None,
+            cache_dir: None,
+            inputs: BTreeMap::new(),
+        }
+    }
+}
+
+/// `cargo xtask image`: builds and prints where the outputs are.
+pub fn image_command(project: &Project, options: &BuildOptions) -> Result<()> {
+    let output = build(project, options)?;
+    println!("image:  {}", output.image.display());
+    println!("bmap:   {}", output.bmap.display());
+    println!("sha256: {}", output.sha256_file.display());
+    println!("rootfs: {}", output.rootfs.display());
+    Ok(())
+}
+
+/// `cargo xtask stage`: stages one recipe and prints each file's path on the device
+/// and in the staged tree.
+pub fn stage_command(project: &Project, board: &str, recipe: &str) -> Result<()> {
+    let tree = stage_one(project, board, recipe)?;
+    for entry in walkdir::WalkDir::new(&tree).sort_by_file_name() {
+        let entry = entry?;
+        if !entry.file_type().is_dir() {
+            let rel = entry.path().strip_prefix(&tree)?;
+            println!("/{}\t{}", rel.display(), entry.path().display());
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct BuildOutput {
     pub image: PathBuf,
@@ -345,9 +382,9 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-/// ggml's CMake settings for the board's CPU baseline. x86-64-v3 is `.cargo/config.toml`'s
-/// (AVX2, FMA, F16C, BMI2: the host tests' too); x86-64-v2 stops at SSE4.2; on arm64 the
-/// baseline is `-march`.
+/// ggml's CMake settings for the board's CPU baseline, always explicit (whatever
+/// `.cargo/config.toml` says for the host): x86-64-v2 stops at SSE4.2, x86-64-v3 adds
+/// AVX2, FMA, F16C and BMI2; on arm64 the baseline is `-march`.
 fn ggml_baseline_env(board: &Board) -> Vec<(&'static str, String)> {
     match (board.arch, board.cpu_baseline.as_str()) {
         (Arch::Aarch64, march) => vec![("GGML_CPU_ARM_ARCH", march.to_string())],
@@ -362,7 +399,18 @@ fn ggml_baseline_env(board: &Board) -> Vec<(&'static str, String)> {
         .map(|name| (name, "OFF".to_string()))
         .chain([("GGML_SSE42", "ON".to_string())])
         .collect(),
-        (Arch::X86_64, _) => Vec::new(),
+        // x86-64-v3 (the board schema admits only these two).
+        (Arch::X86_64, _) => [
+            "GGML_SSE42",
+            "GGML_AVX",
+            "GGML_AVX2",
+            "GGML_FMA",
+            "GGML_F16C",
+            "GGML_BMI2",
+        ]
+        .into_iter()
+        .map(|name| (name, "ON".to_string()))
+        .collect(),
     }
 }
 

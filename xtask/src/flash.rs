@@ -387,3 +387,31 @@ fn loop_devices_backed_by(file: &Path) -> Result<Vec<BlockDevice>> {
     }
     Ok(out)
 }
+
+/// `cargo xtask flash`: `image` (or the board's image, built if needed) onto `disk`;
+/// prints the box's label (setup code) and what was written.
+pub fn command(
+    project: &crate::project::Project,
+    disk: &Path,
+    image: Option<PathBuf>,
+    board: String,
+    yes: bool,
+) -> Result<()> {
+    let image = match image {
+        Some(image) => image,
+        None => crate::build::build(project, &crate::build::BuildOptions::for_board(board))?.image,
+    };
+    let flashed = flash(&FlashOptions {
+        image: &image,
+        target: disk,
+        yes,
+    })?;
+    println!("{}", crate::provision::label(&flashed.identity));
+    println!(
+        "flashed {} onto {} ({:.1} MiB written and verified); keep the setup code with the box",
+        image.display(),
+        disk.display(),
+        flashed.written_bytes as f64 / 1048576.0
+    );
+    Ok(())
+}

@@ -59,3 +59,19 @@ pub fn generate(out: &Path, name: &str, comment: &str) -> Result<(PathBuf, PathB
     std::fs::write(&public_path, key.public().to_file(comment))?;
     Ok((secret_path, public_path))
 }
+
+/// `cargo xtask keys`: a new key pair in `out`, and how to sign with it.
+pub fn generate_command(out: &Path, name: &str) -> Result<()> {
+    let (secret, public) = generate(out, name, &format!("Llama Box signing key `{name}`"))?;
+    println!(
+        "secret key: {} (keep it out of the repository)",
+        secret.display()
+    );
+    println!("public key: {}", public.display());
+    println!(
+        "sign images with it: {}={} cargo xtask image",
+        SIGNING_KEY_ENV,
+        secret.display()
+    );
+    Ok(())
+}

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod build;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod fetch;
@@ -17,8 +18,10 @@ pub mod provision;
 pub mod python;
 pub mod qemu;
 pub mod release;
+pub mod run;
 pub mod serve;
 pub mod setup;
 pub mod speech;
 pub mod stage;
+pub mod suite;
 pub mod web;

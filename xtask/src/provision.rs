@@ -59,3 +59,15 @@ pub fn label(identity: &DeviceIdentity) -> String {
         &code[4..]
     )
 }
+
+/// `cargo xtask provision`: a new identity written onto `disk`; prints its label.
+pub fn command(disk: &Path) -> Result<()> {
+    let identity = new_identity();
+    write(disk, &identity)?;
+    println!("{}", label(&identity));
+    println!(
+        "provisioned {}: keep the setup code with the box (it is on no other copy)",
+        disk.display()
+    );
+    Ok(())
+}

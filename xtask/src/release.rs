@@ -339,3 +339,30 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// `cargo xtask release`: the board's image built and published into `repo` (created
+/// on first use, trusting the image's update root).
+pub fn command(project: &Project, board: String, image: String, repo: &Path) -> Result<()> {
+    let out = crate::build::build(
+        project,
+        &crate::build::BuildOptions {
+            image,
+            ..crate::build::BuildOptions::for_board(board)
+        },
+    )?;
+    let parts = out.release.expect("a build has release parts");
+    if !repo.join("root.json").exists() {
+        init_repo(repo, &trusted_root(project)?)?;
+    }
+    let target = write_bundle(repo, &parts)?;
+    let keys = RoleKeys::load(project)?;
+    publish(repo, target.clone(), &keys, Lifetimes::default())?;
+    println!(
+        "published {} {} into {} (bundle index {})",
+        target.board,
+        target.version,
+        repo.display(),
+        &target.sha256[..16]
+    );
+    Ok(())
+}

@@ -148,3 +148,14 @@ fn serve(
         }
     }
 }
+
+/// `cargo xtask serve`: `repo` over HTTP until interrupted.
+pub fn serve_forever(repo: &Path, listen: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let server =
+        Server::bind(repo, listen).with_context(|| format!("cannot listen on {listen}"))?;
+    println!("serving {} at {}", repo.display(), server.url());
+    loop {
+        std::thread::park();
+    }
+}

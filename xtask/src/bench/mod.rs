@@ -315,3 +315,53 @@ fn check_exists(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask bench inference`, from its flags.
+pub fn inference_command(
+    project: &Project,
+    repetitions: usize,
+    threads: Option<usize>,
+    ours: Option<PathBuf>,
+    reference_twice: bool,
+) -> Result<()> {
+    if repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let ours = match (ours, reference_twice) {
+        (_, true) => Ours::Reference,
+        (Some(path), false) => Ours::Binary(path),
+        (None, false) => Ours::Build,
+    };
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    inference(
+        project,
+        &Options {
+            ours,
+            repetitions,
+            threads,
+        },
+    )
+}
+
+/// `cargo xtask bench voice`, from its flags.
+pub fn voice_command(
+    project: &Project,
+    repetitions: usize,
+    threads: Vec<usize>,
+    models: Vec<String>,
+    ours: Option<PathBuf>,
+) -> Result<()> {
+    if repetitions == 0 || threads.contains(&0) {
+        bail!("--repetitions and --threads must be at least 1");
+    }
+    voice(
+        project,
+        &VoiceOptions {
+            ours,
+            repetitions,
+            threads,
+            models,
+        },
+    )
+}

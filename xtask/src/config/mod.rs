@@ -89,11 +89,11 @@ impl Arch {
         }
     }
     /// The CPU baseline device code is compiled for when a board names none. x86_64's
-    /// is set for ggml in `.cargo/config.toml` (x86-64-v3); arm64's is the oldest core
-    /// a supported board has (the LX2160A's Cortex-A72).
+    /// is the host's in `.cargo/config.toml` (x86-64-v2, the test vehicle's); arm64's is
+    /// the oldest core a supported board has (the LX2160A's Cortex-A72).
     pub fn default_cpu_baseline(self) -> &'static str {
         match self {
-            Arch::X86_64 => "x86-64-v3",
+            Arch::X86_64 => "x86-64-v2",
             Arch::Aarch64 => "armv8-a+crc+crypto",
         }
     }
