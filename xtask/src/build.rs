@@ -17,10 +17,11 @@ use crate::config::board::{Board, KernelSource};
 use crate::config::image::ImageDef;
 use crate::config::lock::DebianLock;
 use crate::config::recipe::{Recipe, Source};
-use crate::config::{self, Arch};
+use crate::config::{self, Arch, WASM_TARGET};
 use crate::fetch::{debian, pypi};
 use crate::project::Project;
 use crate::{keys, stage};
+use llamabox_format::paths::{self, in_tree};
 
 pub const DEFAULT_IMAGE: &str = "llamabox";
 
@@ -273,7 +274,7 @@ pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     step.done();
 
     let step = Step::start("root filesystem (EROFS + dm-verity, signed)");
-    let update_root = crate::release::trusted_root(project)?;
+    let update_root = keys::trusted_root(project)?;
     let slot = build_rootfs(&mut ctx, &staged, &signing, &update_root)?;
     step.done();
 
@@ -467,9 +468,6 @@ fn kernel_files(ctx: &mut Ctx, inputs: &BTreeMap<String, PathBuf>) -> Result<(Pa
     }
 }
 
-/// The browser's target (the web app's pairing code).
-pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
-
 fn stage_recipe(
     ctx: &mut Ctx,
     recipe: &Recipe,
@@ -619,15 +617,12 @@ fn build_rootfs(
         }
         std::fs::create_dir_all(tree.join("etc/llamabox"))?;
         std::fs::write(tree.join("etc/os-release"), os_release(&image, None))?;
-        std::fs::write(tree.join("etc/llamabox/board"), format!("{board}\n"))?;
-        std::fs::write(tree.join("etc/llamabox/health.toml"), image.health_toml())?;
-        let root_path = tree.join(crate::release::ROOT_IN_IMAGE);
+        std::fs::write(tree.join(in_tree(paths::BOARD)), format!("{board}\n"))?;
+        std::fs::write(tree.join(in_tree(paths::HEALTH)), image.health_toml())?;
+        let root_path = tree.join(in_tree(paths::UPDATE_ROOT));
         std::fs::create_dir_all(root_path.parent().unwrap())?;
         std::fs::write(root_path, update_root)?;
-        std::fs::write(
-            tree.join("etc/llamabox/update/boot-tries"),
-            format!("{tries}\n"),
-        )?;
+        std::fs::write(tree.join(in_tree(paths::BOOT_TRIES)), format!("{tries}\n"))?;
         normalize_directories(&tree)?;
         let slot = rootfs::build_slot(&tree, dir, &key, &board, &image.version, signing)?;
         std::fs::write(
@@ -710,14 +705,14 @@ fn build_initramfs(
         }
         archive.file("lib/modules/load-order", 0o644, load_order.into_bytes());
         archive.file(
-            &format!("etc/llamabox/trusted-keys/{}.pub", trusted.id()),
+            &format!("{}/{}.pub", in_tree(paths::TRUSTED_KEYS), trusted.id()),
             0o644,
             trusted
                 .to_file("trusted to sign root filesystems")
                 .into_bytes(),
         );
         archive.file(
-            "etc/llamabox/board",
+            in_tree(paths::BOARD),
             0o644,
             format!("{}\n", board.name).into_bytes(),
         );

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use llamabox_format::update::metadata::parse_time;
+use llamabox_format::update::{Root, Signed};
 use llamabox_format::SecretKey;
 
 use crate::project::Project;
@@ -11,6 +13,11 @@ use crate::project::Project;
 pub const SIGNING_KEY_ENV: &str = "LLAMABOX_SIGNING_KEY";
 pub const DEV_SECRET: &str = "dev.secret";
 pub const DEV_PUBLIC: &str = "dev.pub";
+/// Points at a repository's root metadata (`1.root.json`) for images and releases;
+/// without it the development root (every role signed by the development key) is used.
+pub const UPDATE_ROOT_ENV: &str = "LLAMABOX_UPDATE_ROOT";
+/// The development root never expires in practice; a fixed date keeps images reproducible.
+const DEV_ROOT_EXPIRES: &str = "2036-01-01T00:00:00Z";
 
 /// The key root filesystems are signed with: `$LLAMABOX_SIGNING_KEY`, else the
 /// development key (with a warning: images signed with it are for development only).
@@ -74,4 +81,32 @@ pub fn generate_command(out: &Path, name: &str) -> Result<()> {
         secret.display()
     );
     Ok(())
+}
+
+/// The development repository's root: version 1, the development key for every role.
+pub fn dev_root(key: &SecretKey) -> Vec<u8> {
+    let public = key.public();
+    let expires = parse_time(DEV_ROOT_EXPIRES).expect("constant parses");
+    let root = Root::with_keys(1, expires, [(&[&public], 1); 4]);
+    Signed::sign(&root, &[key])
+}
+
+/// The root metadata images trust: `$LLAMABOX_UPDATE_ROOT`, else the development root.
+pub fn trusted_root(project: &Project) -> Result<Vec<u8>> {
+    match std::env::var_os(UPDATE_ROOT_ENV) {
+        Some(path) => {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("cannot read {}", Path::new(&path).display()))?;
+            let root = Signed::<Root>::parse(&bytes)
+                .with_context(|| format!("{}", Path::new(&path).display()))?;
+            root.signed.validate()?;
+            root.verify(&root.signed)
+                .context("the update root must be signed by its own root keys")?;
+            Ok(bytes)
+        }
+        None => {
+            let dev = read_secret(&project.keys_dir().join(DEV_SECRET))?;
+            Ok(dev_root(&dev))
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use llamabox_format::update::bundle::{uki_file, BundleFile, BundleIndex, ChunkRef, SLOT_FILE};
 use llamabox_format::update::chunk::chunk_bytes;
-use llamabox_format::update::metadata::{format_time, parse_time};
+use llamabox_format::update::metadata::format_time;
 use llamabox_format::update::{MetaFile, Role, Root, Signed, Snapshot, Target, Targets, Timestamp};
 use llamabox_format::{SecretKey, Slot};
 use sha2::{Digest, Sha256};
@@ -20,17 +20,11 @@ use sha2::{Digest, Sha256};
 use crate::build::ReleaseParts;
 use crate::project::Project;
 
-/// Points at a repository's root metadata (`1.root.json`) for images and releases;
-/// without it the development root (every role signed by the development key) is used.
-pub const UPDATE_ROOT_ENV: &str = "LLAMABOX_UPDATE_ROOT";
+pub use crate::keys::{dev_root, trusted_root, UPDATE_ROOT_ENV};
+
 /// A directory with the online role keys: `targets*.secret`, `snapshot*.secret`,
 /// `timestamp*.secret`. Without it, the development key signs every role.
 pub const UPDATE_KEYS_ENV: &str = "LLAMABOX_UPDATE_KEYS";
-/// Where the image carries the root it trusts for updates.
-pub const ROOT_IN_IMAGE: &str = "etc/llamabox/update/root.json";
-
-/// The development root never expires in practice; a fixed date keeps images reproducible.
-const DEV_ROOT_EXPIRES: &str = "2036-01-01T00:00:00Z";
 
 /// How long each role's metadata stays valid after publishing.
 #[derive(Debug, Clone, Copy)]
@@ -99,34 +93,6 @@ impl RoleKeys {
             snapshot: role("snapshot")?,
             timestamp: role("timestamp")?,
         })
-    }
-}
-
-/// The development repository's root: version 1, the development key for every role.
-pub fn dev_root(key: &SecretKey) -> Vec<u8> {
-    let public = key.public();
-    let expires = parse_time(DEV_ROOT_EXPIRES).expect("constant parses");
-    let root = Root::with_keys(1, expires, [(&[&public], 1); 4]);
-    Signed::sign(&root, &[key])
-}
-
-/// The root metadata images trust: `$LLAMABOX_UPDATE_ROOT`, else the development root.
-pub fn trusted_root(project: &Project) -> Result<Vec<u8>> {
-    match std::env::var_os(UPDATE_ROOT_ENV) {
-        Some(path) => {
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("cannot read {}", Path::new(&path).display()))?;
-            let root = Signed::<Root>::parse(&bytes)
-                .with_context(|| format!("{}", Path::new(&path).display()))?;
-            root.signed.validate()?;
-            root.verify(&root.signed)
-                .context("the update root must be signed by its own root keys")?;
-            Ok(bytes)
-        }
-        None => {
-            let dev = crate::keys::read_secret(&project.keys_dir().join(crate::keys::DEV_SECRET))?;
-            Ok(dev_root(&dev))
-        }
     }
 }
 

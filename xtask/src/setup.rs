@@ -94,7 +94,7 @@ pub fn ensure_host_tools(arches: &[Arch]) -> Result<()> {
         }
     }
     // The web app's pairing code (services/gateway/pairing) runs in the browser.
-    ensure_rust_target(crate::build::WASM_TARGET)
+    ensure_rust_target(crate::config::WASM_TARGET)
 }
 
 fn install_packages(missing: &[&str]) -> Result<()> {

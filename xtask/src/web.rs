@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::project::Project;
 
-use crate::build::WASM_TARGET;
+use crate::config::WASM_TARGET;
 
 /// The app's sources in the checkout.
 pub fn source_dir(project: &Project) -> PathBuf {

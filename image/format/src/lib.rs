@@ -9,6 +9,7 @@
 pub mod boot_entry;
 pub mod keys;
 pub mod manifest;
+pub mod paths;
 pub mod provisioning;
 pub mod update;
 

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use llamabox_format::paths::HEALTH as HEALTH_CONFIG;
 use llamabox_format::Slot;
 use llamabox_init::boot_info::BootInfo;
 use llamabox_init::esp::MountedEsp;
@@ -19,7 +20,6 @@ use llamabox_supervisor::supervisor::{BusConfig, Config, Exit, HealthGate, Super
 use nix::mount::MsFlags;
 
 const BOOT_COUNT: &str = "/var/lib/llamabox/boot-count";
-const HEALTH_CONFIG: &str = "/etc/llamabox/health.toml";
 const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 
 fn main() {

@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
+use llamabox_format::paths::{BOARD as BOARD_FILE, TRUSTED_KEYS};
 use llamabox_format::{PublicKey, SignedManifest, Slot, SlotManifest, MANIFEST_BLOCK_SIZE};
 use llamabox_init::boot_info::BootInfo;
 use llamabox_init::esp::MountedEsp;
@@ -19,8 +20,6 @@ use llamabox_init::{block, cmdline, device_mapper, fs, info, kmod, power};
 use nix::mount::MsFlags;
 
 const SYSROOT: &str = "/sysroot";
-const TRUSTED_KEYS: &str = "/etc/llamabox/trusted-keys";
-const BOARD_FILE: &str = "/etc/llamabox/board";
 const DATA_LABEL: &str = "llamabox-data";
 const STAGE2: &str = "/sbin/init";
 

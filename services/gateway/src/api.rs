@@ -4,13 +4,14 @@
 //! needs a paired phone's bearer token; without one it is 401, whether or not the
 //! route exists.
 
+use crate::error::ApiError;
 use crate::net::{plain_http_allowed, Conn};
-use crate::pairing::{Pairing, Refusal, MAX_FAILURES};
+use crate::pairing::{Pairing, MAX_FAILURES};
 use crate::phones::{Phone, Phones};
 use crate::proxy::Upstreams;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, delete, get, post};
@@ -29,69 +30,6 @@ pub struct App {
     pub pairing: Mutex<Pairing>,
     pub phones: Mutex<Phones>,
     pub upstreams: Upstreams,
-}
-
-/// Errors in the OpenAI shape the services use too: `{"error": {"message", "type"}}`.
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-    extra: Option<(&'static str, serde_json::Value)>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            kind,
-            message: message.into(),
-            extra: None,
-        }
-    }
-
-    fn internal(e: anyhow::Error) -> ApiError {
-        tracing::error!("{e:#}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            format!("{e:#}"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = json!({"message": self.message, "type": self.kind});
-        if let Some((key, value)) = self.extra {
-            error[key] = value;
-        }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
-        if self.status == StatusCode::UNAUTHORIZED && self.kind == "unauthorized" {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(refusal: Refusal) -> ApiError {
-        let (status, kind) = match refusal {
-            Refusal::WindowClosed | Refusal::TooManyFailures => {
-                (StatusCode::FORBIDDEN, "pairing_closed")
-            }
-            Refusal::Busy => (StatusCode::TOO_MANY_REQUESTS, "pairing_busy"),
-            Refusal::UnknownSession => (StatusCode::NOT_FOUND, "unknown_session"),
-            Refusal::BadMessage => (StatusCode::BAD_REQUEST, "invalid_request"),
-            Refusal::WrongCode { .. } => (StatusCode::UNAUTHORIZED, "wrong_code"),
-        };
-        let mut error = ApiError::new(status, kind, refusal.to_string());
-        if let Refusal::WrongCode { attempts_left } = refusal {
-            error.extra = Some(("attempts_left", json!(attempts_left)));
-        }
-        error
-    }
 }
 
 /// JSON bodies parsed by hand so a bad one gets a JSON error naming the problem.

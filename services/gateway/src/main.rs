@@ -2,6 +2,7 @@
 
 mod api;
 mod device;
+mod error;
 mod files;
 mod mdns;
 mod net;

@@ -1,7 +1,7 @@
 //! Forwarding authenticated requests to the services on loopback, streaming both ways
 //! (token streams and transcript events arrive as they are made).
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderName, StatusCode, Uri};
@@ -17,30 +17,24 @@ pub enum Service {
     Voice,
 }
 
+/// Every path the services answer, and which one: a new service route is a row here.
+/// A prefix ending in `/` covers everything under it; any other covers itself and
+/// its sub-paths (`/v1/models` and `/v1/models/x`, not `/v1/modelsx`).
+const ROUTES: &[(&str, Service)] = &[
+    ("/v1/chat/", Service::Inference),
+    ("/v1/completions", Service::Inference),
+    ("/v1/embeddings", Service::Inference),
+    ("/v1/models", Service::Inference),
+    ("/v1/audio/", Service::Voice),
+    ("/v1/voice/", Service::Voice),
+];
+
 impl Service {
     pub fn for_path(path: &str) -> Option<Service> {
-        const INFERENCE: &[&str] = &[
-            "/v1/chat/",
-            "/v1/completions",
-            "/v1/embeddings",
-            "/v1/models",
-        ];
-        const VOICE: &[&str] = &["/v1/audio/", "/v1/voice/"];
-        let under = |prefixes: &[&str]| {
-            prefixes.iter().any(|p| {
-                path.starts_with(p)
-                    && (p.ends_with('/')
-                        || path[p.len()..].is_empty()
-                        || path[p.len()..].starts_with('/'))
-            })
-        };
-        if under(INFERENCE) {
-            Some(Service::Inference)
-        } else if under(VOICE) {
-            Some(Service::Voice)
-        } else {
-            None
-        }
+        ROUTES.iter().find_map(|&(prefix, service)| {
+            let rest = path.strip_prefix(prefix)?;
+            (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')).then_some(service)
+        })
     }
 
     fn describe(self) -> &'static str {

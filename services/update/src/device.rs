@@ -9,10 +9,9 @@ use llamabox_init::esp::MountedEsp;
 
 use crate::install::Layout;
 
-pub const BOARD_FILE: &str = "/etc/llamabox/board";
-/// Boot attempts the bootloader gives a new slot (the board's `tries`), from the image.
-pub const TRIES_FILE: &str = "/etc/llamabox/update/boot-tries";
-pub const IMAGE_ROOT: &str = "/etc/llamabox/update/root.json";
+pub use llamabox_format::paths::{
+    BOARD as BOARD_FILE, BOOT_TRIES as TRIES_FILE, UPDATE_ROOT as IMAGE_ROOT,
+};
 pub const STATE_DIR: &str = "/var/lib/llamabox/update";
 /// The repository configuration: the image's, overridden by the box's local one.
 pub const CONFIG_FILES: [&str; 2] = [

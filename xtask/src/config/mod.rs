@@ -10,6 +10,9 @@ pub mod image;
 pub mod lock;
 pub mod recipe;
 
+/// The browser's target (the web app's pairing code).
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};

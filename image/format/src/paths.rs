@@ -1,0 +1,20 @@
+//! Files the image builder writes into an image and the device reads: one definition
+//! for both sides. Absolute paths as the device sees them; the builder writes them
+//! under its staging tree with [`in_tree`].
+
+/// The board the image was built for (`qemu-x86_64`, `lx2160a-honeycomb`, …), one line.
+/// Stage 1 and the update service match bundles and device trees against it.
+pub const BOARD: &str = "/etc/llamabox/board";
+/// The update repository's root metadata the image trusts (TUF-style `root.json`).
+pub const UPDATE_ROOT: &str = "/etc/llamabox/update/root.json";
+/// Boot attempts the bootloader gives a new slot (the board's `tries`), one number.
+pub const BOOT_TRIES: &str = "/etc/llamabox/update/boot-tries";
+/// The health gate's grace period and deadline (TOML), read by init.
+pub const HEALTH: &str = "/etc/llamabox/health.toml";
+/// Keys trusted to sign root filesystems (in the initramfs): `<key id>.pub` files.
+pub const TRUSTED_KEYS: &str = "/etc/llamabox/trusted-keys";
+
+/// `path` relative to a root filesystem tree: `/etc/x` → `etc/x`.
+pub fn in_tree(path: &str) -> &str {
+    path.trim_start_matches('/')
+}
