@@ -5,14 +5,13 @@
 //! which runs as PID 1 for the life of the system. Both are static binaries; neither
 //! may panic, since a dying PID 1 panics the kernel.
 
-pub mod block;
-pub mod boot_info;
 pub mod device_mapper;
-pub mod esp;
-pub mod fs;
 pub mod kmod;
 pub mod log;
 pub mod power;
+
+// Shared with the services and the CLI (they never depend on this crate).
+pub use llamabox_device::{block, boot_info, esp, fs};
 
 /// Kernel command line keys this project reads.
 pub mod cmdline {

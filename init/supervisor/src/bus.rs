@@ -14,8 +14,10 @@ use std::time::Duration;
 use crate::logs;
 use crate::state::Snapshot;
 
-pub const BUS_NAME: &str = "org.llamabox.Supervisor1";
-pub const OBJECT_PATH: &str = "/org/llamabox/Supervisor1";
+pub use llamabox_device::bus::SUPERVISOR;
+use llamabox_device::bus::{ServiceRow, ServiceStatus};
+const BUS_NAME: &str = SUPERVISOR.name;
+const OBJECT_PATH: &str = SUPERVISOR.path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -68,10 +70,6 @@ struct Interface {
     shared: Arc<Shared>,
 }
 
-/// One row of `ListServices`: name, description, state, ready, critical, pid (0: none),
-/// starts, last exit.
-type ServiceRow = (String, String, String, bool, bool, i32, u32, String);
-
 #[zbus::interface(name = "org.llamabox.Supervisor1")]
 impl Interface {
     fn list_services(&self) -> zbus::fdo::Result<Vec<ServiceRow>> {
@@ -84,16 +82,17 @@ impl Interface {
             .services
             .iter()
             .map(|s| {
-                (
-                    s.name.clone(),
-                    s.description.clone(),
-                    s.state.clone(),
-                    s.ready,
-                    s.critical,
-                    s.pid.unwrap_or(0),
-                    s.starts,
-                    s.last_exit.clone().unwrap_or_default(),
-                )
+                ServiceStatus {
+                    name: s.name.clone(),
+                    description: s.description.clone(),
+                    state: s.state.clone(),
+                    ready: s.ready,
+                    critical: s.critical,
+                    pid: s.pid,
+                    starts: s.starts,
+                    last_exit: s.last_exit.clone().unwrap_or_default(),
+                }
+                .into()
             })
             .collect())
     }
@@ -195,4 +194,16 @@ pub fn serve(address: String, shared: Arc<Shared>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::object_server::Interface as _;
+
+    #[test]
+    fn the_interface_is_the_contracts() {
+        // zbus's attribute takes a literal; the contract's name must be the same.
+        assert_eq!(Interface::name().as_str(), SUPERVISOR.name);
+    }
 }

@@ -6,14 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use llamabox_supervisor::bus::{BUS_NAME, OBJECT_PATH};
+use llamabox_device::bus::{self, SUPERVISOR, UPDATE, VOICE};
 
-const DEFAULT_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 const LOG_DIR: &str = "/var/log/llamabox";
-const UPDATE_BUS_NAME: &str = "org.llamabox.Update1";
-const UPDATE_OBJECT_PATH: &str = "/org/llamabox/Update1";
-const VOICE_BUS_NAME: &str = "org.llamabox.Voice1";
-const VOICE_OBJECT_PATH: &str = "/org/llamabox/Voice1";
 
 #[derive(Parser)]
 #[command(name = "llamabox", about = "Control and inspect a Llama Box", version)]
@@ -94,27 +89,12 @@ fn main() {
     }
 }
 
-/// A proxy for `name` at `path` (its interface has the bus name's name).
-fn service_proxy(
-    name: &'static str,
-    path: &'static str,
-    what: &str,
-) -> Result<zbus::blocking::Proxy<'static>, String> {
-    let address =
-        std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| DEFAULT_BUS.to_string());
-    let connection = zbus::blocking::connection::Builder::address(address.as_str())
-        .and_then(|b| b.build())
-        .map_err(|e| format!("cannot reach the system bus at {address}: {e}"))?;
-    zbus::blocking::Proxy::new_owned(connection, name, path, name)
-        .map_err(|e| format!("cannot reach the {what}: {e}"))
-}
-
 fn update_proxy() -> Result<zbus::blocking::Proxy<'static>, String> {
-    service_proxy(UPDATE_BUS_NAME, UPDATE_OBJECT_PATH, "update service")
+    bus::proxy(UPDATE, None)
 }
 
 fn voice(action: VoiceCmd) -> Result<(), String> {
-    let proxy = service_proxy(VOICE_BUS_NAME, VOICE_OBJECT_PATH, "voice service")?;
+    let proxy = bus::proxy(VOICE, None)?;
     match action {
         VoiceCmd::Status => {
             let json: String = proxy
@@ -252,13 +232,7 @@ fn update(action: UpdateCmd) -> Result<(), String> {
 }
 
 fn proxy() -> Result<zbus::blocking::Proxy<'static>, String> {
-    let address =
-        std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| DEFAULT_BUS.to_string());
-    let connection = zbus::blocking::connection::Builder::address(address.as_str())
-        .and_then(|b| b.build())
-        .map_err(|e| format!("cannot reach the system bus at {address}: {e}"))?;
-    zbus::blocking::Proxy::new_owned(connection, BUS_NAME, OBJECT_PATH, BUS_NAME)
-        .map_err(|e| format!("cannot reach the supervisor: {e}"))
+    bus::proxy(SUPERVISOR, None)
 }
 
 fn call(method: &str, service: &str) -> Result<(), String> {
@@ -273,16 +247,16 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Update { action } => update(action)?,
         Cmd::Voice { action } => voice(action)?,
         Cmd::Status => {
-            type Row = (String, String, String, bool, bool, i32, u32, String);
-            let rows: Vec<Row> = proxy()?
-                .call("ListServices", &())
-                .map_err(|e| format!("cannot list services: {e}"))?;
+            let services =
+                bus::list_services(None).map_err(|e| format!("cannot list services: {e}"))?;
             println!(
                 "{:<20} {:<9} {:<6} {:<8} {:>7} {:>6}  LAST EXIT",
                 "SERVICE", "STATE", "READY", "CRITICAL", "PID", "STARTS"
             );
-            for (name, _, state, ready, critical, pid, starts, last_exit) in rows {
-                let pid = if pid > 0 { pid.to_string() } else { "-".into() };
+            for s in services {
+                let (name, state, starts, last_exit) = (s.name, s.state, s.starts, s.last_exit);
+                let (ready, critical) = (s.ready, s.critical);
+                let pid = s.pid.map_or("-".into(), |pid| pid.to_string());
                 let yes = |b: bool| if b { "yes" } else { "no" };
                 println!(
                     "{name:<20} {state:<9} {:<6} {:<8} {pid:>7} {starts:>6}  {last_exit}",

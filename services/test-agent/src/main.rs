@@ -13,8 +13,6 @@
 //! before the next, so the serial line never overruns), `read <path>` (the file in
 //! base64, in lines).
 
-mod base64;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
@@ -22,6 +20,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::termios;
 use nix::unistd::Pid;
@@ -194,7 +194,7 @@ impl Agent {
             ["append", path, data] => write_file(path, data, true),
             ["read", path] => {
                 let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-                let text = base64::encode(&bytes);
+                let text = B64.encode(&bytes);
                 let lines: Vec<&str> = text
                     .as_bytes()
                     .chunks(READ_LINE)
@@ -273,7 +273,7 @@ fn report(program: &str, out: &Output) -> Result<String, String> {
 /// Writes (or appends) base64 `data` to `path`, creating its directory; answers the
 /// file's size afterwards, so the sender can check that nothing was lost.
 fn write_file(path: &str, data: &str, append: bool) -> Result<String, String> {
-    let bytes = base64::decode(data)?;
+    let bytes = B64.decode(data).map_err(|e| format!("base64: {e}"))?;
     if let Some(dir) = std::path::Path::new(path).parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -302,16 +302,16 @@ mod tests {
         let mut agent = Agent::default();
         let (first, rest) = bytes.split_at(3001);
         let reply = agent
-            .run(&format!("write {path} {}", base64::encode(first)))
+            .run(&format!("write {path} {}", B64.encode(first)))
             .unwrap();
         assert_eq!(reply, format!("{path}: 3001 bytes"));
         for chunk in rest.chunks(1000) {
             agent
-                .run(&format!("append {path} {}", base64::encode(chunk)))
+                .run(&format!("append {path} {}", B64.encode(chunk)))
                 .unwrap();
         }
         let text = agent.run(&format!("read {path}")).unwrap();
-        assert_eq!(base64::decode(&text.replace('\n', "")).unwrap(), bytes);
+        assert_eq!(B64.decode(text.replace('\n', "")).unwrap(), bytes);
         assert!(agent.run(&format!("write {path} abc")).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use llamabox_device::boot_info::BootInfo;
+use llamabox_device::esp::MountedEsp;
 use llamabox_format::Slot;
-use llamabox_init::boot_info::BootInfo;
-use llamabox_init::esp::MountedEsp;
 
 use crate::install::Layout;
 
@@ -89,7 +89,8 @@ fn read_trimmed(path: &str) -> Result<String, String> {
 
 /// The booted slot and its image version, as stage 1 recorded them.
 pub fn booted() -> Result<(Slot, String), String> {
-    let info = BootInfo::read().map_err(|e| format!("{}: {e}", llamabox_init::boot_info::PATH))?;
+    let info =
+        BootInfo::read().map_err(|e| format!("{}: {e}", llamabox_device::boot_info::PATH))?;
     let slot = info
         .get("slot")
         .and_then(Slot::parse)
@@ -104,7 +105,7 @@ pub fn booted() -> Result<(Slot, String), String> {
 pub fn layout() -> Result<(Layout, EspGuard), String> {
     let (active, _) = booted()?;
     let partition = |slot: Slot| {
-        llamabox_init::block::find_by_label(slot.partition_label())
+        llamabox_device::block::find_by_label(slot.partition_label())
             .map(|p| p.device)
             .ok_or_else(|| format!("no partition labelled {}", slot.partition_label()))
     };

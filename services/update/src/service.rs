@@ -21,11 +21,9 @@ use crate::fetch::Fetcher;
 use crate::state::{Pending, Store};
 use crate::{device, repository, Applied, Updater};
 
-pub const BUS_NAME: &str = "org.llamabox.Update1";
-pub const OBJECT_PATH: &str = "/org/llamabox/Update1";
-const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
-const SUPERVISOR: &str = "org.llamabox.Supervisor1";
-const SUPERVISOR_PATH: &str = "/org/llamabox/Supervisor1";
+use llamabox_device::bus::{self, SUPERVISOR, SYSTEM_BUS, UPDATE};
+const BUS_NAME: &str = UPDATE.name;
+const OBJECT_PATH: &str = UPDATE.path;
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -186,17 +184,8 @@ impl Service {
 }
 
 fn ask_supervisor_to_reboot() -> Result<(), String> {
-    let connection = zbus::blocking::connection::Builder::address(SYSTEM_BUS)
-        .and_then(|b| b.build())
-        .map_err(|e| e.to_string())?;
-    connection
-        .call_method(
-            Some(SUPERVISOR),
-            SUPERVISOR_PATH,
-            Some(SUPERVISOR),
-            "Reboot",
-            &(),
-        )
+    bus::proxy(SUPERVISOR, None)?
+        .call_method("Reboot", &())
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -305,5 +294,17 @@ fn notify_ready() {
         if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
             let _ = socket.send_to(b"READY=1", path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::object_server::Interface as _;
+
+    #[test]
+    fn the_interface_is_the_contracts() {
+        // zbus's attribute takes a literal; the contract's name must be the same.
+        assert_eq!(Interface::name().as_str(), UPDATE.name);
     }
 }

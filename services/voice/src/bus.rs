@@ -12,9 +12,10 @@ use anyhow::{Context, Result};
 use crate::api::{status_json, Api};
 use crate::events::Event;
 
-pub const BUS_NAME: &str = "org.llamabox.Voice1";
-pub const OBJECT_PATH: &str = "/org/llamabox/Voice1";
-pub const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+pub use llamabox_device::bus::SYSTEM_BUS;
+use llamabox_device::bus::VOICE;
+const BUS_NAME: &str = VOICE.name;
+const OBJECT_PATH: &str = VOICE.path;
 
 struct Interface {
     api: Api,
@@ -86,4 +87,16 @@ where
     B: serde::Serialize + zbus::zvariant::DynamicType,
 {
     connection.emit_signal(None::<&str>, OBJECT_PATH, BUS_NAME, name, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::object_server::Interface as _;
+
+    #[test]
+    fn the_interface_is_the_contracts() {
+        // zbus's attribute takes a literal; the contract's name must be the same.
+        assert_eq!(Interface::name().as_str(), VOICE.name);
+    }
 }

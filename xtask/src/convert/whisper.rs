@@ -21,6 +21,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
 
 use super::ctranslate2::{DType, Model, Variable};
 
@@ -434,27 +436,11 @@ fn npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, &[u8])> {
     Ok((shape, data))
 }
 
-fn base64_decode(text: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().take_while(|c| *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => bail!("`{text}` is not base64"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Ok(out)
-}
+/// Standard base64, padded or not (tiktoken files are written by many tools).
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// A tiktoken file (`<base64 token> <rank>` per line), as tokens in rank order.
 pub fn tiktoken(path: &Path) -> Result<Vec<Vec<u8>>> {
@@ -464,7 +450,7 @@ pub fn tiktoken(path: &Path) -> Result<Vec<Vec<u8>>> {
     for (i, line) in text.lines().filter(|l| !l.is_empty()).enumerate() {
         let parsed = line
             .split_once(' ')
-            .and_then(|(t, r)| Some((base64_decode(t).ok()?, r.parse::<usize>().ok()?)));
+            .and_then(|(t, r)| Some((B64.decode(t).ok()?, r.parse::<usize>().ok()?)));
         match parsed {
             Some((token, rank)) if rank == i => tokens.push(token),
             _ => bail!(
@@ -865,9 +851,9 @@ mod tests {
 
     #[test]
     fn base64_and_tiktoken() {
-        assert_eq!(base64_decode("IHRoZQ==").unwrap(), b" the");
-        assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
-        assert!(base64_decode("a b").is_err());
+        assert_eq!(B64.decode("IHRoZQ==").unwrap(), b" the");
+        assert_eq!(B64.decode("YWJj").unwrap(), b"abc");
+        assert!(B64.decode("a b").is_err());
         let dir = temp_dir("tiktoken");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("t"), "IQ== 0\naGk= 2\n").unwrap();
