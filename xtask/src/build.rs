@@ -220,6 +220,32 @@ pub fn stage_one(project: &Project, board: &str, recipe: &str) -> Result<PathBuf
     Ok(stage_recipe(&mut ctx, r, &binaries)?.tree)
 }
 
+/// The one file a model recipe installs (its single `[[install]]` rule that names a
+/// file): where the image has it (`/usr/share/…`), so tests and benches name a model by
+/// its recipe and never repeat its path.
+pub fn recipe_file(project: &Project, recipe: &str) -> Result<String> {
+    let recipes = config::recipe::load_all(&project.recipes_dir())?;
+    let Some(r) = recipes.get(recipe) else {
+        bail!(
+            "no recipe `{recipe}`{}",
+            config::suggest(recipe, recipes.keys().map(String::as_str))
+        );
+    };
+    let files: Vec<&str> = r
+        .install
+        .iter()
+        .map(|rule| rule.to.as_str())
+        .filter(|to| !to.ends_with('/'))
+        .collect();
+    match files[..] {
+        [file] => Ok(file.to_string()),
+        _ => bail!(
+            "recipe `{recipe}` installs {} files by name, not one: {files:?}",
+            files.len()
+        ),
+    }
+}
+
 pub fn build(project: &Project, options: &BuildOptions) -> Result<BuildOutput> {
     let recipes = config::recipe::load_all(&project.recipes_dir())?;
     let board = config::board::load(&project.boards_dir(), &options.board)?;

@@ -14,26 +14,13 @@ use crate::python;
 /// one per architecture (docs/boards.md).
 pub const TEST_BOARDS: &[&str] = &["qemu-x86_64", "qemu-aarch64"];
 
-/// The model `cargo xtask test` hands the host tests (`LLAMABOX_TEST_MODEL`): the
-/// image's default model, from the build cache.
-const TEST_MODEL: &str = "/usr/share/llamabox/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-const TEST_MODEL_ENV: &str = "LLAMABOX_TEST_MODEL";
-
-/// The Whisper models (converted by their recipes) `cargo xtask test` hands the host
-/// tests: (recipe, path in the image, environment variable). From the image's root
-/// filesystem when the image has them, else from the recipe staged on its own; both
-/// are the same cache entry.
-const TEST_WHISPER_MODELS: &[(&str, &str, &str)] = &[
-    (
-        "whisper-base",
-        "/usr/share/llamabox/models/whisper/ggml-base.bin",
-        "LLAMABOX_TEST_WHISPER_MODEL",
-    ),
-    (
-        "whisper-tiny-en",
-        "/usr/share/llamabox/models/whisper/ggml-tiny.en.bin",
-        "LLAMABOX_TEST_WHISPER_MODEL_EN",
-    ),
+/// The models `cargo xtask test` hands the host tests: (recipe, environment variable).
+/// From the image's root filesystem when the image has them (the default LLM, Whisper
+/// base), else from the recipe staged on its own (tiny.en); both are the same cache entry.
+const TEST_MODELS: &[(&str, &str)] = &[
+    ("smollm2", "LLAMABOX_TEST_MODEL"),
+    ("whisper-base", "LLAMABOX_TEST_WHISPER_MODEL"),
+    ("whisper-tiny-en", "LLAMABOX_TEST_WHISPER_MODEL_EN"),
 ];
 
 /// The arm64 suite: the scenarios that prove an architecture (boot, fallback, trust,
@@ -90,19 +77,14 @@ pub fn run(project: &Project, board: &str, soak: bool, args: &[String]) -> Resul
         .env("LLAMABOX_TEST_BOARD", board)
         .env("LLAMABOX_SOAK", if soak { "1" } else { "0" })
         .env(python::PYTHON_ENV, &python);
-    // The model the image ships, so host tests of the inference service load the same bytes.
-    match output.rootfs_file(TEST_MODEL) {
-        Some(model) => {
-            cmd.env(TEST_MODEL_ENV, model);
-        }
-        None => eprintln!("    the image has no {TEST_MODEL}: {TEST_MODEL_ENV} is not set"),
-    }
-    for (recipe, path, env) in TEST_WHISPER_MODELS {
-        let model = match output.rootfs_file(path) {
-            Some(model) => Ok(model),
-            None => build::stage_one(project, board, recipe)
-                .map(|tree| tree.join(path.trim_start_matches('/'))),
-        };
+    // The models the image ships, so host tests of the services load the same bytes.
+    for (recipe, env) in TEST_MODELS {
+        let model =
+            build::recipe_file(project, recipe).and_then(|path| match output.rootfs_file(&path) {
+                Some(model) => Ok(model),
+                None => build::stage_one(project, board, recipe)
+                    .map(|tree| tree.join(path.trim_start_matches('/'))),
+            });
         match model {
             Ok(model) => {
                 cmd.env(env, model);
@@ -124,4 +106,19 @@ fn timed(board: &str, mut cmd: Command) -> Result<()> {
         bail!("tests on {board} failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_test_model_recipe_installs_one_file() {
+        let project = Project::locate();
+        for (recipe, _) in TEST_MODELS {
+            let path = build::recipe_file(&project, recipe).unwrap();
+            assert!(path.starts_with("/usr/share/llamabox/models/"), "{path}");
+        }
+        assert!(build::recipe_file(&project, "smollm3").is_err());
+    }
 }

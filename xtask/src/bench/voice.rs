@@ -23,9 +23,8 @@ const BOARD: &str = "qemu-x86_64";
 
 pub struct Model {
     pub label: &'static str,
+    /// The recipe that installs it (and says where).
     recipe: &'static str,
-    /// Where the recipe installs it.
-    path: &'static str,
 }
 
 /// The English-only tiny model and the image's default, base.
@@ -33,12 +32,10 @@ pub const MODELS: &[Model] = &[
     Model {
         label: "tiny.en",
         recipe: "whisper-tiny-en",
-        path: "usr/share/llamabox/models/whisper/ggml-tiny.en.bin",
     },
     Model {
         label: "base",
         recipe: "whisper-base",
-        path: "usr/share/llamabox/models/whisper/ggml-base.bin",
     },
 ];
 
@@ -117,7 +114,8 @@ pub fn voice(project: &Project, options: &VoiceOptions) -> Result<()> {
     let mut model_paths = Vec::new();
     for model in &models {
         let tree = crate::build::stage_one(project, BOARD, model.recipe)?;
-        let path = tree.join(model.path);
+        let path =
+            tree.join(crate::build::recipe_file(project, model.recipe)?.trim_start_matches('/'));
         check_exists(&path)?;
         model_paths.push(path);
     }
