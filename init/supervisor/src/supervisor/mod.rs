@@ -9,10 +9,8 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -24,6 +22,13 @@ use nix::unistd::Pid;
 
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+
+mod health;
+mod spawn;
+
+use health::GateState;
+pub use health::HealthGate;
+use spawn::{hand_over, spawn};
 
 use crate::bus;
 use crate::logs::{LineSplitter, LogFile};
@@ -64,26 +69,6 @@ struct Control {
     wake: OwnedFd,
     serving: bool,
 }
-
-/// Judges a freshly booted slot: once every critical service has been ready for
-/// `grace`, `on_healthy` runs (it blesses the slot); if that has not happened
-/// `deadline` after the supervisor started, the machine reboots so the bootloader's
-/// boot counting can fall back to the other slot.
-pub struct HealthGate {
-    pub grace: Duration,
-    pub deadline: Duration,
-    pub on_healthy: Box<dyn FnMut() -> Result<String, String>>,
-}
-
-struct GateState {
-    gate: HealthGate,
-    healthy_since: Option<Instant>,
-    done: bool,
-}
-
-/// How often the hardware watchdog is petted; its timeout (30 s on i6300esb by
-/// default, typically 60 s on SoCs) must be longer.
-const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a polled file descriptor belongs to.
 enum Source {
@@ -337,107 +322,6 @@ impl Supervisor {
         }
     }
 
-    pub fn set_health_gate(&mut self, gate: HealthGate) {
-        self.gate = Some(GateState {
-            gate,
-            healthy_since: None,
-            done: false,
-        });
-    }
-
-    fn open_watchdog(&mut self) {
-        let Some(path) = self.config.watchdog.clone() else {
-            return;
-        };
-        match std::fs::OpenOptions::new().write(true).open(&path) {
-            Ok(file) => {
-                self.event(&format!("petting the hardware watchdog {}", path.display()));
-                self.watchdog = Some((file, Instant::now()));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => self.event(&format!("cannot open {}: {e}", path.display())),
-        }
-    }
-
-    fn pet_watchdog(&mut self) {
-        use std::io::Write;
-        if let Some((file, last)) = &mut self.watchdog {
-            if last.elapsed() >= WATCHDOG_INTERVAL {
-                let _ = file.write_all(b"\0");
-                *last = Instant::now();
-            }
-        }
-    }
-
-    /// Disarms the watchdog (magic close) before a deliberate power-off.
-    pub fn release_watchdog(&mut self) {
-        use std::io::Write;
-        if let Some((mut file, _)) = self.watchdog.take() {
-            let _ = file.write_all(b"V");
-        }
-    }
-
-    fn check_health(&mut self) {
-        let healthy = self
-            .services
-            .values()
-            .filter(|s| s.def.critical)
-            .all(|s| s.ready);
-        let now = Instant::now();
-        let elapsed = self.epoch.elapsed();
-        let Some(g) = &mut self.gate else { return };
-        if g.done || self.shutting_down.is_some() {
-            return;
-        }
-        match (healthy, g.healthy_since) {
-            (true, None) => g.healthy_since = Some(now),
-            (false, Some(_)) => g.healthy_since = None,
-            _ => {}
-        }
-        let message = if g
-            .healthy_since
-            .is_some_and(|t| now.duration_since(t) >= g.gate.grace)
-        {
-            g.done = true;
-            Some(match (g.gate.on_healthy)() {
-                Ok(m) => format!(
-                    "healthy: every critical service ready for {:.1} s; {m}",
-                    g.gate.grace.as_secs_f32()
-                ),
-                Err(e) => format!("healthy, but the slot could not be blessed: {e}"),
-            })
-        } else if elapsed >= g.gate.deadline {
-            g.done = true;
-            self.shutting_down = Some(Exit::Reboot);
-            Some(format!(
-                "not healthy {:.0} s after start (critical services not ready); rebooting so the bootloader can fall back",
-                g.gate.deadline.as_secs_f32()
-            ))
-        } else {
-            None
-        };
-        if let Some(m) = message {
-            self.event(&m);
-        }
-    }
-
-    /// The next moment the gate or the watchdog needs attention.
-    fn next_housekeeping(&self) -> Option<Instant> {
-        let gate = self
-            .gate
-            .as_ref()
-            .filter(|g| !g.done)
-            .map(|g| match g.healthy_since {
-                Some(t) => (t + g.gate.grace).min(self.epoch + g.gate.deadline),
-                None => self.epoch + g.gate.deadline,
-            });
-        let dog = self
-            .watchdog
-            .as_ref()
-            .map(|(_, last)| *last + WATCHDOG_INTERVAL);
-        [gate, dog].into_iter().flatten().min()
-    }
-
     fn event(&mut self, message: &str) {
         eprintln!("llamabox-supervisor: {message}");
         if let Some(log) = &mut self.events {
@@ -556,48 +440,38 @@ impl Supervisor {
         let timeout = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
 
-        // (service, is notify socket) for each fd after the signalfd.
-        let mut owners: Vec<Source> = Vec::new();
-        let mut raw: Vec<i32> = Vec::new();
-        for (name, s) in &self.services {
-            if let Some(n) = &s.notify {
-                owners.push(Source::Notify(name.clone()));
-                raw.push(n.socket.as_raw_fd());
-            }
-            if let Some(o) = &s.output {
-                owners.push(Source::Output(name.clone()));
-                raw.push(o.as_raw_fd());
-            }
-        }
-        if let Some(control) = &self.control {
-            owners.push(Source::Control);
-            raw.push(control.wake.as_raw_fd());
-        }
-        let ready: Vec<bool> = {
-            // SAFETY: the fds stay open for the duration of this poll: they are owned by
-            // `self.services`, which is not modified until the poll returns.
-            let borrowed: Vec<BorrowedFd> = raw
-                .iter()
-                .map(|fd| unsafe { BorrowedFd::borrow_raw(*fd) })
-                .collect();
+        // What each fd after the signalfd belongs to; the fds are borrowed from
+        // `self` for the poll only, then `self` handles what became ready.
+        let (owners, ready) = {
+            let mut owners: Vec<Source> = Vec::new();
             let mut fds: Vec<PollFd> = Vec::new();
             if let Some(sig) = signals {
                 fds.push(PollFd::new(sig.as_fd(), PollFlags::POLLIN));
             }
-            fds.extend(
-                borrowed
-                    .iter()
-                    .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
-            );
+            for (name, s) in &self.services {
+                if let Some(n) = &s.notify {
+                    owners.push(Source::Notify(name.clone()));
+                    fds.push(PollFd::new(n.socket.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(o) = &s.output {
+                    owners.push(Source::Output(name.clone()));
+                    fds.push(PollFd::new(o.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            if let Some(control) = &self.control {
+                owners.push(Source::Control);
+                fds.push(PollFd::new(control.wake.as_fd(), PollFlags::POLLIN));
+            }
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => eprintln!("llamabox-supervisor: poll: {e}"),
             }
             let skip = usize::from(signals.is_some());
-            fds[skip..]
+            let ready: Vec<bool> = fds[skip..]
                 .iter()
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect()
+                .collect();
+            (owners, ready)
         };
         for (source, active) in owners.into_iter().zip(ready) {
             if !active {
@@ -1008,140 +882,4 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// A service that runs as another user must be able to send to its notify socket:
-/// the socket (mode 0755 under PID 1's umask) becomes the service's. An unknown user
-/// is left to `spawn`, which reports it.
-fn hand_over(socket: &std::path::Path, def: &Service) -> std::io::Result<()> {
-    let Some(user) = def.user.as_deref() else {
-        return Ok(());
-    };
-    let Some(u) = nix::unistd::User::from_name(user).ok().flatten() else {
-        return Ok(());
-    };
-    let gid = def
-        .group
-        .as_deref()
-        .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
-        .map_or(u.gid, |g| g.gid);
-    std::os::unix::fs::chown(socket, Some(u.uid.as_raw()), Some(gid.as_raw()))
-}
-
-/// Starts a service's process in its own session (so its whole process group can be
-/// signalled), with stdout and stderr on one pipe for its log.
-fn spawn(
-    def: &Service,
-    environment: &BTreeMap<String, String>,
-    notify: Option<PathBuf>,
-    cgroup_root: Option<PathBuf>,
-) -> Result<(Pid, OwnedFd), String> {
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    nix::fcntl::fcntl(
-        read_end.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| format!("pipe: {e}"))?;
-    let stderr = write_end.try_clone().map_err(|e| format!("pipe: {e}"))?;
-
-    let mut cmd = Command::new(&def.command);
-    cmd.args(&def.args)
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .envs(environment)
-        .envs(&def.environment)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write_end))
-        .stderr(Stdio::from(stderr));
-    if let Some(path) = &notify {
-        cmd.env("NOTIFY_SOCKET", path);
-    }
-    if let Some(dir) = &def.working_directory {
-        cmd.current_dir(dir);
-    }
-    if let Some(user) = &def.user {
-        let u = nix::unistd::User::from_name(user)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("unknown user `{user}`"))?;
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-    }
-    if let Some(group) = &def.group {
-        let g = nix::unistd::Group::from_name(group)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("unknown group `{group}`"))?;
-        cmd.gid(g.gid.as_raw());
-    }
-    let cgroup_procs = cgroup_root.and_then(|root| prepare_cgroup(&root, def));
-    let limits = def.limits.clone();
-    // SAFETY: between fork and exec only async-signal-safe calls are made: sigprocmask,
-    // signal, setsid, setrlimit, open and write (into a path prepared before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            // The supervisor blocks the signals it reads through its signalfd; a service
-            // must start with a clean mask and default dispositions.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for (resource, value) in [
-                (libc::RLIMIT_NOFILE, limits.open_files),
-                (libc::RLIMIT_NPROC, limits.processes),
-                (libc::RLIMIT_CORE, limits.core_size),
-            ] {
-                if let Some(v) = value {
-                    let lim = libc::rlimit {
-                        rlim_cur: v as _,
-                        rlim_max: v as _,
-                    };
-                    if libc::setrlimit(resource, &lim) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-            }
-            if let Some(path) = &cgroup_procs {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", def.command))?;
-    let pid = Pid::from_raw(child.id() as i32);
-    // The supervisor reaps with waitpid(-1); the Child handle must not wait itself.
-    std::mem::forget(child);
-    // SAFETY: read_end is an fd we own; OwnedFd takes it over.
-    let output = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(read_end)) };
-    Ok((pid, output))
-}
-
-/// Creates `<root>/<service>` with its memory and CPU limits; returns the path of its
-/// `cgroup.procs` for the child to join. Best effort: without cgroup v2, limits are skipped.
-fn prepare_cgroup(root: &std::path::Path, def: &Service) -> Option<std::ffi::CString> {
-    let dir = root.join(&def.name);
-    std::fs::create_dir_all(&dir).ok()?;
-    if let Some(mib) = def.limits.memory_max_mib {
-        let _ = std::fs::write(dir.join("memory.max"), format!("{}\n", mib << 20));
-    }
-    if let Some(percent) = def.limits.cpu_max_percent {
-        let _ = std::fs::write(dir.join("cpu.max"), format!("{} 100000\n", percent * 1000));
-    }
-    std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().into_owned()).ok()
 }
