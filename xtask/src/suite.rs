@@ -49,7 +49,7 @@ const ARM64_TESTS: &[&str] = &[
 ];
 
 /// Builds `board`'s image and runs its suite; `args` go to the test harness (a name
-/// filter replaces the arm64 suite's list).
+/// filter replaces the arm64 suite's list; flags alone keep it).
 pub fn run(project: &Project, board: &str, soak: bool, args: &[String]) -> Result<()> {
     let arch = config::board::load(&project.boards_dir(), board)?.arch;
     let output = build::build(project, &BuildOptions::for_board(board))?;
@@ -67,7 +67,8 @@ pub fn run(project: &Project, board: &str, soak: bool, args: &[String]) -> Resul
         }
         Arch::Aarch64 => {
             cmd.args(["--package", "xtask"]).args(ARM64_SUITE).arg("--");
-            if args.is_empty() {
+            // A name filter replaces the suite's list; flags (`--nocapture`) do not.
+            if args.iter().all(|a| a.starts_with('-')) {
                 cmd.args(ARM64_TESTS);
             }
         }
