@@ -436,11 +436,19 @@ fn npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, &[u8])> {
     Ok((shape, data))
 }
 
-/// Standard base64, padded or not (tiktoken files are written by many tools).
+/// Standard base64 as tiktoken files hold it: padding optional, trailing bits ignored.
 const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
+
+/// One token's bytes. Whisper's `multilingual.tiktoken` has a line `= 50256`: a lone
+/// padding character, the empty token (whisper.cpp's converter reads it as such).
+fn token_bytes(text: &str) -> Option<Vec<u8>> {
+    B64.decode(text.trim_end_matches('=')).ok()
+}
 
 /// A tiktoken file (`<base64 token> <rank>` per line), as tokens in rank order.
 pub fn tiktoken(path: &Path) -> Result<Vec<Vec<u8>>> {
@@ -450,7 +458,7 @@ pub fn tiktoken(path: &Path) -> Result<Vec<Vec<u8>>> {
     for (i, line) in text.lines().filter(|l| !l.is_empty()).enumerate() {
         let parsed = line
             .split_once(' ')
-            .and_then(|(t, r)| Some((B64.decode(t).ok()?, r.parse::<usize>().ok()?)));
+            .and_then(|(t, r)| Some((token_bytes(t)?, r.parse::<usize>().ok()?)));
         match parsed {
             Some((token, rank)) if rank == i => tokens.push(token),
             _ => bail!(
@@ -851,11 +859,16 @@ mod tests {
 
     #[test]
     fn base64_and_tiktoken() {
-        assert_eq!(B64.decode("IHRoZQ==").unwrap(), b" the");
-        assert_eq!(B64.decode("YWJj").unwrap(), b"abc");
-        assert!(B64.decode("a b").is_err());
+        assert_eq!(token_bytes("IHRoZQ==").unwrap(), b" the");
+        assert_eq!(token_bytes("IHRoZQ").unwrap(), b" the");
+        assert_eq!(token_bytes("YWJj").unwrap(), b"abc");
+        assert_eq!(token_bytes("=").unwrap(), b"");
+        assert!(token_bytes("a b").is_none());
         let dir = temp_dir("tiktoken");
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ok"), "IQ== 0\n= 1\naGk 2\n").unwrap();
+        let tokens = tiktoken(&dir.join("ok")).unwrap();
+        assert_eq!(tokens, [b"!".to_vec(), Vec::new(), b"hi".to_vec()]);
         std::fs::write(dir.join("t"), "IQ== 0\naGk= 2\n").unwrap();
         let err = tiktoken(&dir.join("t")).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
