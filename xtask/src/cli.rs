@@ -54,14 +54,16 @@ pub enum Cmd {
         #[arg(long)]
         fresh: bool,
     },
-    /// Run the whole test suite: on qemu-x86_64 unit tests and every boot test in QEMU,
-    /// on qemu-aarch64 the scenarios that prove an architecture; then the fuzz targets
-    /// for a bounded time.
+    /// Run the whole test suite: unit tests and every boot test in QEMU on qemu-x86_64
+    /// (`--board qemu-aarch64`: the scenarios that prove arm64; `--all-boards`: both),
+    /// then the fuzz targets for a bounded time.
     Test {
-        /// One board's suite (default: every test board in turn, qemu-x86_64 and
-        /// qemu-aarch64).
-        #[arg(long)]
+        /// One board's suite (default: qemu-x86_64's, what CI runs).
+        #[arg(long, conflicts_with = "all_boards")]
         board: Option<String>,
+        /// Every test board in turn: qemu-x86_64, then qemu-aarch64's arm64 suite.
+        #[arg(long)]
+        all_boards: bool,
         /// Seconds to run each fuzz target (0 skips fuzzing).
         #[arg(long, default_value_t = 30)]
         fuzz_seconds: u64,
