@@ -415,29 +415,22 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
 fn ggml_baseline_env(board: &Board) -> Vec<(&'static str, String)> {
     match (board.arch, board.cpu_baseline.as_str()) {
         (Arch::Aarch64, march) => vec![("GGML_CPU_ARM_ARCH", march.to_string())],
-        (Arch::X86_64, "x86-64-v2") => [
-            "GGML_AVX",
-            "GGML_AVX2",
-            "GGML_FMA",
-            "GGML_F16C",
-            "GGML_BMI2",
-        ]
-        .into_iter()
-        .map(|name| (name, "OFF".to_string()))
-        .chain([("GGML_SSE42", "ON".to_string())])
-        .collect(),
-        // x86-64-v3 (the board schema admits only these two).
-        (Arch::X86_64, _) => [
-            "GGML_SSE42",
-            "GGML_AVX",
-            "GGML_AVX2",
-            "GGML_FMA",
-            "GGML_F16C",
-            "GGML_BMI2",
-        ]
-        .into_iter()
-        .map(|name| (name, "ON".to_string()))
-        .collect(),
+        // x86-64-v3 adds these to x86-64-v2's SSE4.2 (the board schema admits only the two).
+        (Arch::X86_64, baseline) => {
+            let v3 = if baseline == "x86-64-v3" { "ON" } else { "OFF" };
+            let mut env = vec![("GGML_SSE42", "ON".to_string())];
+            env.extend(
+                [
+                    "GGML_AVX",
+                    "GGML_AVX2",
+                    "GGML_FMA",
+                    "GGML_F16C",
+                    "GGML_BMI2",
+                ]
+                .map(|name| (name, v3.to_string())),
+            );
+            env
+        }
     }
 }
 
