@@ -23,7 +23,7 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     // its tests and benchmark speak their sentences with espeak-ng.
     ("pkg-config", "pkg-config"),
     ("espeak-ng", "espeak-ng"),
-    // The USB link test (xtask/tests/phone_link.rs) plays a tethering phone: a TAP device
+    // The USB link test (xtask/tests/system/phone_link.rs) plays a tethering phone: a TAP device
     // in a network namespace (ip) with dnsmasq as the phone's DHCP server.
     ("ip", "iproute2"),
     ("dnsmasq", "dnsmasq-base"),

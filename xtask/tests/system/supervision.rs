@@ -1,10 +1,8 @@
 //! The supervisor as PID 1 in QEMU, driven through the test agent of the test images.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestMachine, BOOT_TIMEOUT};
+use crate::common::{TestMachine, BOOT_TIMEOUT};
 use llamabox_supervisor::state::Snapshot;
 use xtask::qemu::Agent;
 
@@ -232,7 +230,7 @@ fn a_broken_critical_service_leaves_the_slot_unblessed_and_slot_b_boots() {
     let mut vm = TestMachine::with_image("broken-critical", TEST_IMAGE);
     // Slot A gets the broken image's root filesystem (same kernel, initramfs and
     // keys, so the ESP entries are unchanged); slot B keeps the good one.
-    let broken = common::built_image("llamabox-test-broken");
+    let broken = crate::common::built_image("llamabox-test-broken");
     let (slot_a, size) = vm.partition("llamabox-a");
     let mut bytes = vec![0u8; size as usize];
     {

@@ -2,12 +2,10 @@
 //! repository the host serves on loopback (the guest reaches it as 10.0.2.2), installs
 //! them into its inactive slot and boots them.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TestMachine, BOOT_TIMEOUT};
+use crate::common::{TestMachine, BOOT_TIMEOUT};
 use xtask::build::{self, BuildOptions, ReleaseParts};
 use xtask::project::Project;
 use xtask::qemu::Agent;
@@ -19,9 +17,11 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(900);
 const TEST_IMAGE: &str = "llamabox-test";
 
 fn release_parts(image: &str) -> ReleaseParts {
-    let _building = common::BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _building = crate::common::BUILD_LOCK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let options = BuildOptions {
-        board: common::board_name(),
+        board: crate::common::board_name(),
         image: image.into(),
         out_dir: None,
         cache_dir: None,
@@ -399,7 +399,7 @@ fn attacks_are_refused_and_the_active_slot_is_untouched() {
         uki_b: v2.uki_b.clone(),
     };
     let mut target = release::write_bundle(&repo, &other).unwrap();
-    target.board = common::board_name();
+    target.board = crate::common::board_name();
     release::publish(&repo, target, &dev_keys(), release::Lifetimes::default()).unwrap();
     add(
         Attack {
@@ -457,7 +457,7 @@ fn attacks_are_refused_and_the_active_slot_is_untouched() {
 
     // Nothing was written to the active slot (a): compare with the flashed image.
     let (offset, size) = vm.partition("llamabox-a");
-    let image = common::built_image(TEST_IMAGE);
+    let image = crate::common::built_image(TEST_IMAGE);
     let read = |path: &Path| {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(path).unwrap();

@@ -23,13 +23,11 @@
 //!
 //! All of it runs in one boot: under TCG a boot is the slow part.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{files, TestMachine};
+use crate::common::{files, TestMachine};
 use xtask::config::board;
 use xtask::project::Project;
 use xtask::qemu::{self, Agent, Extras, Machine};
@@ -572,7 +570,11 @@ fn a_phone_gets_an_address_over_usb_both_ways() {
     };
 
     // TestMachine boots without extras; the same machine, with them.
-    let board = board::load(&Project::locate().boards_dir(), &common::board_name()).unwrap();
+    let board = board::load(
+        &Project::locate().boards_dir(),
+        &crate::common::board_name(),
+    )
+    .unwrap();
     let booted = Instant::now();
     let mut machine = Machine::start_extra(
         &board,

@@ -4,11 +4,9 @@
 //! the image's Whisper model, and the transcript arrives as a D-Bus signal
 //! (`llamabox voice listen`).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{files, TestMachine};
+use crate::common::{files, TestMachine};
 use xtask::speech;
 
 const TEST_IMAGE: &str = "llamabox-test";

@@ -4,9 +4,7 @@
 //! `cargo xtask test` builds the image first and passes its path in
 //! `LLAMABOX_TEST_IMAGE`; run alone, these tests build it themselves.
 
-mod common;
-
-use common::{TestMachine, BOOT_TIMEOUT};
+use crate::common::{TestMachine, BOOT_TIMEOUT};
 use llamabox_format::SecretKey;
 
 #[test]

@@ -2,13 +2,17 @@
 //! stage 1 on the qemu-x86_64 board). A clip spoken on the host is written into the box
 //! over the test agent, played into the loopback's playback side with `aplay`, and
 //! recorded from its capture side with `arecord`, the way the voice service captures.
+//! `voice` then does the same with the voice service listening.
+//!
+//! The voice test is the slowest of all (Whisper under TCG): here, at the front of
+//! libtest's alphabetical order, it starts first and runs beside the others.
 
-mod common;
+mod voice;
 
 use std::time::{Duration, Instant};
 
-use common::audio::{self, Wav};
-use common::{files, TestMachine};
+use crate::common::audio::{self, Wav};
+use crate::common::{files, TestMachine};
 use xtask::qemu::Agent;
 
 const TEST_IMAGE: &str = "llamabox-test";

@@ -4,8 +4,6 @@
 //! Tests named `arm64_*` cross-build the arm64 device code; `cargo xtask test` runs
 //! them in the arm64 suite (`--board qemu-aarch64`), not in the x86_64 one.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -174,7 +172,9 @@ fn arm64_lx2160a_images_carry_the_boards_kernel_device_tree_and_drivers() {
     ] {
         let board = format!("lx2160a:{option}");
         let out = {
-            let _building = common::BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let _building = crate::common::BUILD_LOCK
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             build::build(&project, &options(&board)).unwrap()
         };
         assert!(out.image.exists() && out.bmap.exists() && out.sha256_file.exists());

@@ -5,15 +5,12 @@
 //! over plain HTTPS and once through the official `openai` Python client, which pins
 //! the device certificate.
 
-#[path = "../../services/gateway/tests/common/browser.rs"]
-mod browser;
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::browser;
+use crate::common::{free_port, TestMachine, BOOT_TIMEOUT};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::{free_port, TestMachine, BOOT_TIMEOUT};
 use llamabox_format::provisioning::DeviceIdentity;
 use llamabox_pairing::{PhoneHandshake, SetupCode};
 use serde_json::{json, Value};
@@ -275,7 +272,7 @@ print("openai client reply:", repr(text))
         timeout = REQUEST_TIMEOUT.as_secs(),
         cert = cert_pem.display(),
     );
-    let output = std::process::Command::new(common::python())
+    let output = std::process::Command::new(crate::common::python())
         .arg("-c")
         .arg(&script)
         .output()

@@ -2,8 +2,6 @@
 //! block device), verified and provisioned; refused when the target is mounted, when
 //! nobody confirmed, and when the image does not match its bmap.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -77,7 +75,7 @@ fn assert_same_mapped_blocks(image: &Path, disk: &Path) {
 
 #[test]
 fn flashes_a_file_and_a_block_device_and_provisions_them() {
-    let image = common::built_image(xtask::build::DEFAULT_IMAGE);
+    let image = crate::common::built_image(xtask::build::DEFAULT_IMAGE);
     let dir = scratch("targets");
 
     let file_target = dir.join("card.img");
@@ -112,7 +110,7 @@ fn flashes_a_file_and_a_block_device_and_provisions_them() {
 
 #[test]
 fn refuses_mounted_targets_unconfirmed_writes_and_damaged_images() {
-    let image = common::built_image(xtask::build::DEFAULT_IMAGE);
+    let image = crate::common::built_image(xtask::build::DEFAULT_IMAGE);
     let dir = scratch("refusals");
 
     // A mounted disk: an ext4 filesystem on a loop device, mounted.
