@@ -21,7 +21,6 @@ pub mod release;
 pub mod run;
 pub mod serve;
 pub mod setup;
-pub mod speech;
 pub mod stage;
 pub mod suite;
 pub mod web;

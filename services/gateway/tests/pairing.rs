@@ -3,10 +3,6 @@
 //! The phone's side is the `llamabox-pairing` crate (the same code the web app runs as
 //! WebAssembly). Each test starts its own gateway with a known setup code.
 
-mod common;
-
-use common::free_port;
-
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use llamabox_pairing::{PhoneHandshake, SetupCode};
@@ -607,4 +603,13 @@ fn lan_address() -> Option<std::net::IpAddr> {
     socket.connect("192.0.2.1:9").ok()?;
     let ip = socket.local_addr().ok()?.ip();
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

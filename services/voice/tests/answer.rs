@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{free_port, required_env, Server};
+use llamabox_speech as speech;
 use serde_json::Value;
-use xtask::speech;
 
 #[test]
 fn a_spoken_question_gets_a_streamed_answer() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{required_env, Server};
-use xtask::speech;
+use llamabox_speech as speech;
 
 const SAID: &str = "Please set a timer for ten minutes and turn on the kitchen lights.";
 

@@ -6,11 +6,11 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use llamabox_speech as speech;
 use llamabox_voice::audio::WavSource;
 use llamabox_voice::events::{Event, Events};
 use llamabox_voice::pipeline::Pipeline;
 use llamabox_voice::transcribe::Transcriber;
-use xtask::speech;
 
 /// Runs the pipeline over `samples` (16 kHz) and returns its events.
 fn listen(samples: Vec<f32>) -> Vec<Event> {

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use super::report::median;
 use super::{build_release, check_exists, cpu, whisper_cli};
 use crate::project::Project;
-use crate::speech::{self, RATE};
+use llamabox_speech::{self as speech, RATE};
 
 /// The board whose recipes stage the models (they are architecture-independent files).
 const BOARD: &str = "qemu-x86_64";

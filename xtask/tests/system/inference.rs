@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::browser;
+use crate::common::browser;
 use crate::common::{free_port, TestMachine, BOOT_TIMEOUT};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

@@ -1,5 +1,7 @@
-//! System tests: the built image, booted in QEMU (TCG) and driven from the host, plus
-//! the image-level checks (boards, flashing, reproducibility).
+//! System tests: the built image, booted in QEMU (TCG) and driven from the host; the
+//! image-level checks (boards, flashing, reproducibility); and the device's update
+//! client against repositories the build tool publishes; the web app in Chromium against
+//! the real gateway and services on the host.
 //!
 //! One test binary, not one per file: libtest then runs these slow, mostly
 //! single-core tests two at a time across all of them (a binary with one test would
@@ -7,8 +9,6 @@
 //! `BUILD_LOCK` covers every image the tests build. Pick a file's tests with its
 //! module name: `cargo test -p xtask --test system update::`.
 
-#[path = "../../../services/gateway/tests/common/browser.rs"]
-mod browser;
 mod common;
 
 mod audio;
@@ -20,3 +20,5 @@ mod phone_link;
 mod reproducible;
 mod supervision;
 mod update;
+mod update_client;
+mod web_app;

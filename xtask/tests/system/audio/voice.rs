@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{files, TestMachine};
-use xtask::speech;
+use llamabox_speech as speech;
 
 const TEST_IMAGE: &str = "llamabox-test";
 /// Loading Whisper base under TCG takes seconds, decoding a short question about three

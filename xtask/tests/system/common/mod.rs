@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod audio;
+pub mod browser;
 pub mod files;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,24 @@ pub fn python() -> PathBuf {
         Some(path) => PathBuf::from(path),
         None => xtask::python::ensure_venv(&Project::locate()).expect("the Python test venv"),
     }
+}
+
+/// A service's binary from the same cargo build as this test (`target/<profile>/`, beside
+/// `deps/` where the test runs from): `cargo test --workspace`, which `cargo xtask test`
+/// runs, builds every service's binary; `cargo test -p xtask` alone does not.
+pub fn service_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a test binary under target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build -p {name}` (cargo xtask test builds it)",
+        path.display()
+    );
+    path
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it).

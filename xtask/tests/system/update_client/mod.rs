@@ -1,10 +1,13 @@
-//! Host test fixtures for the update client: synthetic releases published with the
-//! real release code, file-backed slots and ESP; the repository is served by
-//! `xtask::serve` (which can misbehave on purpose and logs requests).
+//! The device's update client (`llamabox-update`, as a library, on the host) against
+//! repositories the build tool publishes: the two sides of the update format meet here,
+//! which is why these tests live with the build tool's and not in the service's crate.
+//! Fixtures: synthetic releases published with the real release code, file-backed
+//! slots and ESP; the repository is served by `xtask::serve` (which can misbehave on
+//! purpose and logs requests).
 
-#![allow(dead_code)]
+mod delta;
+mod protocol;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use llamabox_format::update::Target;
@@ -14,7 +17,6 @@ use llamabox_update::install::Layout;
 use llamabox_update::state::Store;
 use llamabox_update::Updater;
 use xtask::build::ReleaseParts;
-#[allow(unused_imports)] // each test binary uses a different part
 pub use xtask::serve::{Misbehaviour, Server};
 
 pub const BOARD: &str = "qemu-x86_64";
@@ -100,7 +102,6 @@ pub fn fake_release(
 /// A box on files: two slot partitions, an ESP directory, a state directory and the
 /// image's trusted root. Factory state: both slots hold `factory`, slot A boots.
 pub struct TestBox {
-    pub dir: PathBuf,
     pub layout: Layout,
     pub state: PathBuf,
     pub image_root: PathBuf,
@@ -151,7 +152,6 @@ impl TestBox {
         std::fs::write(&image_root, root).unwrap();
         TestBox {
             state: dir.join("state"),
-            dir,
             layout,
             image_root,
             installed: factory.version.clone(),
@@ -218,14 +218,4 @@ pub fn publish(
     )
     .unwrap();
     target
-}
-
-/// Reads a whole file; used to compare a partition before and after.
-pub fn read(path: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .unwrap()
-        .read_to_end(&mut bytes)
-        .unwrap();
-    bytes
 }

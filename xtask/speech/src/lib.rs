@@ -1,6 +1,7 @@
 //! Test speech: sentences spoken by espeak-ng (Debian's `espeak-ng`), brought to the
 //! 16 kHz mono the box listens at, and the word error rate to score a transcript. Used
-//! by the voice service's tests, the QEMU audio tests and `cargo xtask bench voice`.
+//! by the voice service's and the gateway's tests, the QEMU audio tests and
+//! `cargo xtask bench voice`; a crate of its own so service tests need not build xtask.
 
 use std::path::Path;
 use std::process::Command;

@@ -4,12 +4,10 @@
 //! client installs it from a loopback repository onto file-backed slots holding the
 //! original. It must download at most 10% of the full bundle.
 
-mod common;
-
 use std::process::Command;
 use std::time::Instant;
 
-use common::*;
+use super::*;
 use llamabox_update::Applied;
 use xtask::build::{self, BuildOptions, ReleaseParts};
 use xtask::project::Project;
@@ -27,10 +25,15 @@ fn changing_one_service_binary_downloads_a_small_part_of_the_bundle() {
         cache_dir: None,
         inputs: Default::default(),
     };
-    let v1 = build::build(&project, &options)
-        .expect("building the product image")
-        .release
-        .unwrap();
+    let v1 = {
+        let _building = crate::common::BUILD_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        build::build(&project, &options)
+    }
+    .expect("building the product image")
+    .release
+    .unwrap();
     let dir = scratch("delta");
     let tree = dir.join("tree");
     let status = Command::new("fsck.erofs")

@@ -2,11 +2,9 @@
 //! install, A/B alternation, delta, resume, and every attack in docs/updates.md —
 //! each refused with a clear error and the active slot untouched.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use super::*;
 use llamabox_format::update::{MetadataError, Role, Root, Signed, Snapshot, Timestamp};
 use llamabox_format::{Slot, MANIFEST_BLOCK_SIZE};
 use llamabox_update::{Applied, Error};

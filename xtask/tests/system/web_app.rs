@@ -23,10 +23,8 @@
 //!
 //! Without Chromium the test is skipped, unless `LLAMABOX_REQUIRE_BROWSER` is set.
 
-mod common;
-
-use common::browser::{client, Browser, Process};
-use common::free_port;
+use crate::common::browser::{client, Browser, Process};
+use crate::common::{free_port, service_binary};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -69,7 +67,7 @@ fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, services: &Ser
         format!(r#"{{"id": "0123456789abcdef", "setup-code": "{CODE}"}}"#),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_llamabox-gateway"))
+    let child = Command::new(service_binary("llamabox-gateway"))
         .arg("serve")
         .arg("--state")
         .arg(state.join("state"))
@@ -98,16 +96,11 @@ fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, services: &Ser
 /// inference service. The question comes three times, 8 s apart, so the page hears it
 /// whenever its subscription starts.
 fn voice_service(inference_url: &str) -> (Process, String, tempfile::TempDir) {
-    use xtask::speech;
+    use llamabox_speech as speech;
     let model = std::env::var_os("LLAMABOX_TEST_WHISPER_MODEL_EN").map(PathBuf::from).expect(
         "LLAMABOX_TEST_WHISPER_MODEL_EN is not set: run the tests with `cargo xtask test`, which provides it",
     );
-    let binary = Path::new(env!("CARGO_BIN_EXE_llamabox-gateway")).with_file_name("llamabox-voice");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo build -p llamabox-voice` (cargo xtask test builds it)",
-        binary.display()
-    );
+    let binary = service_binary("llamabox-voice");
     let question = speech::speak(speech::QUESTION, "en-us").expect("espeak-ng");
     let mut audio = Vec::new();
     for _ in 0..3 {
@@ -177,7 +170,7 @@ fn watch_stream(browser: &Browser, stop_after: Option<usize>) -> (Vec<String>, V
 
 #[test]
 fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
-    let Some((chromium, chromedriver)) = common::browser::find_browser() else {
+    let Some((chromium, chromedriver)) = crate::common::browser::find_browser() else {
         return;
     };
     let model = std::env::var_os("LLAMABOX_TEST_MODEL")
@@ -185,13 +178,7 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
         .expect(
         "LLAMABOX_TEST_MODEL is not set: run the tests with `cargo xtask test`, which provides it",
     );
-    let inference_bin =
-        Path::new(env!("CARGO_BIN_EXE_llamabox-gateway")).with_file_name("llamabox-inference");
-    assert!(
-        inference_bin.exists(),
-        "{} is missing: `cargo build -p llamabox-inference` (cargo xtask test builds it)",
-        inference_bin.display()
-    );
+    let inference_bin = service_binary("llamabox-inference");
 
     let started = Instant::now();
     let web = xtask::web::build(&Project::locate()).expect("building the web app");

@@ -1,9 +1,6 @@
 //! Headless Chromium driven through chromedriver's W3C WebDriver HTTP API, with a
-//! phone's screen and user agent: the web app's tests (the gateway's, on the host, and
-//! the boot tests', against a box in QEMU). Shared as a file (`#[path]`) so neither
-//! crate's tests depend on the other's.
-
-#![allow(dead_code)] // each test binary uses a different part
+//! phone's screen and user agent: the web app's tests (`web_app`, on the host, and
+//! `inference`, against a box in QEMU).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
