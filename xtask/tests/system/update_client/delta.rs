@@ -34,7 +34,7 @@ fn changing_one_service_binary_downloads_a_small_part_of_the_bundle() {
     .expect("building the product image")
     .release
     .unwrap();
-    let dir = scratch("delta");
+    let dir = scratch("delta-real-rootfs");
     let tree = dir.join("tree");
     let status = Command::new("fsck.erofs")
         .arg(format!("--extract={}", tree.display()))
