@@ -106,5 +106,12 @@ fn hear_once(agent: &mut xtask::qemu::Agent) -> String {
         "{heard:?} {:.1?} after the clip began playing",
         played.elapsed()
     );
+    // The service also answers each utterance, and under TCG the answer to the previous
+    // attempt's utterance can arrive while this one plays ("answer 1: …" before
+    // "utterance 2: …"): the transcript is the utterance line.
     heard
+        .lines()
+        .rfind(|line| line.starts_with("utterance "))
+        .unwrap_or_else(|| panic!("no utterance in {heard:?}"))
+        .to_string()
 }
