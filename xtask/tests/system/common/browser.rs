@@ -41,15 +41,6 @@ impl Drop for Process {
     }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Chromium and chromedriver. Missing, they fail the test in CI (`CI` set: it installs
 /// both) or when `LLAMABOX_REQUIRE_BROWSER` is set; otherwise the caller skips.
 pub fn find_browser() -> Option<(PathBuf, PathBuf)> {
@@ -90,7 +81,7 @@ impl Browser {
     /// With more Chromium arguments, e.g. `--ignore-certificate-errors` for a box's
     /// self-signed certificate.
     pub fn start_with(chromium: &Path, chromedriver: &Path, extra_args: &[&str]) -> Browser {
-        let port = free_port();
+        let port = super::free_port();
         let driver = Process(
             Command::new(chromedriver)
                 .arg(format!("--port={port}"))
