@@ -54,16 +54,13 @@ pub enum Cmd {
         #[arg(long)]
         fresh: bool,
     },
-    /// Run the whole test suite: unit tests and every boot test in QEMU on qemu-x86_64
-    /// (`--board qemu-aarch64`: the scenarios that prove arm64; `--all-boards`: both),
-    /// then the fuzz targets for a bounded time.
+    /// Run the whole test suite: unit tests and every boot test in QEMU on qemu-x86_64,
+    /// then qemu-aarch64's suite (the scenarios that prove arm64), then the fuzz targets
+    /// for a bounded time.
     Test {
-        /// One board's suite (default: qemu-x86_64's, what CI runs).
-        #[arg(long, conflicts_with = "all_boards")]
-        board: Option<String>,
-        /// Every test board in turn: qemu-x86_64, then qemu-aarch64's arm64 suite.
+        /// One board's suite only (default: every test board in turn, what CI runs).
         #[arg(long)]
-        all_boards: bool,
+        board: Option<String>,
         /// Seconds to run each fuzz target (0 skips fuzzing).
         #[arg(long, default_value_t = 30)]
         fuzz_seconds: u64,

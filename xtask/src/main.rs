@@ -42,15 +42,13 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => run::run_in_qemu(&project, &board, &image, fresh),
         Cmd::Test {
             board,
-            all_boards,
             fuzz_seconds,
             soak,
             args,
         } => {
-            let boards = match (&board, all_boards) {
-                (Some(board), _) => vec![board.as_str()],
-                (None, true) => suite::ALL_TEST_BOARDS.to_vec(),
-                (None, false) => suite::TEST_BOARDS.to_vec(),
+            let boards = match &board {
+                Some(board) => vec![board.as_str()],
+                None => suite::TEST_BOARDS.to_vec(),
             };
             for board in boards {
                 suite::run(&project, board, soak, &args)?;

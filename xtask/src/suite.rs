@@ -10,12 +10,9 @@ use crate::config::{self, Arch};
 use crate::project::Project;
 use crate::python;
 
-/// The boards `cargo xtask test` runs without `--board` (what CI runs). qemu-aarch64's
-/// suite (`--board qemu-aarch64`) is not among them yet: with it a fresh-clone `.ci/run`
-/// took about 80 minutes of CI's 90 (docs/perf.md); `--all-boards` runs both.
-pub const TEST_BOARDS: &[&str] = &["qemu-x86_64"];
-/// Every QEMU test vehicle, one per architecture (docs/boards.md).
-pub const ALL_TEST_BOARDS: &[&str] = &["qemu-x86_64", "qemu-aarch64"];
+/// The boards `cargo xtask test` runs without `--board` (what CI runs), in this order:
+/// every QEMU test vehicle, one per architecture (docs/boards.md).
+pub const TEST_BOARDS: &[&str] = &["qemu-x86_64", "qemu-aarch64"];
 
 /// The models `cargo xtask test` hands the host tests: (recipe, environment variable).
 /// From the image's root filesystem when the image has them (the default LLM, Whisper

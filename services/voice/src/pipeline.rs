@@ -15,6 +15,10 @@ use crate::events::{Event, Events};
 use crate::transcribe::{Options, Transcriber, Transcript};
 use crate::vad::{EndpointConfig, Endpointer, Utterance};
 
+/// The transcription thread's nice value: capture and end-pointing, at the service's
+/// own priority, must never wait for Whisper.
+const TRANSCRIBE_NICE: libc::c_int = 10;
+
 /// What `Status` reports about the pipeline.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -62,7 +66,10 @@ impl Pipeline {
         let (utterances, queued) = mpsc::channel::<(u64, Utterance, Instant)>();
         let (questions, asked) = mpsc::channel::<(u64, String)>();
         std::thread::scope(|scope| {
-            scope.spawn(|| self.transcribe_all(queued, questions));
+            scope.spawn(|| {
+                yield_to_capture();
+                self.transcribe_all(queued, questions)
+            });
             scope.spawn(|| self.answer_all(asked));
             self.capture(source, utterances)
         })
@@ -198,5 +205,21 @@ impl Pipeline {
                 });
             }
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10; Linux's nice is per thread).
+/// Whisper takes whatever CPU it gets for seconds — on a one-CPU box (QEMU) for minutes —
+/// and capture at the same priority fell behind and lost the rest of an utterance whose
+/// first part was being transcribed as a draft. Threads whisper.cpp starts from here
+/// inherit the priority.
+fn yield_to_capture() {
+    // SAFETY: setpriority has no memory-safety preconditions; `who` 0 is this thread.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, TRANSCRIBE_NICE) } != 0;
+    if failed {
+        eprintln!(
+            "cannot lower the transcription thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

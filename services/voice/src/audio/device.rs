@@ -22,7 +22,7 @@ pub struct DeviceSource {
 
 impl DeviceSource {
     /// Opens the ALSA PCM `name` (`default`, `hw:1,0`, `plughw:Loopback,1,0`, …) for
-    /// capture, at 16 kHz mono if it offers that, else at its default configuration.
+    /// capture, at the first of [`RATES`] it offers, else at its default configuration.
     pub fn open(name: &str) -> Result<Self> {
         let host = cpal::default_host();
         let device = if name == "default" {
@@ -36,14 +36,7 @@ impl DeviceSource {
             .supported_input_configs()
             .with_context(|| format!("capture device `{name}`"))?
             .collect::<Vec<_>>();
-        let config = supported
-            .iter()
-            .filter(|c| {
-                c.channels() == 1
-                    && (c.min_sample_rate()..=c.max_sample_rate()).contains(&SAMPLE_RATE)
-            })
-            .find(|c| usable(c.sample_format()))
-            .map(|c| c.with_sample_rate(SAMPLE_RATE))
+        let config = choose_config(&supported)
             .map_or_else(|| device.default_input_config(), Ok)
             .with_context(|| format!("capture device `{name}` has no usable configuration"))?;
         let format = config.sample_format();
@@ -64,12 +57,14 @@ impl DeviceSource {
             }
         };
         let stream_config = config.config();
+        let mut queue = Queue {
+            tx,
+            dropping: false,
+        };
         let stream = match format {
             cpal::SampleFormat::F32 => device.build_input_stream(
                 stream_config,
-                move |data: &[f32], _: &_| {
-                    let _ = tx.try_send(Ok(downmix(data, channels)));
-                },
+                move |data: &[f32], _: &_| queue.hand_over(downmix(data, channels)),
                 on_error,
                 None,
             ),
@@ -77,7 +72,7 @@ impl DeviceSource {
                 stream_config,
                 move |data: &[i16], _: &_| {
                     let floats: Vec<f32> = data.iter().map(|s| *s as f32 / 32768.0).collect();
-                    let _ = tx.try_send(Ok(downmix(&floats, channels)));
+                    queue.hand_over(downmix(&floats, channels))
                 },
                 on_error,
                 None,
@@ -86,7 +81,7 @@ impl DeviceSource {
                 stream_config,
                 move |data: &[i32], _: &_| {
                     let floats: Vec<f32> = data.iter().map(|s| *s as f32 / 2147483648.0).collect();
-                    let _ = tx.try_send(Ok(downmix(&floats, channels)));
+                    queue.hand_over(downmix(&floats, channels))
                 },
                 on_error,
                 None,
@@ -103,6 +98,48 @@ impl DeviceSource {
             name: name.into(),
         })
     }
+}
+
+/// The audio thread's end of the buffer queue.
+struct Queue {
+    tx: mpsc::SyncSender<Result<Vec<f32>, String>>,
+    /// The reader is behind and buffers are being dropped (said once per episode).
+    dropping: bool,
+}
+
+impl Queue {
+    fn hand_over(&mut self, samples: Vec<f32>) {
+        match self.tx.try_send(Ok(samples)) {
+            Ok(()) => self.dropping = false,
+            Err(mpsc::TrySendError::Full(_)) if !self.dropping => {
+                self.dropping = true;
+                eprintln!("capture queue full (the reader fell behind): audio is being dropped");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Capture rates, best first: 48 kHz, the native rate of codecs, USB microphones and
+/// ALSA's `dsnoop` (what `default` captures through), then 44.1 kHz; our band-limited
+/// resampler takes them to 16 kHz. 16 kHz itself comes last: asked of ALSA's `plug`
+/// (every `default` device), it is made by plug's linear converter, which folds the
+/// highs into the speech band (through the QEMU loopback Whisper heard "Was the middle
+/// friends?" for "What is the capital of France?").
+const RATES: [u32; 3] = [48_000, 44_100, SAMPLE_RATE];
+
+/// The configuration to capture with: a preferred rate, fewest channels.
+fn choose_config(
+    supported: &[cpal::SupportedStreamConfigRange],
+) -> Option<cpal::SupportedStreamConfig> {
+    RATES.iter().find_map(|&rate| {
+        supported
+            .iter()
+            .filter(|c| usable(c.sample_format()))
+            .filter(|c| (c.min_sample_rate()..=c.max_sample_rate()).contains(&rate))
+            .min_by_key(|c| c.channels())
+            .map(|c| c.with_sample_rate(rate))
+    })
 }
 
 fn usable(format: cpal::SampleFormat) -> bool {
@@ -127,5 +164,41 @@ impl AudioSource for DeviceSource {
                 STALL.as_secs()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpal::{SampleFormat, SupportedBufferSize, SupportedStreamConfigRange};
+
+    fn range(
+        channels: u16,
+        min: u32,
+        max: u32,
+        format: SampleFormat,
+    ) -> SupportedStreamConfigRange {
+        SupportedStreamConfigRange::new(channels, min, max, SupportedBufferSize::Unknown, format)
+    }
+
+    #[test]
+    fn a_plug_device_is_captured_at_48_khz_not_converted_to_16_by_alsa() {
+        // ALSA's `plug` offers every rate and channel count.
+        let plug = [
+            range(2, 4_000, 192_000, SampleFormat::I16),
+            range(1, 4_000, 192_000, SampleFormat::I16),
+        ];
+        let chosen = choose_config(&plug).unwrap();
+        assert_eq!((chosen.sample_rate(), chosen.channels()), (48_000, 1));
+    }
+
+    #[test]
+    fn a_device_that_only_has_16_khz_or_only_unusable_formats() {
+        let mic = [range(1, 16_000, 16_000, SampleFormat::I16)];
+        assert_eq!(choose_config(&mic).unwrap().sample_rate(), 16_000);
+        let cd = [range(2, 44_100, 44_100, SampleFormat::I32)];
+        assert_eq!(choose_config(&cd).unwrap().sample_rate(), 44_100);
+        let odd = [range(1, 8_000, 96_000, SampleFormat::U8)];
+        assert!(choose_config(&odd).is_none());
     }
 }
