@@ -210,9 +210,9 @@ impl Pipeline {
 
 /// Lowers the calling thread's scheduling priority (nice 10; Linux's nice is per thread).
 /// Whisper takes whatever CPU it gets for seconds — on a one-CPU box (QEMU) for minutes —
-/// and capture at the same priority fell behind and lost the rest of an utterance whose
-/// first part was being transcribed as a draft. Threads whisper.cpp starts from here
-/// inherit the priority.
+/// and capture at the same priority fell behind the microphone while it ran (in QEMU,
+/// 14 s of audio read per 20 s), which ends in a full queue and lost audio. Threads
+/// whisper.cpp starts from here inherit the priority.
 fn yield_to_capture() {
     // SAFETY: setpriority has no memory-safety preconditions; `who` 0 is this thread.
     let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, TRANSCRIBE_NICE) } != 0;
