@@ -73,6 +73,37 @@ fn a_minute_of_speech_is_transcribed_utterance_by_utterance() {
     );
 }
 
+/// A speaker who pauses inside a sentence, for up to 0.6 s of digital silence between the
+/// words (the end-pointer ends an utterance after 0.7 s without voice), is heard as one
+/// utterance, not two questions.
+#[test]
+fn a_pause_of_0_6_s_inside_a_sentence_does_not_split_it() {
+    let rate = speech::RATE as usize;
+    let mut audio = vec![0.0; rate / 2];
+    audio.extend(trimmed(speech::speak("Set a timer for", "en-us").unwrap()));
+    audio.extend(vec![0.0; rate * 6 / 10]);
+    audio.extend(trimmed(
+        speech::speak("ten minutes, please.", "en-us").unwrap(),
+    ));
+    audio.extend(vec![0.0; rate * 2]);
+    let texts = transcripts(&listen(audio));
+    assert_eq!(texts.len(), 1, "the sentence was split: {texts:?}");
+    let text = texts[0].to_lowercase();
+    assert!(
+        text.contains("timer") && text.contains("minutes"),
+        "heard {text:?}"
+    );
+}
+
+/// `samples` without the near-silence espeak-ng puts before and after the words, so a
+/// pause between two clips is exactly the silence put there.
+fn trimmed(samples: Vec<f32>) -> Vec<f32> {
+    let loud = |s: &f32| s.abs() > 1e-3;
+    let start = samples.iter().position(loud).unwrap_or(0);
+    let end = samples.iter().rposition(loud).map_or(0, |i| i + 1);
+    samples[start..end.max(start)].to_vec()
+}
+
 #[test]
 fn silence_and_pink_noise_produce_no_transcript() {
     let mut audio = vec![0.0; 10 * speech::RATE as usize];
