@@ -13,6 +13,8 @@ const TARGETS: &[(&str, &str)] = &[
     ("init/supervisor", "service_file"),
     ("image/format", "update_metadata"),
     ("image/format", "bundle_index"),
+    ("services/gateway/pairing", "pairing_message"),
+    ("services/voice", "wav"),
 ];
 
 fn have_cargo_fuzz() -> bool {
