@@ -23,6 +23,7 @@ pub enum Service {
 const ROUTES: &[(&str, Service)] = &[
     ("/v1/chat/", Service::Inference),
     ("/v1/completions", Service::Inference),
+    ("/v1/responses", Service::Inference),
     ("/v1/embeddings", Service::Inference),
     ("/v1/models", Service::Inference),
     ("/v1/audio/", Service::Voice),
@@ -137,6 +138,7 @@ mod tests {
             Some(Service::Inference)
         );
         assert_eq!(Service::for_path("/v1/models"), Some(Service::Inference));
+        assert_eq!(Service::for_path("/v1/responses"), Some(Service::Inference));
         assert_eq!(Service::for_path("/v1/models/x"), Some(Service::Inference));
         assert_eq!(Service::for_path("/v1/modelsx"), None);
         assert_eq!(

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     pub chat_requests: AtomicU64,
     pub completion_requests: AtomicU64,
+    pub responses_requests: AtomicU64,
     pub embedding_requests: AtomicU64,
     /// Requests answered with a 4xx for their content.
     pub invalid_requests: AtomicU64,
@@ -57,6 +58,7 @@ impl Metrics {
             &[
                 ("{endpoint=\"chat\"}", get(&self.chat_requests)),
                 ("{endpoint=\"completions\"}", get(&self.completion_requests)),
+                ("{endpoint=\"responses\"}", get(&self.responses_requests)),
                 ("{endpoint=\"embeddings\"}", get(&self.embedding_requests)),
             ],
         );

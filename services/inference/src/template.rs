@@ -7,6 +7,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::Serialize;
+use serde_json::Value as Json;
 
 const NAME: &str = "chat";
 
@@ -14,13 +15,22 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    hermes_tools: bool,
 }
 
-/// One message as the template sees it: text content only.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// One message as the template sees it: text content, and for templates that know tools,
+/// the assistant's calls (Hugging Face's shape: `function.arguments` is an object) or the
+/// tool result's call id and function name.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Json>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatTemplate {
@@ -58,14 +68,24 @@ impl ChatTemplate {
             env,
             bos_token,
             eos_token,
+            // Hermes' convention (Qwen 2.5/3, Hermes, SmolLM3): the template lists `tools`
+            // and the model answers with `<tool_call>{"name", "arguments"}</tool_call>`.
+            hermes_tools: source.contains("tools") && source.contains("<tool_call>"),
         })
     }
 
-    /// The prompt for these messages, ending with the assistant's turn opener.
-    pub fn render(&self, messages: &[Message]) -> Result<String, Error> {
+    /// Whether the template renders tools itself, in Hermes' `<tool_call>` convention.
+    pub fn hermes_tools(&self) -> bool {
+        self.hermes_tools
+    }
+
+    /// The prompt for these messages, ending with the assistant's turn opener. `tools`
+    /// (function schemas in OpenAI's shape) are passed to templates that know them.
+    pub fn render(&self, messages: &[Message], tools: Option<&[Json]>) -> Result<String, Error> {
         let template = self.env.get_template(NAME)?;
         template.render(minijinja::context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => true,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
@@ -128,13 +148,14 @@ mod tests {
         Message {
             role: role.into(),
             content: content.into(),
+            ..Message::default()
         }
     }
 
     #[test]
     fn keeps_the_models_default_system_prompt() {
         let t = ChatTemplate::from_source(SMOLLM2, String::new(), String::new()).unwrap();
-        let prompt = t.render(&[msg("user", "Hi")]).unwrap();
+        let prompt = t.render(&[msg("user", "Hi")], None).unwrap();
         assert_eq!(
             prompt,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -149,8 +170,8 @@ mod tests {
             String::new(),
         )
         .unwrap();
-        assert_eq!(t.render(&[msg("user", "  x  ")]).unwrap(), "x");
-        let err = t.render(&[msg("bad", "x")]).unwrap_err();
+        assert_eq!(t.render(&[msg("user", "  x  ")], None).unwrap(), "x");
+        let err = t.render(&[msg("bad", "x")], None).unwrap_err();
         assert!(err.to_string().contains("no bad roles"), "{err}");
     }
 

@@ -1,12 +1,15 @@
 //! The OpenAI-compatible HTTP API.
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses`,
+//! `POST /v1/embeddings`,
 //! `GET /v1/models[/{id}]`, `GET /health`, `GET /metrics`.
 
 mod embeddings;
 mod error;
 mod generate;
 mod request;
+mod responses;
+mod tools;
 
 use std::sync::Arc;
 
@@ -31,6 +34,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::tools::{Convention, ToolChoice, ToolDef, Tools};
 use crate::engine::SamplingParams;
 use crate::template::Message;
 
@@ -32,8 +33,12 @@ pub struct GenerateRequest {
     pub seed: Option<i64>,
     pub n: Option<i64>,
     pub response_format: Option<ResponseFormat>,
+    /// Chat: a boolean (with `top_logprobs`); completions: the number of alternatives.
     pub logprobs: Option<Value>,
-    pub tools: Option<Vec<Value>>,
+    pub top_logprobs: Option<i64>,
+    pub tools: Option<Vec<ToolDef>>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub echo: Option<bool>,
     pub suffix: Option<String>,
 }
@@ -49,6 +54,29 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A tool result's call.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolCallIn {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// JSON text, as OpenAI sends it.
+    #[serde(default)]
+    pub arguments: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,16 +124,23 @@ pub struct JsonSchemaFormat {
 /// Longest list of stop strings a request may give.
 const MAX_STOPS: usize = 16;
 
+/// Most alternatives per token `top_logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
 /// What the engine needs, checked.
 #[derive(Debug)]
 pub struct Generation {
     pub sampling: SamplingParams,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    pub choices: u32,
+    /// Alternatives per token; None: no logprobs.
+    pub logprobs: Option<u32>,
 }
 
 impl GenerateRequest {
-    pub fn generation(&self) -> Result<Generation, ApiError> {
+    /// The checked parameters; `max_choices` is the most `n` may be (the engine's sequences).
+    pub fn generation(&self, max_choices: u32) -> Result<Generation, ApiError> {
         let mut s = SamplingParams::default();
         if let Some(t) = self.temperature {
             range("temperature", t, 0.0, 2.0)?;
@@ -154,24 +189,17 @@ impl GenerateRequest {
             (None, Some(m)) => Some(positive("max_tokens", m)?),
             (None, None) => None,
         };
-        if let Some(n) = self.n {
-            if n != 1 {
+        let choices = match self.n {
+            None => 1,
+            Some(n) if (1..=i64::from(max_choices)).contains(&n) => n as u32,
+            Some(n) => {
                 return Err(ApiError::invalid(
                     "n",
-                    format!("n must be 1: one choice per request is supported, not {n}"),
-                ));
+                    format!("n must be between 1 and {max_choices} (the sequences this service decodes together), not {n}"),
+                ))
             }
-        }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|v| v != &Value::Bool(false) && !v.is_null())
-        {
-            return Err(ApiError::invalid("logprobs", "logprobs are not supported"));
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::invalid("tools", "tool calls are not supported"));
-        }
+        };
+        let logprobs = self.logprobs()?;
         if self.echo == Some(true) {
             return Err(ApiError::invalid("echo", "echo is not supported"));
         }
@@ -205,7 +233,66 @@ impl GenerateRequest {
             sampling: s,
             max_tokens,
             stop,
+            choices,
+            logprobs,
         })
+    }
+
+    /// Chat sends `logprobs: true` and `top_logprobs: k`; completions send `logprobs: k`.
+    fn logprobs(&self) -> Result<Option<u32>, ApiError> {
+        let top = |param: &'static str, k: i64| {
+            if (0..=MAX_TOP_LOGPROBS).contains(&k) {
+                Ok(k as u32)
+            } else {
+                Err(ApiError::invalid(
+                    param,
+                    format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, not {k}"),
+                ))
+            }
+        };
+        let wanted =
+            match &self.logprobs {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+                Some(Value::Bool(true)) => Some(0),
+                Some(Value::Number(n)) => Some(top("logprobs", n.as_i64().unwrap_or(-1))?),
+                Some(_) => return Err(ApiError::invalid(
+                    "logprobs",
+                    "logprobs must be a boolean (chat) or a number of alternatives (completions)",
+                )),
+            };
+        match (wanted, self.top_logprobs) {
+            (Some(_), Some(k)) => Ok(Some(top("top_logprobs", k)?)),
+            (None, Some(k)) if k > 0 => Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            )),
+            (wanted, _) => Ok(wanted),
+        }
+    }
+
+    /// The request's tools for a model whose template follows `convention`; None if it
+    /// offers none.
+    pub fn tools(&self, convention: Convention) -> Result<Option<Tools>, ApiError> {
+        let choice = ToolChoice::parse(self.tool_choice.as_ref())?;
+        let defs = self.tools.as_deref().unwrap_or_default();
+        let tools = Tools::new(
+            defs,
+            choice,
+            self.parallel_tool_calls.unwrap_or(true),
+            convention,
+        )?;
+        if tools.is_some()
+            && self
+                .response_format
+                .as_ref()
+                .is_some_and(|f| !matches!(f, ResponseFormat::Text))
+        {
+            return Err(ApiError::invalid(
+                "response_format",
+                "response_format cannot be combined with tools: both constrain the reply",
+            ));
+        }
+        Ok(tools)
     }
 
     /// The chat's messages in template form.
@@ -228,11 +315,12 @@ impl GenerateRequest {
                     "system" | "developer" => "system",
                     "user" => "user",
                     "assistant" => "assistant",
+                    "tool" => "tool",
                     other => {
                         return Err(ApiError::invalid(
                             "messages",
                             format!(
-                                "messages[{i}].role `{other}` is not one of system, developer, user, assistant"
+                                "messages[{i}].role `{other}` is not one of system, developer, user, assistant, tool"
                             ),
                         ))
                     }
@@ -258,9 +346,47 @@ impl GenerateRequest {
                         text
                     }
                 };
+                let tool_calls = match (&m.tool_calls, role) {
+                    (None, _) => None,
+                    (Some(calls), "assistant") => Some(
+                        calls
+                            .iter()
+                            .map(|c| {
+                                let text = c.function.arguments.as_deref().unwrap_or("{}");
+                                // Templates (Hugging Face's convention) expect an object.
+                                let arguments = serde_json::from_str::<Value>(text).map_err(|e| {
+                                    ApiError::invalid(
+                                        "messages",
+                                        format!("messages[{i}].tool_calls: arguments of `{}` are not JSON: {e}", c.function.name),
+                                    )
+                                })?;
+                                Ok(serde_json::json!({
+                                    "id": c.id,
+                                    "type": "function",
+                                    "function": {"name": c.function.name, "arguments": arguments},
+                                }))
+                            })
+                            .collect::<Result<Vec<_>, ApiError>>()?,
+                    ),
+                    (Some(_), _) => {
+                        return Err(ApiError::invalid(
+                            "messages",
+                            format!("messages[{i}] has tool_calls but only assistant messages may"),
+                        ))
+                    }
+                };
+                if role == "tool" && m.tool_call_id.is_none() {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        format!("messages[{i}] is a tool result without tool_call_id"),
+                    ));
+                }
                 Ok(Message {
                     role: role.into(),
                     content,
+                    tool_calls,
+                    tool_call_id: m.tool_call_id.clone(),
+                    name: m.name.clone(),
                 })
             })
             .collect()
@@ -325,18 +451,31 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_parameter() {
-        let e = parse(r#"{"temperature": 3}"#).generation().unwrap_err();
+        let e = parse(r#"{"temperature": 3}"#).generation(4).unwrap_err();
         assert_eq!(e.param, Some("temperature"));
         assert!(e.message.contains("between 0 and 2"), "{}", e.message);
-        let e = parse(r#"{"max_tokens": 0}"#).generation().unwrap_err();
+        let e = parse(r#"{"max_tokens": 0}"#).generation(4).unwrap_err();
         assert_eq!(e.param, Some("max_tokens"));
-        let e = parse(r#"{"n": 2}"#).generation().unwrap_err();
+        let e = parse(r#"{"n": 5}"#).generation(4).unwrap_err();
         assert_eq!(e.param, Some("n"));
+        assert_eq!(parse(r#"{"n": 4}"#).generation(4).unwrap().choices, 4);
+        let e = parse(r#"{"logprobs": true, "top_logprobs": 21}"#)
+            .generation(4)
+            .unwrap_err();
+        assert_eq!(e.param, Some("top_logprobs"));
+        let g = parse(r#"{"logprobs": true, "top_logprobs": 3}"#)
+            .generation(4)
+            .unwrap();
+        assert_eq!(g.logprobs, Some(3));
+        assert_eq!(
+            parse(r#"{"logprobs": 2}"#).generation(4).unwrap().logprobs,
+            Some(2)
+        );
     }
 
     #[test]
     fn defaults_are_llama_servers() {
-        let g = parse("{}").generation().unwrap();
+        let g = parse("{}").generation(4).unwrap();
         assert_eq!(g.sampling, SamplingParams::default());
         assert_eq!(g.max_tokens, None);
     }

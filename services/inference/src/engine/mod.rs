@@ -62,6 +62,26 @@ pub struct GenerateJob {
     /// None: until the context is full.
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    /// Sequences generated from the prompt (1 to `parallel`). The prompt is decoded once
+    /// and its KV cache copied to the others; each has its own sampler (seed + choice).
+    pub choices: u32,
+    /// Report each token's log-probability and this many alternatives (0 to 20).
+    pub logprobs: Option<u32>,
+}
+
+/// One alternative at a sampling step: a token and its log-probability under the model's
+/// distribution (log-softmax of the raw logits, before any sampler).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenProb {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// The token that was chosen and the most likely alternatives, most likely first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub chosen: TokenProb,
+    pub top: Vec<TokenProb>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,10 +111,21 @@ pub struct Usage {
     pub generation_ms: f64,
 }
 
+/// What the engine reports about a job. `choice` is 0 to `choices - 1`; every choice ends
+/// with its own `Done` (its usage repeats the shared prompt's figures).
 #[derive(Debug)]
 pub enum Event {
-    Text(String),
-    Done { reason: FinishReason, usage: Usage },
+    Text {
+        choice: u32,
+        text: String,
+        /// One entry per token behind this text (and any held back before it).
+        logprobs: Vec<TokenLogprob>,
+    },
+    Done {
+        choice: u32,
+        reason: FinishReason,
+        usage: Usage,
+    },
     Failed(String),
 }
 
@@ -154,6 +185,11 @@ impl Engine {
         }
     }
 
+    /// Sequences decoded together: the most choices one request may ask for.
+    pub fn parallel(&self) -> u32 {
+        self.config.parallel.max(1)
+    }
+
     /// The model, once loaded.
     pub fn model(&self) -> Option<&Arc<LoadedModel>> {
         self.model.get()
@@ -167,10 +203,12 @@ impl Engine {
             return Err(SubmitError::Loading);
         }
         let limit = self.config.parallel as usize + self.config.queue_limit;
+        // Every choice holds a sequence, so choices count against the limit one by one.
+        let choices = job.choices.max(1) as usize;
         let admitted = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
+                (n + choices <= limit).then_some(n + choices)
             });
         if admitted.is_err() {
             Metrics::add(&self.metrics.rejected_busy, 1);
@@ -179,7 +217,7 @@ impl Engine {
         let (events, rx) = tokio_mpsc::unbounded_channel();
         if self.jobs.send(Job::Generate { job, events }).is_err() {
             // The engine thread is gone; the process is about to exit.
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.in_flight.fetch_sub(choices, Ordering::AcqRel);
             return Err(SubmitError::Loading);
         }
         Ok(rx)

@@ -25,6 +25,9 @@ pub struct SamplingParams {
     pub seed: Option<u32>,
     /// A GBNF grammar (root rule `root`) that every generated token must follow.
     pub grammar: Option<String>,
+    /// If any: the grammar binds only from the first of these words on (a tool call that
+    /// the model may or may not open).
+    pub grammar_triggers: Vec<String>,
 }
 
 impl Default for SamplingParams {
@@ -40,6 +43,7 @@ impl Default for SamplingParams {
             penalty_last_n: 64,
             seed: None,
             grammar: None,
+            grammar_triggers: Vec::new(),
         }
     }
 }
@@ -49,10 +53,12 @@ impl Default for SamplingParams {
 pub fn build(model: &LlamaModel, p: &SamplingParams) -> Result<LlamaSampler, String> {
     let mut chain = Vec::new();
     if let Some(grammar) = &p.grammar {
-        chain.push(
+        let sampler = if p.grammar_triggers.is_empty() {
             LlamaSampler::grammar(model, grammar, "root")
-                .map_err(|e| format!("the grammar for response_format is not usable: {e}"))?,
-        );
+        } else {
+            LlamaSampler::grammar_lazy(model, grammar, "root", &p.grammar_triggers, &[])
+        };
+        chain.push(sampler.map_err(|e| format!("the output grammar is not usable: {e}"))?);
     }
     if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 || p.repeat_penalty != 1.0 {
         chain.push(LlamaSampler::penalties(

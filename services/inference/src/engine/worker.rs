@@ -24,7 +24,10 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::text::{Piece, TextStream};
-use super::{sampling, EngineConfig, Event, FinishReason, GenerateJob, Job, LoadedModel, Usage};
+use super::{
+    sampling, EngineConfig, Event, FinishReason, GenerateJob, Job, LoadedModel, TokenLogprob,
+    TokenProb, Usage,
+};
 use crate::metrics::Metrics;
 use crate::template::ChatTemplate;
 
@@ -141,6 +144,10 @@ impl Slot {
 
 struct Running {
     events: UnboundedSender<Event>,
+    /// Which of the request's choices this sequence is.
+    choice: u32,
+    /// Waiting for the prompt decoded in this slot, whose KV cache it will copy.
+    fork_from: Option<usize>,
     sampler: LlamaSampler,
     prompt: Vec<LlamaToken>,
     /// Index of the next prompt token to decode.
@@ -153,6 +160,10 @@ struct Running {
     generated: u32,
     max_tokens: u32,
     text: TextStream,
+    /// Alternatives to report per token; None: no logprobs.
+    logprobs: Option<u32>,
+    /// Log-probabilities of tokens whose text is not sent yet.
+    pending_logprobs: Vec<TokenLogprob>,
     admitted: Instant,
     prompt_done: Option<Instant>,
 }
@@ -213,9 +224,14 @@ impl<'m> Decoder<'m, '_> {
     }
 
     fn drop_cancelled(&mut self) {
-        let before = self.queue.len();
-        self.queue.retain(|(_, events)| !events.is_closed());
-        let mut dropped = before - self.queue.len();
+        let mut dropped = 0;
+        self.queue.retain(|(job, events)| {
+            let gone = events.is_closed();
+            if gone {
+                dropped += job.choices.max(1) as usize;
+            }
+            !gone
+        });
         for slot in &mut self.slots {
             if slot.running.as_ref().is_some_and(|r| r.events.is_closed()) {
                 slot.running = None;
@@ -228,23 +244,38 @@ impl<'m> Decoder<'m, '_> {
         }
     }
 
-    /// Moves queued requests into free slots, reusing the longest cached prefix.
+    /// Moves queued requests into free slots, reusing the longest cached prefix. A request
+    /// with several choices waits until it has a slot for each.
     fn admit(&mut self, ctx: &mut LlamaContext<'m>) {
-        while !self.queue.is_empty() {
-            let Some(slot_index) = self.pick_slot(&self.queue[0].0.prompt) else {
+        while let Some((job, _)) = self.queue.front() {
+            let choices = job.choices.max(1) as usize;
+            let Some(first) = self.pick_slot(&job.prompt) else {
                 return;
             };
+            let mut slots = vec![first];
+            slots.extend(self.spare_slots(first, choices - 1));
+            if slots.len() < choices {
+                return;
+            }
             let (job, events) = self.queue.pop_front().expect("queue is not empty");
-            let sampler = match sampling::build(self.model, &job.sampling) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = events.send(Event::Failed(e));
-                    self.finished(1);
-                    continue;
+            let mut samplers = Vec::with_capacity(choices);
+            for choice in 0..choices as u32 {
+                let mut params = job.sampling.clone();
+                params.seed = params.seed.map(|s| s.wrapping_add(choice));
+                match sampling::build(self.model, &params) {
+                    Ok(s) => samplers.push(s),
+                    Err(e) => {
+                        let _ = events.send(Event::Failed(e));
+                        break;
+                    }
                 }
-            };
+            }
+            if samplers.len() < choices {
+                self.finished(choices);
+                continue;
+            }
             self.clock += 1;
-            let slot = &mut self.slots[slot_index];
+            let slot = &mut self.slots[first];
             slot.last_used = self.clock;
             // Keep the common prefix, but always compute at least the last prompt token:
             // its logits give the first generated token.
@@ -266,20 +297,41 @@ impl<'m> Decoder<'m, '_> {
             Metrics::add(&metrics.prompt_tokens, job.prompt.len() as u64);
             Metrics::add(&metrics.prompt_tokens_cached, reuse as u64);
             let room = self.n_ctx_seq.saturating_sub(job.prompt.len() as u32);
-            slot.running = Some(Running {
-                events,
-                sampler,
-                prompt_next: reuse,
-                cached_tokens: reuse,
-                prompt: job.prompt,
-                next: None,
-                logits_at: None,
-                generated: 0,
-                max_tokens: job.max_tokens.map_or(room, |m| m.min(room)),
-                text: TextStream::new(job.stop),
-                admitted: Instant::now(),
-                prompt_done: None,
-            });
+            let admitted = Instant::now();
+            for (choice, (slot_index, sampler)) in slots.iter().zip(samplers).enumerate() {
+                let slot = &mut self.slots[*slot_index];
+                let fork_from = (choice > 0).then(|| {
+                    // The first choice's slot decodes the prompt; this one receives a copy
+                    // of its KV cache in the step the prompt completes.
+                    ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None)
+                        .ok();
+                    slot.cached.clear();
+                    slot.last_used = self.clock;
+                    first
+                });
+                slot.running = Some(Running {
+                    events: events.clone(),
+                    choice: choice as u32,
+                    fork_from,
+                    sampler,
+                    prompt_next: if fork_from.is_some() {
+                        job.prompt.len()
+                    } else {
+                        reuse
+                    },
+                    cached_tokens: reuse,
+                    prompt: job.prompt.clone(),
+                    next: None,
+                    logits_at: None,
+                    generated: 0,
+                    max_tokens: job.max_tokens.map_or(room, |m| m.min(room)),
+                    text: TextStream::new(job.stop.clone()),
+                    logprobs: job.logprobs,
+                    pending_logprobs: Vec::new(),
+                    admitted,
+                    prompt_done: None,
+                });
+            }
         }
     }
 
@@ -292,6 +344,16 @@ impl<'m> Decoder<'m, '_> {
             .filter(|(_, s)| s.running.is_none())
             .max_by_key(|(_, s)| (common_prefix(&s.cached, prompt), u64::MAX - s.last_used))
             .map(|(i, _)| i)
+    }
+
+    /// Up to `n` free slots other than `taken`, least recently used first.
+    fn spare_slots(&self, taken: usize, n: usize) -> Vec<usize> {
+        let mut free: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| i != taken && self.slots[i].running.is_none())
+            .collect();
+        free.sort_by_key(|&i| self.slots[i].last_used);
+        free.truncate(n);
+        free
     }
 
     /// Fills the batch for one step; false if there is nothing to decode.
@@ -339,8 +401,35 @@ impl<'m> Decoder<'m, '_> {
         n > 0
     }
 
+    /// Choices waiting for a prompt that completed in this step take a copy of its KV cache
+    /// and its logits (llama.cpp copies the cache before the next decode).
+    fn fork(&mut self, ctx: &mut LlamaContext<'m>) {
+        for i in 0..self.slots.len() {
+            let Some(parent) = self.slots[i].running.as_ref().and_then(|r| r.fork_from) else {
+                continue;
+            };
+            let Some(from) = self.slots[parent].running.as_ref() else {
+                continue;
+            };
+            if from.logits_at.is_none() || from.prompt_next < from.prompt.len() {
+                continue;
+            }
+            let (at, cached) = (from.logits_at, self.slots[parent].cached.clone());
+            let (src, dst) = (self.slots[parent].seq, self.slots[i].seq);
+            if ctx.copy_kv_cache_seq(src, dst, None, None).is_err() {
+                continue;
+            }
+            let slot = &mut self.slots[i];
+            slot.cached = cached;
+            let run = slot.running.as_mut().expect("checked above");
+            run.fork_from = None;
+            run.logits_at = at;
+        }
+    }
+
     /// Samples the next token of every sequence that has logits in the decoded batch.
-    fn sample(&mut self, ctx: &LlamaContext<'m>) {
+    fn sample(&mut self, ctx: &mut LlamaContext<'m>) {
+        self.fork(ctx);
         let vocab = self.model.vocab();
         let n_ctx_seq = self.n_ctx_seq as usize;
         let metrics = self.worker.metrics.clone();
@@ -362,16 +451,22 @@ impl<'m> Decoder<'m, '_> {
                 run.generated += 1;
                 Metrics::add(&metrics.generated_tokens, 1);
                 let bytes = vocab.token_to_piece(token, false, None);
+                if let Some(top) = run.logprobs {
+                    let logits = ctx.get_logits_ith(at);
+                    run.pending_logprobs
+                        .push(token_logprob(self.model, logits, token, &bytes, top));
+                }
                 match run.text.push(&bytes) {
                     Piece::Stopped(text) => {
-                        send_text(&run.events, text);
+                        send_text(run, text);
                         Some(FinishReason::Stop)
                     }
                     Piece::Text(text) => {
-                        send_text(&run.events, text);
+                        send_text(run, text);
                         // The next step needs a position for this token.
                         if run.generated >= run.max_tokens || slot.cached.len() + 1 >= n_ctx_seq {
-                            send_text(&run.events, run.text.finish());
+                            let rest = run.text.finish();
+                            send_text(run, rest);
                             Some(FinishReason::Length)
                         } else {
                             run.next = Some(token);
@@ -462,9 +557,50 @@ impl<'m> Decoder<'m, '_> {
     }
 }
 
-fn send_text(events: &UnboundedSender<Event>, text: String) {
+/// Sends text with the log-probabilities of the tokens behind it; log-probabilities of
+/// held-back text wait for the text.
+fn send_text(run: &mut Running, text: String) {
     if !text.is_empty() {
-        let _ = events.send(Event::Text(text));
+        let _ = run.events.send(Event::Text {
+            choice: run.choice,
+            text,
+            logprobs: std::mem::take(&mut run.pending_logprobs),
+        });
+    }
+}
+
+/// The chosen token's log-probability and the `top` most likely tokens, from the raw logits
+/// (log-softmax over the whole vocabulary, as OpenAI reports them).
+fn token_logprob(
+    model: &LlamaModel,
+    logits: &[f32],
+    chosen: LlamaToken,
+    chosen_bytes: &[u8],
+    top: u32,
+) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(top as usize + 1);
+    for (id, &l) in logits.iter().enumerate() {
+        if best.len() < top as usize || best.last().is_some_and(|&(b, _)| l > b) {
+            let at = best.partition_point(|&(b, _)| b >= l);
+            best.insert(at, (l, id));
+            best.truncate(top as usize);
+        }
+    }
+    let vocab = model.vocab();
+    TokenLogprob {
+        chosen: TokenProb {
+            bytes: chosen_bytes.to_vec(),
+            logprob: logits[chosen.0 as usize] - log_sum,
+        },
+        top: best
+            .into_iter()
+            .map(|(l, id)| TokenProb {
+                bytes: vocab.token_to_piece(LlamaToken(id as i32), false, None),
+                logprob: l - log_sum,
+            })
+            .collect(),
     }
 }
 
@@ -478,6 +614,14 @@ fn finish_run(run: Running, reason: FinishReason, metrics: &Metrics) {
         prompt_ms: (prompt_done - run.admitted).as_secs_f64() * 1e3,
         generation_ms: (now - prompt_done).as_secs_f64() * 1e3,
     };
+    let mut run = run;
+    if !run.pending_logprobs.is_empty() {
+        let _ = run.events.send(Event::Text {
+            choice: run.choice,
+            text: String::new(),
+            logprobs: std::mem::take(&mut run.pending_logprobs),
+        });
+    }
     Metrics::add(&metrics.completed, 1);
     Metrics::add(
         &metrics.prompt_micros,
@@ -487,7 +631,11 @@ fn finish_run(run: Running, reason: FinishReason, metrics: &Metrics) {
         &metrics.generation_micros,
         (now - prompt_done).as_micros() as u64,
     );
-    let _ = run.events.send(Event::Done { reason, usage });
+    let _ = run.events.send(Event::Done {
+        choice: run.choice,
+        reason,
+        usage,
+    });
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {

@@ -1,0 +1,481 @@
+//! `POST /v1/responses`, OpenAI's Responses API, on top of the chat machinery: the request
+//! becomes a chat request (instructions → system message, input items → messages, function
+//! calls and their outputs → tool turns) and the reply becomes output items.
+//!
+//! Stateless: nothing is stored (`store` is always false), so `previous_response_id` and
+//! `GET /v1/responses/{id}` are not offered; a client sends the whole conversation as
+//! `input`, as it does with chat completions.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::generate::{collect, start, Kind, Out, Started};
+use super::request::{
+    ChatMessage, Content, FunctionCallIn, GenerateRequest, JsonSchemaFormat, ResponseFormat,
+    ToolCallIn,
+};
+use super::tools::{FunctionDef, ToolCall, ToolDef};
+use super::{parse_json, respond, unix_now, ApiError};
+use crate::engine::{Engine, Usage};
+use crate::metrics::Metrics;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ResponsesRequest {
+    model: Option<String>,
+    input: Option<Input>,
+    instructions: Option<String>,
+    max_output_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    stream: bool,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    text: Option<TextConfig>,
+    previous_response_id: Option<String>,
+    metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    Text(String),
+    Items(Vec<Value>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TextConfig {
+    format: Option<Value>,
+}
+
+pub async fn responses(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    Metrics::add(&engine.metrics.responses_requests, 1);
+    respond(&engine, run(&engine, &body).await)
+}
+
+async fn run(engine: &Engine, body: &Bytes) -> Result<Response, ApiError> {
+    let request: ResponsesRequest = parse_json(body)?;
+    if request.previous_response_id.is_some() {
+        return Err(ApiError::invalid(
+            "previous_response_id",
+            "this box stores no responses (store is false): send the whole conversation as `input`",
+        ));
+    }
+    let chat = chat_request(&request)?;
+    let started = start(engine, &chat, Kind::Chat)?;
+    let shell = Shell {
+        id: format!("resp_{}", started.meta.id.trim_start_matches("chatcmpl-")),
+        created_at: unix_now(),
+        model: started.meta.model.clone(),
+        echo: echo(&request),
+    };
+    if request.stream {
+        Ok(Sse::new(stream_events(shell, started))
+            .keep_alive(KeepAlive::default())
+            .into_response())
+    } else {
+        let collected = collect(started).await?;
+        let choice = collected.choices.into_iter().next().unwrap_or_default();
+        let mut output = Vec::new();
+        if !choice.text.is_empty() || choice.calls.is_empty() {
+            output.push(message_item(&new_item_id("msg"), &choice.text, "completed"));
+        }
+        for call in &choice.calls {
+            output.push(call_item(&new_item_id("fc"), call, "completed"));
+        }
+        Ok(
+            Json(shell.response(output, Some((&collected.usage, choice.finish_reason))))
+                .into_response(),
+        )
+    }
+}
+
+/// The chat request this Responses request means.
+fn chat_request(r: &ResponsesRequest) -> Result<GenerateRequest, ApiError> {
+    let mut messages = Vec::new();
+    if let Some(instructions) = &r.instructions {
+        messages.push(text_message("system", instructions.clone()));
+    }
+    match &r.input {
+        None => return Err(ApiError::invalid("input", "`input` is required")),
+        Some(Input::Text(text)) => messages.push(text_message("user", text.clone())),
+        Some(Input::Items(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                input_item(i, item, &mut messages)?;
+            }
+        }
+    }
+    let tools = r
+        .tools
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| {
+            let kind = t["type"].as_str().unwrap_or_default();
+            let name = t["name"].as_str();
+            match (kind, name) {
+                ("function", Some(name)) => Ok(ToolDef {
+                    kind: "function".into(),
+                    function: FunctionDef {
+                        name: name.to_string(),
+                        description: t["description"].as_str().map(String::from),
+                        parameters: t.get("parameters").filter(|p| !p.is_null()).cloned(),
+                    },
+                }),
+                _ => Err(ApiError::invalid(
+                    "tools",
+                    format!("tools[{i}] must be a function tool with a name (type `{kind}` is not supported)"),
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let response_format = match r.text.as_ref().and_then(|t| t.format.as_ref()) {
+        None => None,
+        Some(f) => Some(match f["type"].as_str() {
+            Some("text") => ResponseFormat::Text,
+            Some("json_object") => ResponseFormat::JsonObject,
+            Some("json_schema") => ResponseFormat::JsonSchema {
+                json_schema: JsonSchemaFormat {
+                    schema: f["schema"].clone(),
+                },
+            },
+            _ => {
+                return Err(ApiError::invalid(
+                    "text",
+                    "text.format.type must be text, json_object or json_schema",
+                ))
+            }
+        }),
+    };
+    Ok(GenerateRequest {
+        model: r.model.clone(),
+        messages: Some(messages),
+        temperature: r.temperature.map(|t| t as f32),
+        top_p: r.top_p.map(|p| p as f32),
+        max_completion_tokens: r.max_output_tokens,
+        tools: Some(tools),
+        tool_choice: r.tool_choice.clone(),
+        parallel_tool_calls: r.parallel_tool_calls,
+        response_format,
+        ..GenerateRequest::default()
+    })
+}
+
+fn text_message(role: &str, text: String) -> ChatMessage {
+    ChatMessage {
+        role: role.into(),
+        content: Some(Content::Text(text)),
+        tool_calls: None,
+        tool_call_id: None,
+        name: None,
+    }
+}
+
+/// One `input` item: a message, a function call the model made, or its output.
+fn input_item(i: usize, item: &Value, messages: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+    let bad = |what: &str| ApiError::invalid("input", format!("input[{i}]: {what}"));
+    match item["type"].as_str().unwrap_or("message") {
+        "message" => {
+            let role = item["role"]
+                .as_str()
+                .ok_or_else(|| bad("a message needs a role"))?;
+            let text = match &item["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(parts) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        match (part["type"].as_str(), part["text"].as_str()) {
+                            (Some("input_text" | "output_text" | "text"), Some(t)) => {
+                                text.push_str(t)
+                            }
+                            (kind, _) => {
+                                return Err(bad(&format!(
+                                    "a `{}` part; only text parts are supported",
+                                    kind.unwrap_or("?")
+                                )))
+                            }
+                        }
+                    }
+                    text
+                }
+                _ => return Err(bad("content must be text or a list of text parts")),
+            };
+            messages.push(text_message(role, text));
+        }
+        "function_call" => {
+            let call = ToolCallIn {
+                id: item["call_id"].as_str().map(String::from),
+                function: FunctionCallIn {
+                    name: item["name"]
+                        .as_str()
+                        .ok_or_else(|| bad("a function_call needs a name"))?
+                        .to_string(),
+                    arguments: item["arguments"].as_str().map(String::from),
+                },
+            };
+            // Calls made in one turn belong to one assistant message.
+            match messages.last_mut() {
+                Some(last) if last.role == "assistant" && last.tool_calls.is_some() => {
+                    last.tool_calls.as_mut().expect("checked").push(call)
+                }
+                _ => messages.push(ChatMessage {
+                    role: "assistant".into(),
+                    content: None,
+                    tool_calls: Some(vec![call]),
+                    tool_call_id: None,
+                    name: None,
+                }),
+            }
+        }
+        "function_call_output" => {
+            let output = match &item["output"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            messages.push(ChatMessage {
+                role: "tool".into(),
+                content: Some(Content::Text(output)),
+                tool_calls: None,
+                tool_call_id: Some(
+                    item["call_id"]
+                        .as_str()
+                        .ok_or_else(|| bad("a function_call_output needs a call_id"))?
+                        .to_string(),
+                ),
+                name: None,
+            });
+        }
+        other => return Err(bad(&format!("items of type `{other}` are not supported"))),
+    }
+    Ok(())
+}
+
+/// The request's settings, echoed in every response object as OpenAI does.
+fn echo(r: &ResponsesRequest) -> Value {
+    json!({
+        "instructions": r.instructions,
+        "max_output_tokens": r.max_output_tokens,
+        "temperature": r.temperature.unwrap_or(0.8),
+        "top_p": r.top_p.unwrap_or(0.95),
+        "tools": r.tools.clone().unwrap_or_default(),
+        "tool_choice": r.tool_choice.clone().unwrap_or(json!("auto")),
+        "parallel_tool_calls": r.parallel_tool_calls.unwrap_or(true),
+        "text": {"format": r.text.as_ref().and_then(|t| t.format.clone()).unwrap_or(json!({"type": "text"}))},
+        "metadata": r.metadata.clone().unwrap_or(json!({})),
+    })
+}
+
+/// What every response object of one request shares.
+struct Shell {
+    id: String,
+    created_at: u64,
+    model: String,
+    echo: Value,
+}
+
+impl Shell {
+    /// The response object; `end` is None while it is in progress.
+    fn response(&self, output: Vec<Value>, end: Option<(&Usage, &str)>) -> Value {
+        let mut r = json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": "in_progress",
+            "model": self.model,
+            "output": output,
+            "error": null,
+            "incomplete_details": null,
+            "previous_response_id": null,
+            "store": false,
+            "usage": null,
+        });
+        for (k, v) in self.echo.as_object().expect("an object") {
+            r[k] = v.clone();
+        }
+        if let Some((usage, finish_reason)) = end {
+            if finish_reason == "length" {
+                r["status"] = json!("incomplete");
+                r["incomplete_details"] = json!({"reason": "max_output_tokens"});
+            } else {
+                r["status"] = json!("completed");
+            }
+            r["usage"] = json!({
+                "input_tokens": usage.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+                "output_tokens": usage.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            });
+        }
+        r
+    }
+}
+
+fn new_item_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{prefix}_{:x}{:06x}",
+        unix_now(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn message_item(id: &str, text: &str, status: &str) -> Value {
+    json!({
+        "type": "message",
+        "id": id,
+        "status": status,
+        "role": "assistant",
+        "content": if status == "in_progress" { json!([]) } else { json!([text_part(text)]) },
+    })
+}
+
+fn text_part(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+fn call_item(id: &str, call: &ToolCall, status: &str) -> Value {
+    json!({
+        "type": "function_call",
+        "id": id,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": if status == "in_progress" { "" } else { call.arguments.as_str() },
+        "status": status,
+    })
+}
+
+/// The event stream: `response.created`, `response.in_progress`, then for the text an
+/// output item with one `output_text` part and its deltas, for each call an output item
+/// with its arguments, and `response.completed` (or `response.incomplete`).
+fn stream_events(
+    shell: Shell,
+    started: Started,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    struct State {
+        shell: Shell,
+        started: Started,
+        pending: std::collections::VecDeque<Value>,
+        sequence: u64,
+        /// The text item's id and text so far, once text arrived.
+        text: Option<(String, String)>,
+        output: Vec<Value>,
+        ended: bool,
+    }
+    let mut pending = std::collections::VecDeque::new();
+    let created = shell.response(Vec::new(), None);
+    pending.push_back(json!({"type": "response.created", "response": created}));
+    pending.push_back(json!({"type": "response.in_progress", "response": created}));
+    let state = State {
+        shell,
+        started,
+        pending,
+        sequence: 0,
+        text: None,
+        output: Vec::new(),
+        ended: false,
+    };
+    stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(mut event) = s.pending.pop_front() {
+                event["sequence_number"] = json!(s.sequence);
+                s.sequence += 1;
+                let kind = event["type"].as_str().unwrap_or_default().to_string();
+                let sse = SseEvent::default().event(kind).data(event.to_string());
+                return Some((Ok(sse), s));
+            }
+            if s.ended {
+                return None;
+            }
+            let event = s.started.events.recv().await?;
+            for out in s.started.reader.read(event) {
+                match out {
+                    Out::Text { text, .. } if text.is_empty() => {}
+                    Out::Text { text, .. } => {
+                        let index = s.output.len();
+                        let (id, so_far) = s.text.get_or_insert_with(|| {
+                            let id = new_item_id("msg");
+                            s.pending.push_back(json!({"type": "response.output_item.added", "output_index": index, "item": message_item(&id, "", "in_progress")}));
+                            s.pending.push_back(json!({"type": "response.content_part.added", "item_id": id, "output_index": index, "content_index": 0, "part": text_part("")}));
+                            (id, String::new())
+                        });
+                        so_far.push_str(&text);
+                        s.pending.push_back(json!({"type": "response.output_text.delta", "item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
+                    }
+                    Out::Calls { calls, .. } => {
+                        close_text(&mut s.text, &mut s.output, &mut s.pending);
+                        for call in calls {
+                            let index = s.output.len();
+                            let id = new_item_id("fc");
+                            s.pending.push_back(json!({"type": "response.output_item.added", "output_index": index, "item": call_item(&id, &call, "in_progress")}));
+                            s.pending.push_back(json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": index, "delta": call.arguments}));
+                            s.pending.push_back(json!({"type": "response.function_call_arguments.done", "item_id": id, "output_index": index, "name": call.name, "arguments": call.arguments}));
+                            let item = call_item(&id, &call, "completed");
+                            s.pending.push_back(json!({"type": "response.output_item.done", "output_index": index, "item": item}));
+                            s.output.push(item);
+                        }
+                    }
+                    Out::Done { reason, last, .. } => {
+                        let Some(usage) = last else { continue };
+                        if s.output.is_empty() && s.text.is_none() {
+                            // An empty reply is still one (empty) message.
+                            s.text = Some((new_item_id("msg"), String::new()));
+                            let (id, _) = s.text.as_ref().expect("set");
+                            s.pending.push_back(json!({"type": "response.output_item.added", "output_index": 0, "item": message_item(id, "", "in_progress")}));
+                            s.pending.push_back(json!({"type": "response.content_part.added", "item_id": id, "output_index": 0, "content_index": 0, "part": text_part("")}));
+                        }
+                        close_text(&mut s.text, &mut s.output, &mut s.pending);
+                        let response = s.shell.response(s.output.clone(), Some((&usage, reason)));
+                        let kind = if response["status"] == "completed" {
+                            "response.completed"
+                        } else {
+                            "response.incomplete"
+                        };
+                        s.pending
+                            .push_back(json!({"type": kind, "response": response}));
+                        s.ended = true;
+                    }
+                    Out::Failed(message) => {
+                        let mut response = s.shell.response(s.output.clone(), None);
+                        response["status"] = json!("failed");
+                        response["error"] = json!({"code": "server_error", "message": message});
+                        s.pending
+                            .push_back(json!({"type": "response.failed", "response": response}));
+                        s.ended = true;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Ends the text item, if one is open: its text, part and item are done.
+fn close_text(
+    text: &mut Option<(String, String)>,
+    output: &mut Vec<Value>,
+    pending: &mut std::collections::VecDeque<Value>,
+) {
+    let Some((id, text)) = text.take() else {
+        return;
+    };
+    let index = output.len();
+    pending.push_back(json!({"type": "response.output_text.done", "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
+    pending.push_back(json!({"type": "response.content_part.done", "item_id": id, "output_index": index, "content_index": 0, "part": text_part(&text)}));
+    let item = message_item(&id, &text, "completed");
+    pending.push_back(
+        json!({"type": "response.output_item.done", "output_index": index, "item": item}),
+    );
+    output.push(item);
+}
