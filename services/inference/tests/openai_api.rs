@@ -27,7 +27,7 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .expect("starting llamabox-inference");
-        let server = Server {
+        let mut server = Server {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
@@ -35,9 +35,12 @@ impl Server {
         server
     }
 
-    fn wait_ready(&self, port: u16) {
+    fn wait_ready(&mut self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited before it was ready: {status}", self.url);
+            }
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                 let mut reply = String::new();
                 if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
