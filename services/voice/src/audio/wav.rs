@@ -8,16 +8,31 @@ use anyhow::{bail, Context, Result};
 
 use super::{downmix, AudioSource};
 
+/// Sample rates a WAV file may have. The header is untrusted: a file that claims 1 Hz
+/// would make the resampler to 16 kHz allocate 16,000 samples per sample it holds.
+pub const RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
+
+/// Longest audio a WAV file may hold, in seconds.
+pub const MAX_SECONDS: u64 = 30 * 60;
+
 /// Decodes a whole WAV file: its mono samples and their rate.
 pub fn decode_wav(reader: impl Read) -> Result<(Vec<f32>, u32)> {
     let reader = hound::WavReader::new(reader).context("not a WAV file")?;
     let spec = reader.spec();
-    if spec.channels == 0 || spec.sample_rate == 0 {
+    if spec.channels == 0 {
+        bail!("the WAV header says 0 channels");
+    }
+    if !RATES.contains(&spec.sample_rate) {
         bail!(
-            "the WAV header says {} channels at {} Hz",
-            spec.channels,
-            spec.sample_rate
+            "the WAV header says {} Hz; the sample rate must be {} to {} Hz",
+            spec.sample_rate,
+            RATES.start(),
+            RATES.end()
         );
+    }
+    let seconds = u64::from(reader.duration()) / u64::from(spec.sample_rate);
+    if seconds > MAX_SECONDS {
+        bail!("the WAV file holds {seconds} s of audio; at most {MAX_SECONDS} s are accepted");
     }
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float if spec.bits_per_sample == 32 => reader
@@ -134,6 +149,39 @@ mod tests {
         bytes.truncate(bytes.len() - 51);
         let err = decode_wav(&bytes[..]).unwrap_err();
         assert!(format!("{err:#}").contains("cut short"), "{err:#}");
+    }
+
+    #[test]
+    fn a_header_rate_out_of_range_is_refused() {
+        // 400 kB of samples that claim 1 Hz: resampled to 16 kHz that would be gigabytes.
+        for rate in [1, 7_999, 192_001] {
+            let spec = hound::WavSpec {
+                channels: 1,
+                sample_rate: rate,
+                bits_per_sample: 16,
+                sample_format: hound::SampleFormat::Int,
+            };
+            let err = decode_wav(&wav_bytes(spec, &[0; 200_000])[..]).unwrap_err();
+            assert!(format!("{err:#}").contains(&format!("{rate} Hz")), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn more_than_half_an_hour_is_refused() {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8_000,
+            bits_per_sample: 8,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
+        for _ in 0..8_000 * (MAX_SECONDS + 1) {
+            w.write_sample(0i8).unwrap();
+        }
+        w.finalize().unwrap();
+        let err = decode_wav(&out.into_inner()[..]).unwrap_err();
+        assert!(format!("{err:#}").contains("at most 1800 s"), "{err:#}");
     }
 
     #[test]
