@@ -11,7 +11,7 @@ use crate::phones::{Phone, Phones};
 use crate::proxy::Upstreams;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, delete, get, post};
@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 pub struct App {
     pub device_name: String,
@@ -30,6 +31,24 @@ pub struct App {
     pub pairing: Mutex<Pairing>,
     pub phones: Mutex<Phones>,
     pub upstreams: Upstreams,
+}
+
+/// The body of a route anyone may call must say it is JSON: a cross-site form can send
+/// `text/plain` or a form encoding without the browser asking first, but not JSON.
+fn parse_public<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send the body as Content-Type: application/json, not `{content_type}`"),
+        ));
+    }
+    parse(body)
 }
 
 /// JSON bodies parsed by hand so a bad one gets a JSON error naming the problem.
@@ -71,12 +90,35 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
         .route("/v1/pairing/finish", post(pairing_finish))
         .merge(protected)
         .fallback_service(static_files)
-        .layer(middleware::from_fn(private_link_or_tls))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            private_link_or_tls,
+        ))
+        // On every answer: no other site may frame the web app (clickjacking the pairing
+        // or revoke buttons), no response is sniffed into another type, and no URL leaks
+        // in a Referer.
+        .layer(security_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(security_header(
+            header::CONTENT_SECURITY_POLICY,
+            "frame-ancestors 'none'",
+        ))
+        .layer(security_header(header::REFERRER_POLICY, "no-referrer"))
         .with_state(app)
 }
 
-/// Plain HTTP only over loopback and USB; elsewhere the same URL over HTTPS.
+fn security_header(
+    name: header::HeaderName,
+    value: &'static str,
+) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+}
+
+/// Plain HTTP only over loopback and USB; elsewhere the same URL over HTTPS, on a host
+/// that is this box: its mDNS name, else the address the request arrived on (never
+/// whatever the Host header says).
 async fn private_link_or_tls(
+    State(app): State<Arc<App>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
     request: Request,
     next: Next,
@@ -84,17 +126,18 @@ async fn private_link_or_tls(
     if conn.tls || plain_http_allowed(conn.local.ip()) {
         return next.run(request).await;
     }
+    let own_name = format!("{}.local", app.device_name);
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(|h| {
-            h.rsplit_once(':')
-                .map(|(name, _)| name)
-                .unwrap_or(h)
-                .to_string()
-        })
-        .unwrap_or_else(|| conn.local.ip().to_string());
+        .map(|h| h.rsplit_once(':').map(|(name, _)| name).unwrap_or(h))
+        .filter(|name| name.eq_ignore_ascii_case(&own_name))
+        .map(str::to_string)
+        .unwrap_or_else(|| match conn.local.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
     let path = request
         .uri()
         .path_and_query()
@@ -154,9 +197,10 @@ struct StartRequest {
 
 async fn pairing_start(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: StartRequest = parse(&body)?;
+    let request: StartRequest = parse_public(&headers, &body)?;
     let message = base64_field(&request.message, "message")?;
     let (session, reply) = app.pairing.lock().unwrap().start(&request.name, &message)?;
     Ok(Json(
@@ -175,9 +219,10 @@ struct FinishRequest {
 async fn pairing_finish(
     State(app): State<Arc<App>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: FinishRequest = parse(&body)?;
+    let request: FinishRequest = parse_public(&headers, &body)?;
     let proof = base64_field(&request.proof, "proof")?;
     let result = app.pairing.lock().unwrap().finish(&request.session, &proof);
     let (keys, name) = match result {

@@ -162,7 +162,10 @@ mod tests {
                 sample_format: hound::SampleFormat::Int,
             };
             let err = decode_wav(&wav_bytes(spec, &[0; 200_000])[..]).unwrap_err();
-            assert!(format!("{err:#}").contains(&format!("{rate} Hz")), "{err:#}");
+            assert!(
+                format!("{err:#}").contains(&format!("{rate} Hz")),
+                "{err:#}"
+            );
         }
     }
 
