@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use crate::config::board::{AgentConsole, Board};
 
 /// Ports of the device forwarded to loopback on the host by `cargo xtask run`:
-/// (host, guest). Guest 8080 is the inference service's OpenAI-compatible API.
-pub const PORT_FORWARDS: &[(u16, u16)] = &[(8443, 443), (8080, 80), (2222, 22), (18080, 8080)];
+/// (host, guest). The gateway's HTTPS and HTTP are all the box offers on the network.
+pub const PORT_FORWARDS: &[(u16, u16)] = &[(8443, 443), (8080, 80)];
 
 /// The guest port of the inference service's HTTP API.
 pub const INFERENCE_PORT: u16 = 8080;

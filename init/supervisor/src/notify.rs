@@ -29,11 +29,15 @@ impl NotifySocket {
         Ok(NotifySocket { path, socket })
     }
 
-    /// Every message waiting on the socket.
-    pub fn drain(&self) -> Vec<Message> {
+    /// Up to `datagrams` waiting datagrams' messages (the rest wait for the next wake-up:
+    /// a service flooding its socket gets no more of PID 1's time than that).
+    pub fn drain(&self, datagrams: usize) -> Vec<Message> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
-        while let Ok(n) = self.socket.recv(&mut buf) {
+        for _ in 0..datagrams {
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                break;
+            };
             out.extend(parse(&String::from_utf8_lossy(&buf[..n])));
         }
         out
@@ -62,6 +66,24 @@ pub fn parse(datagram: &str) -> Vec<Message> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_drain_reads_a_bounded_number_of_datagrams() {
+        let dir = std::env::temp_dir().join(format!("llamabox-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = super::NotifySocket::bind(&dir, "s").unwrap();
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        // As many as the socket queues (net.unix.max_dgram_qlen, often 10).
+        sender.set_nonblocking(true).unwrap();
+        let mut sent = 0;
+        while sent < 100 && sender.send_to(b"STATUS=spam", dir.join("s")).is_ok() {
+            sent += 1;
+        }
+        assert!(sent >= 4, "only {sent} datagrams queued");
+        assert_eq!(socket.drain(3).len(), 3);
+        assert_eq!(socket.drain(100).len(), sent - 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn parses_systemd_style_messages() {
         use super::Message::*;

@@ -253,6 +253,38 @@ fn a_crashing_service_restarts_with_growing_backoff_up_to_the_cap() {
     h.stop();
 }
 
+/// A service that writes output (or notify datagrams) as fast as it can gets a bounded
+/// share of each wake-up: crashes are still reaped and restart timers still fire.
+#[test]
+fn a_flooding_service_does_not_stall_the_supervisor() {
+    let mut h = Harness::new("flood");
+    h.shell("flood", "exec yes llamabox-flood-line", "");
+    h.shell(
+        "spam",
+        "exec /usr/bin/python3 -c \"import os,socket; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); [s.sendto(b'STATUS=spam', os.environ['NOTIFY_SOCKET']) for _ in iter(int, 1)]\"",
+        "ready = \"notify\"",
+    );
+    h.shell(
+        "crash",
+        "exit 3",
+        "[restart]\ninitial-delay-ms = 20\nmax-delay-ms = 40",
+    );
+    h.start(&[]);
+    h.wait_until("the flood to reach the log and the spam its status", |s| {
+        s.service("spam")
+            .is_some_and(|x| x.status.as_deref() == Some("spam"))
+    });
+    let before = h.state().unwrap().service("crash").unwrap().starts;
+    h.wait_until("five more restarts of the crashing service", |s| {
+        s.service("crash").is_some_and(|c| c.starts >= before + 5)
+    });
+    assert!(h
+        .log_lines("flood")
+        .iter()
+        .any(|l| l.ends_with(" llamabox-flood-line")));
+    h.stop();
+}
+
 #[test]
 fn a_service_that_cannot_start_blocks_only_what_requires_it() {
     let mut h = Harness::new("broken");

@@ -59,6 +59,10 @@ struct ServeArgs {
     inference: String,
     #[arg(long, default_value = "http://127.0.0.1:8090")]
     voice: String,
+    /// Where the pairing limits (failures, the window's end) are kept for this boot: a
+    /// gateway restart carries on from them, a reboot (a fresh /run) starts over.
+    #[arg(long, default_value = "/run/llamabox/gateway/pairing.json")]
+    pairing_limits: PathBuf,
     /// How long pairing stays open after boot (or after a paired phone reopens it).
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pairing_window: Duration,
@@ -98,7 +102,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let app = Arc::new(api::App {
         device_name: name.clone(),
         fingerprint: identity.fingerprint.clone(),
-        pairing: Mutex::new(pairing::Pairing::new(device.code, args.pairing_window)),
+        pairing: Mutex::new(pairing::Pairing::new(
+            device.code,
+            args.pairing_window,
+            Some(args.pairing_limits.clone()),
+        )),
         phones: Mutex::new(phones),
         upstreams: proxy::Upstreams::new(&args.inference, &args.voice),
     });

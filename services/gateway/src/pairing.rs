@@ -6,6 +6,8 @@
 //!   can open it again.
 //! - Each wrong proof is one failed attempt. After `MAX_FAILURES` pairing closes until
 //!   the box restarts, whatever the window says: an online guesser gets 20 of 10^8.
+//! - The failure count and the window's end are kept for the boot (a file under /run),
+//!   so restarting the gateway (a crash, or a guesser who makes it crash) resets neither.
 //! - At most `MAX_PENDING` exchanges wait for their proof, each for `PENDING_TIMEOUT`;
 //!   an exchange never finished costs the guesser nothing but reveals nothing either
 //!   (without a proof there is no yes/no).
@@ -13,6 +15,7 @@
 use llamabox_pairing::{box_respond, PairingError, SessionKeys, SetupCode};
 use rand_core::{OsRng, RngCore};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub const MAX_FAILURES: u32 = 20;
@@ -25,6 +28,25 @@ pub struct Pairing {
     open_until: Option<Instant>,
     failures: u32,
     pending: HashMap<String, Pending>,
+    /// Where the failures and the window's end are kept for this boot.
+    boot_file: Option<PathBuf>,
+}
+
+/// What survives a gateway restart within one boot.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+#[serde(rename_all = "kebab-case")]
+struct BootState {
+    failures: u32,
+    /// When the window closes, in seconds since boot (`None`: closed).
+    window_closes_at: Option<f64>,
+}
+
+/// Seconds since boot (CLOCK_BOOTTIME: counts suspend too, shared by every process).
+fn since_boot() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 struct Pending {
@@ -88,14 +110,58 @@ pub struct PairingStatus {
 }
 
 impl Pairing {
-    /// Opens the window at once (the box just booted).
-    pub fn new(code: SetupCode, window: Duration) -> Pairing {
-        Pairing {
+    /// Opens the window at once (the box just booted), or, if `boot_file` holds this
+    /// boot's state (the gateway restarted), carries on from it.
+    pub fn new(code: SetupCode, window: Duration, boot_file: Option<PathBuf>) -> Pairing {
+        let saved = boot_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bytes| serde_json::from_slice::<BootState>(&bytes).ok());
+        let now = Instant::now();
+        let (failures, open_until) = match saved {
+            Some(state) => {
+                let left = state.window_closes_at.map(|at| at - since_boot());
+                let open_until = left
+                    .filter(|s| *s > 0.0)
+                    .map(|s| now + Duration::from_secs_f64(s));
+                (state.failures.min(MAX_FAILURES), open_until)
+            }
+            None => (0, Some(now + window)),
+        };
+        let pairing = Pairing {
             code,
             window,
-            open_until: Some(Instant::now() + window),
-            failures: 0,
+            open_until,
+            failures,
             pending: HashMap::new(),
+            boot_file,
+        };
+        pairing.save();
+        pairing
+    }
+
+    /// Writes this boot's state; a failure to write is logged, never fatal (the limits
+    /// still hold until the gateway restarts).
+    fn save(&self) {
+        let Some(path) = &self.boot_file else { return };
+        let now = Instant::now();
+        let state = BootState {
+            failures: self.failures,
+            window_closes_at: self
+                .open_until
+                .filter(|until| *until > now)
+                .map(|until| since_boot() + (until - now).as_secs_f64()),
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&state)?)?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!("cannot keep the pairing limits in {}: {e}", path.display());
         }
     }
 
@@ -119,6 +185,7 @@ impl Pairing {
             return Err(Refusal::TooManyFailures);
         }
         self.open_until = Some(Instant::now() + self.window);
+        self.save();
         Ok(())
     }
 
@@ -178,6 +245,7 @@ impl Pairing {
             Ok(()) => Ok((pending.keys, pending.name)),
             Err(PairingError::WrongCode | PairingError::BadMessage | PairingError::BadSeal) => {
                 self.failures += 1;
+                self.save();
                 if self.failures >= MAX_FAILURES {
                     // Nothing in flight may finish after the budget is spent.
                     self.pending.clear();

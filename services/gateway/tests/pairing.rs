@@ -58,6 +58,9 @@ impl Gateway {
             .args(["--inference", &format!("http://127.0.0.1:{}", free_port())])
             .args(["--voice", &format!("http://127.0.0.1:{}", free_port())])
             .arg("--no-mdns")
+            // This boot's pairing limits; removing the folder is a reboot.
+            .arg("--pairing-limits")
+            .arg(state.path().join("run").join("pairing.json"))
             .args(extra)
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
@@ -337,8 +340,17 @@ fn twenty_wrong_codes_close_pairing_until_the_box_restarts() {
     assert_eq!(status["open"], false);
     assert_eq!(status["attempts_left"], 0);
 
-    // A restart opens a new window with a new budget.
+    // Restarting the gateway (a crash, or a guesser who makes it crash) resets nothing.
     let state = gateway.stop();
+    let gateway = Gateway::start_in(state, &[]);
+    let status = gateway.pairing();
+    assert_eq!(status["open"], false);
+    assert_eq!(status["failures"], 20);
+    assert_eq!(status["attempts_left"], 0);
+
+    // Restarting the box (a fresh /run) opens a new window with a new budget.
+    let state = gateway.stop();
+    std::fs::remove_dir_all(state.path().join("run")).unwrap();
     let gateway = Gateway::start_in(state, &[]);
     assert_eq!(gateway.pairing()["open"], true);
     pair_ok(&gateway, "Owner");
@@ -564,6 +576,10 @@ fn the_window_closes_and_a_paired_phone_can_reopen_it() {
         }
         Outcome::Paired { .. } => panic!("paired with the window closed"),
     }
+    // Restarting the gateway does not reopen it.
+    let state = gateway.stop();
+    let gateway = Gateway::start_in(state, &["--pairing-window", "8s"]);
+    assert_eq!(gateway.pairing()["open"], false);
     let reopened = client()
         .post(gateway.url("/v1/pairing/window"))
         .bearer_auth(&token)

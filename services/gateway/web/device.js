@@ -93,7 +93,8 @@ function renderStatus(status) {
   return out;
 }
 
-/** The Updates section: what the update service says, and Install when it has one. */
+/** The Updates section: what the update service says, and Install when it has one. Its
+ * status keeps the update service's own (hyphenated) names: docs/updates.md. */
 function showUpdate(update) {
   const state = $("update-state");
   const apply = $("update-apply");
@@ -103,16 +104,18 @@ function showUpdate(update) {
     return;
   }
   if (update.phase === "installing") {
-    const percent = update.total_bytes ? Math.floor((100 * update.done_bytes) / update.total_bytes) : 0;
+    const total = update["total-bytes"];
+    const percent = total ? Math.floor((100 * update["done-bytes"]) / total) : 0;
     state.textContent = `Installing ${update.available ?? "an update"}: ${percent}%`;
   } else if (update.phase === "installed") {
     state.textContent = "The update is installed: it takes effect when the box restarts.";
   } else if (update.available) {
-    state.textContent = `Version ${update.available} is available (running ${update.running_version}).`;
+    state.textContent = `Version ${update.available} is available (running ${update["running-version"]}).`;
     apply.textContent = `Install ${update.available}`;
     apply.hidden = false;
   } else {
-    state.textContent = `Running ${update.running_version}.${update.last_result ? ` ${update.last_result}` : ""}`;
+    const last = update["last-result"];
+    state.textContent = `Running ${update["running-version"]}.${last ? ` ${last}` : ""}`;
   }
 }
 

@@ -41,6 +41,7 @@ impl Fetcher {
             // transfer fails and resumes after its last verified chunk.
             .timeout(Duration::from_secs(600))
             .referer(false)
+            .redirect(reqwest::redirect::Policy::custom(redirect_policy))
             .build()
             .expect("the HTTP client builds");
         Fetcher {
@@ -195,7 +196,7 @@ fn read_local(
     file.seek(SeekFrom::Start(start))
         .map_err(|e| http_error(url, e.to_string()))?;
     let mut bytes = Vec::new();
-    let want = len.unwrap_or(limit + 1).min(limit + 1);
+    let want = len.unwrap_or(u64::MAX).min(limit.saturating_add(1));
     file.take(want)
         .read_to_end(&mut bytes)
         .map_err(|e| http_error(url, e.to_string()))?;
@@ -206,6 +207,41 @@ fn read_local(
         });
     }
     Ok(Some(bytes))
+}
+
+/// Most redirects one request may follow.
+const MAX_REDIRECTS: usize = 5;
+
+/// A mirror may redirect (CDNs do), but not onto this box itself: a mirror that is not on
+/// loopback must not make the box send requests to its own loopback services.
+fn redirect_policy(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let local = |url: &reqwest::Url| {
+        let Some(host) = url.host_str() else {
+            return true;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                ip.is_loopback() || ip.is_unspecified() || ip.is_link_local()
+            }
+            Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+            Err(_) => {
+                let name = host.trim_end_matches('.').to_ascii_lowercase();
+                name == "localhost" || name.ends_with(".localhost")
+            }
+        }
+    };
+    let from_local = attempt.previous().first().is_some_and(local);
+    if attempt.previous().len() > MAX_REDIRECTS {
+        attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+    } else if local(attempt.url()) && !from_local {
+        let target = attempt.url().to_string();
+        attempt.error(format!(
+            "the mirror redirected to {target}, an address of this box: refused"
+        ))
+    } else {
+        attempt.follow()
+    }
 }
 
 fn ok_status(url: &str, response: Response, want: StatusCode) -> Result<Response, FetchError> {
@@ -224,7 +260,7 @@ fn read_bounded(url: &str, response: Response, limit: u64) -> Result<Vec<u8>, Fe
     }
     let mut bytes = Vec::new();
     response
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| http_error(url, format!("reading the body: {e}")))?;
     if bytes.len() as u64 > limit {
@@ -251,4 +287,73 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A one-request HTTP server that answers with `reply` and reports whether it was asked.
+    fn serve_once(listener: TcpListener, reply: String) -> std::thread::JoinHandle<bool> {
+        listener.set_nonblocking(false).unwrap();
+        std::thread::spawn(move || {
+            listener.set_nonblocking(true).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let mut line = String::new();
+                        BufReader::new(&stream).read_line(&mut line).unwrap();
+                        stream.write_all(reply.as_bytes()).unwrap();
+                        return true;
+                    }
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(_) => return false,
+                }
+            }
+        })
+    }
+
+    fn lan_address() -> Option<std::net::IpAddr> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.connect("192.0.2.1:9").ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    }
+
+    #[test]
+    fn a_mirror_cannot_redirect_the_box_to_its_own_loopback_services() {
+        let Some(lan) = lan_address() else {
+            assert!(
+                std::env::var_os("LLAMABOX_REQUIRE_LAN").is_none(),
+                "LLAMABOX_REQUIRE_LAN is set but this machine has no non-loopback IPv4 address"
+            );
+            eprintln!("SKIPPED: no non-loopback IPv4 address here");
+            return;
+        };
+        let inside = TcpListener::bind("127.0.0.1:0").unwrap();
+        let inside_port = inside.local_addr().unwrap().port();
+        let asked_inside = serve_once(
+            inside,
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".into(),
+        );
+        let mirror = TcpListener::bind((lan, 0)).unwrap();
+        let mirror_port = mirror.local_addr().unwrap().port();
+        let _ = serve_once(
+            mirror,
+            format!("HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{inside_port}/v1/models\r\ncontent-length: 0\r\n\r\n"),
+        );
+        let fetcher = Fetcher::new(&[format!("http://{lan}:{mirror_port}/repo")]);
+        let err = fetcher.get("timestamp.json", 1024).unwrap_err();
+        assert!(err.to_string().contains("an address of this box"), "{err}");
+        assert!(
+            !asked_inside.join().unwrap(),
+            "the loopback service was asked"
+        );
+    }
 }

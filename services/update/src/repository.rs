@@ -58,6 +58,7 @@ pub fn check(
     clock: SystemTime,
 ) -> Result<Walk, Error> {
     let now = seen.now(clock);
+    let mut seen = seen.clone();
     // The stored root was verified when it was stored (or came with the image).
     let mut root = Signed::<Root>::parse(&store.trusted_root(image_root)?)?;
     for _ in 0..MAX_ROOT_ROTATIONS {
@@ -68,6 +69,13 @@ pub fn check(
         let next = Signed::<Root>::parse(&bytes)?;
         next.verify_successor(&root.signed)?;
         next.signed.validate()?;
+        // TUF 5.3.11: versions signed by rotated-out timestamp or snapshot keys no longer
+        // count, or a leaked key that signed a huge version would freeze updates for good.
+        let (old, new) = (&root.signed.roles, &next.signed.roles);
+        if old.timestamp != new.timestamp || old.snapshot != new.snapshot {
+            seen.timestamp_version = 0;
+            seen.snapshot_version = 0;
+        }
         store.save_root(&bytes)?;
         root = next;
     }
@@ -99,7 +107,6 @@ pub fn check(
         now,
     )?;
 
-    let mut seen = seen.clone();
     seen.timestamp_version = timestamp.signed.version;
     seen.snapshot_version = snapshot.signed.version;
     seen.targets_version = targets.signed.version;

@@ -146,3 +146,23 @@ fn load_depth(
         health_deadline_ms: deadline,
     })
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// docs/recipes.md's example image file is one the parser takes.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/recipes.md"),
+        )
+        .unwrap();
+        let section = &doc[doc.find("## The image").expect("the image section")..];
+        let start = section.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let raw: RawImage = toml::from_str(example).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(raw.version.as_deref(), Some("0.1.0"));
+        assert!(raw.health.is_some());
+    }
+}

@@ -341,4 +341,22 @@ fn web_app_pairs_and_chats(https_port: u16, fingerprint: &str) {
     );
     eprintln!("web app answer: {answer}");
     web.screenshot("board-chat");
+
+    // The device screen shows what the update service reports (its D-Bus status uses
+    // hyphenated names: the screen once read "Running undefined").
+    web.click(".tabs button[data-tab=device]");
+    let update = web
+        .wait(
+            "the update section",
+            "const t = document.querySelector('#update-state').textContent; return t.length > 0 && t;",
+            REQUEST_TIMEOUT,
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let version = update.strip_prefix("Running ").unwrap_or_default();
+    assert!(
+        version.starts_with(|c: char| c.is_ascii_digit()) && !update.contains("undefined"),
+        "the update section says {update:?}"
+    );
 }

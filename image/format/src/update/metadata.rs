@@ -182,11 +182,46 @@ pub trait RoleMetadata: Serialize + DeserializeOwned {
     fn kind(&self) -> Role;
     fn version(&self) -> u64;
     fn expires(&self) -> &str;
+    /// The pins it carries are usable: hashes are SHA-256 in lowercase hex (they become
+    /// file names), lengths are within what the box will ever download for that file.
+    fn check_pins(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn check_pin(what: &str, length: u64, sha256: &str, limit: u64) -> Result<(), String> {
+    if !is_sha256_hex(sha256) {
+        return Err(format!("{what}: sha256 is not a SHA-256 in lowercase hex"));
+    }
+    if length > limit {
+        return Err(format!(
+            "{what}: length {length} is more than the {limit}-byte limit"
+        ));
+    }
+    Ok(())
+}
+
+impl MetaFile {
+    fn check_pin(&self, what: &str) -> Result<(), String> {
+        check_pin(what, self.length, &self.sha256, MAX_METADATA_LEN)
+    }
 }
 
 macro_rules! role_metadata {
     ($ty:ty, $role:expr) => {
+        role_metadata!($ty, $role, |_m: &$ty| Ok(()));
+    };
+    ($ty:ty, $role:expr, $check:expr) => {
         impl RoleMetadata for $ty {
+            fn check_pins(&self) -> Result<(), String> {
+                $check(self)
+            }
             const ROLE: Role = $role;
             fn kind(&self) -> Role {
                 self.kind
@@ -201,9 +236,22 @@ macro_rules! role_metadata {
     };
 }
 role_metadata!(Root, Role::Root);
-role_metadata!(Timestamp, Role::Timestamp);
-role_metadata!(Snapshot, Role::Snapshot);
-role_metadata!(Targets, Role::Targets);
+role_metadata!(Timestamp, Role::Timestamp, |t: &Timestamp| t
+    .snapshot
+    .check_pin("snapshot"));
+role_metadata!(Snapshot, Role::Snapshot, |s: &Snapshot| s
+    .targets
+    .check_pin("targets"));
+role_metadata!(Targets, Role::Targets, |t: &Targets| {
+    t.targets.iter().try_for_each(|(name, target)| {
+        check_pin(
+            &format!("target `{name}`"),
+            target.length,
+            &target.sha256,
+            crate::update::bundle::MAX_INDEX_LEN,
+        )
+    })
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +297,7 @@ impl<T: RoleMetadata> Signed<T> {
             return Err(malformed(&what, format!("its type is {}", signed.kind())));
         }
         parse_time(signed.expires()).map_err(|e| malformed(&what, e))?;
+        signed.check_pins().map_err(|e| malformed(&what, e))?;
         Ok(Signed {
             signed,
             canonical,
@@ -551,6 +600,43 @@ mod tests {
             expires: format_time(expires),
             snapshot: MetaFile::describe(1, b"snapshot"),
         }
+    }
+
+    /// A pinned hash becomes a file name on the mirror and on the box: it must be hex
+    /// before anything uses it, and a pinned length must be one the box would download.
+    #[test]
+    fn pins_must_be_hex_hashes_and_bounded_lengths() {
+        let k = key();
+        let mut ts = timestamp(1, in_days(1));
+        ts.snapshot.sha256 = "../../run/llamabox/x".into();
+        let err = Signed::<Timestamp>::parse(&Signed::sign(&ts, &[&k])).unwrap_err();
+        assert!(err.to_string().contains("lowercase hex"), "{err}");
+
+        let mut ts = timestamp(1, in_days(1));
+        ts.snapshot.length = u64::MAX;
+        let err = Signed::<Timestamp>::parse(&Signed::sign(&ts, &[&k])).unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+
+        let mut targets = Targets {
+            kind: Role::Targets,
+            version: 1,
+            expires: format_time(in_days(1)),
+            targets: BTreeMap::new(),
+        };
+        targets.targets.insert(
+            "llamabox-qemu-x86_64".into(),
+            Target {
+                board: "qemu-x86_64".into(),
+                version: "0.2.0".into(),
+                length: 100,
+                sha256: "AB".repeat(32),
+            },
+        );
+        let err = Signed::<Targets>::parse(&Signed::sign(&targets, &[&k])).unwrap_err();
+        assert!(
+            err.to_string().contains("target `llamabox-qemu-x86_64`"),
+            "{err}"
+        );
     }
 
     #[test]

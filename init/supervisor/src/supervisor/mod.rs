@@ -36,6 +36,30 @@ use crate::notify::{Message, NotifySocket};
 use crate::service::{self, Readiness, RestartPolicy, Service};
 use crate::state::{ServiceState, Snapshot};
 
+/// Output buffers (8 KiB each) read from one service per wake-up.
+const MAX_OUTPUT_READS: usize = 16;
+
+/// Reads at most `reads` buffers from a non-blocking fd into `chunk`; true once the
+/// writer has closed it. Bounded so that a flooding writer cannot hold the caller.
+fn read_some(fd: std::os::fd::RawFd, reads: usize, mut chunk: impl FnMut(&[u8])) -> bool {
+    let mut buf = [0u8; 8192];
+    let mut done = 0;
+    while done < reads {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                chunk(&buf[..n]);
+                done += 1;
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false, // EAGAIN: drained for now
+        }
+    }
+    false
+}
+/// Notify datagrams read from one service per wake-up.
+const MAX_NOTIFY_DATAGRAMS: usize = 64;
+
 pub struct Config {
     /// Directories of service files, later ones overriding earlier ones.
     pub service_dirs: Vec<PathBuf>,
@@ -489,7 +513,11 @@ impl Supervisor {
         let Some(s) = self.services.get_mut(name) else {
             return;
         };
-        let messages = s.notify.as_ref().map(|n| n.drain()).unwrap_or_default();
+        let messages = s
+            .notify
+            .as_ref()
+            .map(|n| n.drain(MAX_NOTIFY_DATAGRAMS))
+            .unwrap_or_default();
         for m in messages {
             match m {
                 Message::Ready => self.mark_ready(name),
@@ -526,33 +554,28 @@ impl Supervisor {
         }
     }
 
-    /// Moves a service's output into its log, line by line.
+    /// Moves a service's output into its log, line by line: at most `MAX_OUTPUT_READS`
+    /// buffers per wake-up, so a service that floods its output cannot keep PID 1 from
+    /// reaping, timers and the watchdog (poll wakes again at once if more is waiting).
     fn read_output(&mut self, name: &str) {
         let Some(s) = self.services.get_mut(name) else {
             return;
         };
         let Some(fd) = &s.output else { return };
-        let mut buf = [0u8; 8192];
-        loop {
-            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                Ok(0) => {
-                    s.output = None;
-                    if let Some(log) = &mut s.log {
-                        s.splitter.finish(|line| {
-                            let _ = log.write_line(line);
-                        });
-                    }
-                    return;
-                }
-                Ok(n) => {
-                    if let Some(log) = &mut s.log {
-                        s.splitter.push(&buf[..n], |line| {
-                            let _ = log.write_line(line);
-                        });
-                    }
-                }
-                Err(Errno::EINTR) => continue,
-                Err(_) => return, // EAGAIN: drained for now
+        let (log, splitter) = (&mut s.log, &mut s.splitter);
+        let closed = read_some(fd.as_raw_fd(), MAX_OUTPUT_READS, |bytes| {
+            if let Some(log) = log {
+                splitter.push(bytes, |line| {
+                    let _ = log.write_line(line);
+                });
+            }
+        });
+        if closed {
+            s.output = None;
+            if let Some(log) = &mut s.log {
+                s.splitter.finish(|line| {
+                    let _ = log.write_line(line);
+                });
             }
         }
     }
@@ -881,5 +904,35 @@ impl Supervisor {
                 eprintln!("llamabox-supervisor: cannot write {}: {e}", path.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn one_wake_up_reads_a_bounded_amount_of_a_flood() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        // Room for far more than one wake-up's share.
+        nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
+        let flood = vec![b'y'; 1 << 19];
+        let mut written = 0;
+        while written < flood.len() {
+            written += nix::unistd::write(&w, &flood[written..]).unwrap();
+        }
+        let mut read = 0;
+        assert!(!read_some(r.as_raw_fd(), MAX_OUTPUT_READS, |b| read += b.len()));
+        assert_eq!(
+            read,
+            MAX_OUTPUT_READS * 8192,
+            "one wake-up's share, no more"
+        );
+        // The rest comes on later wake-ups, then the end.
+        drop(w);
+        let mut rest = 0;
+        while !read_some(r.as_raw_fd(), MAX_OUTPUT_READS, |b| rest += b.len()) {}
+        assert_eq!(read + rest, flood.len());
     }
 }

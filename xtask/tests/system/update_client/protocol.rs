@@ -385,6 +385,38 @@ fn a_bundle_for_another_board_is_refused() {
     assert!(err.to_string().contains("lx2160a"), "{err}");
 }
 
+/// A leaked timestamp key signs a timestamp with a huge version and the box sees it.
+/// Without a reset when the root rotates that key away, every honest timestamp after it
+/// would look like a rollback: updates frozen for good (TUF 5.3.11).
+#[test]
+fn rotating_a_leaked_timestamp_key_unfreezes_updates() {
+    let w = world("timestamp-rotation");
+    let honest = std::fs::read(w.repo.join("timestamp.json")).unwrap();
+    let mut forged = Signed::<Timestamp>::parse(&honest).unwrap().signed;
+    forged.version = 1_000_000;
+    std::fs::write(
+        w.repo.join("timestamp.json"),
+        Signed::sign(&forged, &[&w.repo_key]),
+    )
+    .unwrap();
+    w.device.updater(&w.server).check().unwrap();
+    std::fs::write(w.repo.join("timestamp.json"), honest).unwrap();
+
+    let new_key = key();
+    let new_public = new_key.public();
+    let expires = SystemTime::now() + Duration::from_secs(86400 * 30);
+    let root2 = Root::with_keys(2, expires, [(&[&new_public], 1); 4]);
+    xtask::release::rotate_root(&w.repo, &root2, &[&w.repo_key, &new_key]).unwrap();
+    let v2 = w.release("0.2.0", 2, None);
+    publish(&w.repo, &w.root, &v2, &RoleKeys::single(&new_key));
+    match w.device.updater(&w.server).check().unwrap() {
+        llamabox_update::repository::Check::Available { target } => {
+            assert_eq!(target.version, "0.2.0")
+        }
+        other => panic!("the rotated repository's release is not offered: {other:?}"),
+    }
+}
+
 #[test]
 fn a_rotated_out_key_is_refused() {
     let w = world("rotation");
