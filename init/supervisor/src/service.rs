@@ -27,6 +27,8 @@ struct RawService {
     #[serde(default)]
     ready: Option<String>,
     ready_timeout_ms: Option<u64>,
+    /// A ready `notify` service must send `WATCHDOG=1` at least this often.
+    watchdog_ms: Option<u64>,
     #[serde(default)]
     critical: bool,
     #[serde(default)]
@@ -113,6 +115,9 @@ pub struct Service {
     pub requires: Vec<String>,
     pub readiness: Readiness,
     pub ready_timeout: Duration,
+    /// Once ready, `WATCHDOG=1` must come at least this often, or the service is taken
+    /// for hung and killed (then restarted by its policy). Passed as `WATCHDOG_USEC`.
+    pub watchdog: Option<Duration>,
     /// The system is healthy only while every critical service is ready.
     pub critical: bool,
     pub restart: Restart,
@@ -187,6 +192,15 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Service, String> {
             problems.push("`limits.cpu-max-percent`: must be between 1 and 102400".to_string());
         }
     }
+    if raw.watchdog_ms.is_some() && raw.ready.as_deref() != Some("notify") {
+        problems.push(
+            "`watchdog-ms`: needs `ready = \"notify\"` (WATCHDOG=1 comes on the notify socket)"
+                .to_string(),
+        );
+    }
+    if raw.watchdog_ms == Some(0) {
+        problems.push("`watchdog-ms`: must be above 0".to_string());
+    }
     if raw.after.iter().chain(&raw.requires).any(|d| d == name) {
         problems.push("`after`/`requires`: a service cannot wait for itself".to_string());
     }
@@ -207,6 +221,7 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Service, String> {
         requires: raw.requires,
         readiness,
         ready_timeout: Duration::from_millis(raw.ready_timeout_ms.unwrap_or(60_000)),
+        watchdog: raw.watchdog_ms.map(Duration::from_millis),
         critical: raw.critical,
         restart: Restart {
             policy,

@@ -285,6 +285,32 @@ fn a_flooding_service_does_not_stall_the_supervisor() {
     h.stop();
 }
 
+/// Ready, a few `WATCHDOG=1`, then alive but silent (hung): the supervisor kills it and
+/// its restart policy brings it back. Before, WATCHDOG=1 was parsed and ignored.
+#[test]
+fn a_hung_service_is_killed_by_its_watchdog_and_restarted() {
+    let mut h = Harness::new("watchdog");
+    h.shell(
+        "hangs",
+        "exec /usr/bin/python3 -c \"import os,socket,time; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a=os.environ['NOTIFY_SOCKET']; print('watchdog', os.environ.get('WATCHDOG_USEC'), flush=True); s.sendto(b'READY=1', a); [(s.sendto(b'WATCHDOG=1', a), time.sleep(0.1)) for _ in range(3)]; time.sleep(1000)\"",
+        "ready = \"notify\"\nwatchdog-ms = 300\n[restart]\ninitial-delay-ms = 20\nmax-delay-ms = 40",
+    );
+    h.start(&[]);
+    let s = h.wait_until("a watchdog kill and a restart", |s| {
+        s.service("hangs").is_some_and(|x| x.starts >= 2)
+    });
+    // Killed, not exited: the process was still there when its watchdog ran out.
+    assert_eq!(
+        s.service("hangs").unwrap().last_exit.as_deref(),
+        Some("killed by SIGKILL")
+    );
+    assert!(h
+        .log_lines("hangs")
+        .iter()
+        .any(|l| l.ends_with(" watchdog 300000")));
+    h.stop();
+}
+
 #[test]
 fn a_service_that_cannot_start_blocks_only_what_requires_it() {
     let mut h = Harness::new("broken");

@@ -521,6 +521,13 @@ impl Supervisor {
         for m in messages {
             match m {
                 Message::Ready => self.mark_ready(name),
+                Message::Watchdog => {
+                    if let Some(s) = self.services.get_mut(name) {
+                        if s.phase == Phase::Running {
+                            s.deadline = s.def.watchdog.map(|w| Instant::now() + w);
+                        }
+                    }
+                }
                 Message::Status(text) => {
                     if let Some(s) = self.services.get_mut(name) {
                         s.status = Some(text);
@@ -540,7 +547,8 @@ impl Supervisor {
             s.phase = Phase::Running;
             s.ready = true;
             s.ready_at_ms = Some(now_ms);
-            s.deadline = None;
+            // While running, the only timer is the service's own watchdog, if it has one.
+            s.deadline = s.def.watchdog.map(|w| Instant::now() + w);
             self.event(&format!("{name}: ready"));
         }
         let broker_ready = self.config.bus.as_ref().is_some_and(|b| b.broker == name);
@@ -692,6 +700,17 @@ impl Supervisor {
                     }
                     let secs = s.def.ready_timeout.as_secs_f32();
                     self.event(&format!("{name}: not ready after {secs:.1} s; killing it"));
+                }
+                Phase::Running => {
+                    // Alive but silent: hung. Killed, it exits like a crash and restarts
+                    // by its policy.
+                    if let Some(pid) = s.pid {
+                        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                    }
+                    let secs = s.def.watchdog.unwrap_or_default().as_secs_f32();
+                    self.event(&format!(
+                        "{name}: no WATCHDOG=1 for {secs:.1} s: hung; killing it"
+                    ));
                 }
                 Phase::Stopping => {
                     if let Some(pid) = s.pid {

@@ -61,6 +61,9 @@ pub(super) fn spawn(
         .stderr(Stdio::from(stderr));
     if let Some(path) = &notify {
         cmd.env("NOTIFY_SOCKET", path);
+        if let Some(watchdog) = def.watchdog {
+            cmd.env("WATCHDOG_USEC", watchdog.as_micros().to_string());
+        }
     }
     if let Some(dir) = &def.working_directory {
         cmd.current_dir(dir);
