@@ -9,6 +9,7 @@ mod net;
 mod pairing;
 mod phones;
 mod proxy;
+mod serve;
 mod status;
 mod tls;
 
@@ -66,6 +67,10 @@ struct ServeArgs {
     /// How long pairing stays open after boot (or after a paired phone reopens it).
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pairing_window: Duration,
+    /// A connection must send a request's headers within this, when new and between
+    /// requests (idle keep-alive); else it is closed.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
     /// Do not advertise over mDNS (host tests).
     #[arg(long)]
     no_mdns: bool,
@@ -131,15 +136,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
         humantime::format_duration(args.pairing_window)
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let make = |r: axum::Router| r.into_make_service_with_connect_info::<net::Conn>();
-    let tls = axum::serve(
-        net::TlsListener::new(https, identity.config)?,
-        make(router.clone()),
+    // One budget for both ports: a peer's connections count wherever they arrive.
+    let limits = serve::Limits::default();
+    let tls = serve::serve(
+        https,
+        Some(tokio_rustls::TlsAcceptor::from(identity.config)),
+        router.clone(),
+        limits.clone(),
+        args.header_timeout,
     );
-    let plain = axum::serve(net::PlainListener(http), make(router));
+    let plain = serve::serve(http, None, router, limits, args.header_timeout);
     tokio::select! {
-        r = async { tls.await } => r.context("serving https"),
-        r = async { plain.await } => r.context("serving http"),
+        () = tls => Ok(()),
+        () = plain => Ok(()),
         () = terminated() => Ok(()),
     }
 }

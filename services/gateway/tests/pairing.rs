@@ -43,7 +43,11 @@ impl Gateway {
         .unwrap();
         let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
         let (http, https) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_llamabox-gateway"))
+        // With the box's file-descriptor limit (PID 1's default), so running out of them
+        // shows up here as it would on the box.
+        let child = Command::new("/bin/sh")
+            .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_llamabox-gateway"))
             .arg("serve")
             .arg("--state")
             .arg(state.path().join("state"))
@@ -685,6 +689,57 @@ fn pairing_posts_that_are_not_json_get_415_and_cost_nothing() {
         .send()
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// A LAN neighbour opens 1,100 idle connections, more than the box's 1,024 file
+/// descriptors. Those over its per-address cap are closed at once, the rest once they
+/// have sent no request for the header timeout; loopback answers throughout.
+#[test]
+fn a_flood_of_idle_connections_from_the_lan_does_not_lock_out_loopback() {
+    let Some(lan) = lan_address() else {
+        assert!(
+            std::env::var_os("LLAMABOX_REQUIRE_LAN").is_none(),
+            "LLAMABOX_REQUIRE_LAN is set but this machine has no non-loopback IPv4 address"
+        );
+        eprintln!("SKIPPED: no non-loopback IPv4 address here");
+        return;
+    };
+    let gateway = Gateway::start_with(&["--header-timeout", "3s"]);
+    let mut flood = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(s) = std::net::TcpStream::connect((lan, gateway.http)) {
+            s.set_nonblocking(true).unwrap();
+            flood.push(s);
+        }
+    }
+    assert!(
+        flood.len() > 1024,
+        "only {} connections opened",
+        flood.len()
+    );
+    let health = client().get(gateway.url("/health")).send().unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let still_open = |flood: &[std::net::TcpStream]| {
+        flood
+            .iter()
+            .filter(|s| {
+                let mut byte = [0u8; 1];
+                matches!(std::io::Read::read(&mut &**s, &mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while still_open(&flood) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} idle connections are still open",
+            still_open(&flood)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let health = client().get(gateway.url("/health")).send().unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
 }
 
 fn lan_address() -> Option<std::net::IpAddr> {
