@@ -41,7 +41,19 @@ pub struct Status {
 
 struct Service {
     status: Mutex<Status>,
-    busy: Mutex<bool>,
+    /// What is using the repository and the update state right now, if anything: a
+    /// check, an install and settling never overlap (each writes the seen versions and
+    /// the anti-rollback floor).
+    busy: Mutex<Option<&'static str>>,
+}
+
+/// Holds the service's one unit of work; freed when dropped.
+struct Busy(Arc<Service>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 fn updater() -> Result<Updater, String> {
@@ -61,6 +73,16 @@ fn log(message: &str) {
 }
 
 impl Service {
+    /// Starts a unit of work, or says which one is running.
+    fn begin(self: &Arc<Self>, what: &'static str) -> Result<Busy, String> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = *busy {
+            return Err(format!("cannot start {what}: {running} is running"));
+        }
+        *busy = Some(what);
+        Ok(Busy(self.clone()))
+    }
+
     fn refresh(&self) {
         let store = Store::new(device::STATE_DIR);
         if let Ok(state) = store.load() {
@@ -74,7 +96,8 @@ impl Service {
         self.status.lock().unwrap().phase = phase.to_string();
     }
 
-    fn check(&self) -> Result<String, String> {
+    fn check(self: &Arc<Self>) -> Result<String, String> {
+        let _busy = self.begin("a check")?;
         let updater = updater()?;
         if updater.fetcher.mirror_count() == 0 {
             return Err(format!(
@@ -103,20 +126,8 @@ impl Service {
 
     /// Installs in the background; false if an install is already running.
     fn start_apply(self: &Arc<Self>, then_reboot: bool) -> Result<(), String> {
-        {
-            let mut busy = self.busy.lock().unwrap();
-            if *busy {
-                return Err("an install is already running".into());
-            }
-            *busy = true;
-        }
-        let updater = match updater() {
-            Ok(u) => u,
-            Err(e) => {
-                *self.busy.lock().unwrap() = false;
-                return Err(e);
-            }
-        };
+        let busy = self.begin("an install")?;
+        let updater = updater()?;
         let service = self.clone();
         std::thread::spawn(move || {
             service.set_phase("installing");
@@ -144,7 +155,7 @@ impl Service {
             }
             service.set_phase(if installed { "installed" } else { "idle" });
             service.refresh();
-            *service.busy.lock().unwrap() = false;
+            drop(busy);
             if installed && then_reboot {
                 log("rebooting into the new release (reboot = \"after-install\")");
                 if let Err(e) = ask_supervisor_to_reboot() {
@@ -155,8 +166,12 @@ impl Service {
         Ok(())
     }
 
-    /// Settles the last install after a boot (see `Updater::reconcile`).
-    fn settle(&self) -> bool {
+    /// Settles the last install after a boot (see `Updater::reconcile`); false to be
+    /// asked again later (not settled yet, or other work is running).
+    fn settle(self: &Arc<Self>) -> bool {
+        let Ok(_busy) = self.begin("settling the last install") else {
+            return false;
+        };
         let settled = (|| -> Result<bool, String> {
             let (slot, version) = device::booted()?;
             let blessed = device::booted_slot_blessed(slot)?;
@@ -197,8 +212,18 @@ struct Interface {
 #[zbus::interface(name = "org.llamabox.Update1")]
 impl Interface {
     /// Verifies the repository's metadata: "up to date (…)" or "available: <version>".
-    fn check(&self) -> zbus::fdo::Result<String> {
-        self.service.check().map_err(zbus::fdo::Error::Failed)
+    /// Runs on its own thread: a slow mirror must not hold up `Status` and the rest of
+    /// the interface for the minutes a check may take.
+    async fn check(&self) -> zbus::fdo::Result<String> {
+        let (reply, result) = futures_channel::oneshot::channel();
+        let service = self.service.clone();
+        std::thread::spawn(move || {
+            let _ = reply.send(service.check());
+        });
+        result
+            .await
+            .unwrap_or_else(|_| Err("the check stopped without a result".into()))
+            .map_err(zbus::fdo::Error::Failed)
     }
 
     /// Starts installing an available update into the inactive slot.
@@ -226,7 +251,7 @@ pub fn run() -> ! {
             running_slot: slot.to_string(),
             ..Status::default()
         }),
-        busy: Mutex::new(false),
+        busy: Mutex::new(None),
     });
     service.refresh();
 
