@@ -94,6 +94,7 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
             app.clone(),
             private_link_or_tls,
         ))
+        .layer(middleware::from_fn_with_state(app.clone(), known_host))
         // On every answer: no other site may frame the web app (clickjacking the pairing
         // or revoke buttons), no response is sniffed into another type, and no URL leaks
         // in a Referer.
@@ -112,6 +113,47 @@ fn security_header(
     value: &'static str,
 ) -> SetResponseHeaderLayer<HeaderValue> {
     SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+}
+
+/// Requests must name the box: an IP address, `localhost`, or its own mDNS name. A page
+/// on another site whose name an attacker re-points at the box (DNS rebinding) sends
+/// that site's name, and gets 421 instead of the box's answers.
+async fn known_host(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
+    match host {
+        Some(host) if !names_this_box(&host, &app.device_name) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+            format!(
+                "this is {name}: use its address or {name}.local, not `{host}`",
+                name = app.device_name
+            ),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// Whether a Host header (with or without a port) names this box.
+fn names_this_box(host: &str, device_name: &str) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case(&format!("{device_name}.local"))
 }
 
 /// Plain HTTP only over loopback and USB; elsewhere the same URL over HTTPS, on a host
@@ -319,5 +361,34 @@ async fn update_apply() -> Result<(StatusCode, Json<serde_json::Value>), ApiErro
         Ok(Ok(())) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": true })))),
         Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, "update_failed", e)),
         Err(e) => Err(ApiError::internal(anyhow::anyhow!("update: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_this_box;
+
+    #[test]
+    fn hosts_that_name_the_box() {
+        for host in [
+            "10.55.0.1",
+            "127.0.0.1:8443",
+            "[::1]:443",
+            "[fe80::1]",
+            "localhost",
+            "LlamaBox-1a2b.local",
+            "llamabox-1a2b.local.:443",
+        ] {
+            assert!(names_this_box(host, "llamabox-1a2b"), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "llamabox-ffff.local",
+            "127.0.0.1.nip.io",
+            "[not-an-ip]",
+            "llamabox-1a2b.local.evil",
+        ] {
+            assert!(!names_this_box(host, "llamabox-1a2b"), "{host}");
+        }
     }
 }

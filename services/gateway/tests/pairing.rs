@@ -619,17 +619,51 @@ fn plain_http_on_a_lan_address_redirects_to_https() {
         response.headers()["location"],
         format!("https://{lan}/v1/pairing")
     );
-    // A Host header naming another site is not echoed: the redirect stays on this box.
+    // The box's own name is kept in the redirect; another site's name is never echoed
+    // (it is refused: see `a_request_naming_another_site_gets_421`).
+    let device = gateway.pairing()["device"].as_str().unwrap().to_string();
+    let response = no_redirects
+        .get(format!("http://{lan}:{}/v1/pairing", gateway.http))
+        .header("host", format!("{device}.local"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://{device}.local/v1/pairing")
+    );
     let response = no_redirects
         .get(format!("http://{lan}:{}/v1/pairing", gateway.http))
         .header("host", "evil.example")
         .send()
         .unwrap();
-    assert_eq!(
-        response.headers()["location"],
-        format!("https://{lan}/v1/pairing")
-    );
+    assert!(response.headers().get("location").is_none());
     assert_eq!(response.headers()["x-frame-options"], "DENY");
+}
+
+/// DNS rebinding: a page on attacker.example re-points its name at the box, so the
+/// browser sends `Host: attacker.example`. The box answers only to names that are its own.
+#[test]
+fn a_request_naming_another_site_gets_421() {
+    let gateway = Gateway::start();
+    let device = gateway.pairing()["device"].as_str().unwrap().to_string();
+    let with_host = |host: &str| {
+        client()
+            .get(gateway.url("/v1/pairing"))
+            .header("host", host)
+            .send()
+            .unwrap()
+    };
+    let refused = with_host("attacker.example");
+    assert_eq!(refused.status(), StatusCode::MISDIRECTED_REQUEST);
+    let body: Value = refused.json().unwrap();
+    assert_eq!(body["error"]["type"], "misdirected_request");
+    for host in [
+        format!("{device}.local"),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ] {
+        assert_eq!(with_host(&host).status(), StatusCode::OK, "{host}");
+    }
 }
 
 #[test]
