@@ -80,6 +80,9 @@ fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, services: &Ser
         .args(["--inference", services.inference])
         .args(["--voice", services.voice])
         .arg("--no-mdns")
+        // This test's own boot state, not the host's /run.
+        .arg("--pairing-limits")
+        .arg(state.join("run").join("pairing.json"))
         .spawn()
         .expect("starting the gateway");
     let mut process = Process(child);

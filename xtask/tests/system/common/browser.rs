@@ -211,7 +211,15 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("timed out waiting for {what}; last: {last}");
+        // What the page showed, so a timeout says more than "false".
+        let page = self
+            .command(
+                "POST",
+                "/execute/sync",
+                json!({"script": "return location.href + '\\n' + document.body.innerText.slice(0, 2000);", "args": []}),
+            )
+            .unwrap_or_else(Value::String);
+        panic!("timed out waiting for {what}; last: {last}; the page: {page}");
     }
 
     pub fn element(&self, css: &str) -> String {
