@@ -57,11 +57,16 @@ def post_raw(path, body: bytes, url=URL):
 GREEDY = dict(temperature=0, max_tokens=24)
 
 
-class Api(unittest.TestCase):
+class ModelTest(unittest.TestCase):
+    """A client of the main server and the name of its model."""
+
     @classmethod
     def setUpClass(cls):
         cls.c = client()
         cls.model = model_id(cls.c)
+
+
+class Api(ModelTest):
 
     def chat(self, content, **kw):
         args = dict(GREEDY)
@@ -303,11 +308,7 @@ def user(content):
     return [{"role": "user", "content": content}]
 
 
-class Tools(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.c = client()
-        cls.model = model_id(cls.c)
+class Tools(ModelTest):
 
     def create(self, messages, **kw):
         args = dict(temperature=0, max_tokens=120)
@@ -402,11 +403,7 @@ class Tools(unittest.TestCase):
                 self.assertIn(param, (e.exception.param or "") + e.exception.message)
 
 
-class Logprobs(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.c = client()
-        cls.model = model_id(cls.c)
+class Logprobs(ModelTest):
 
     def check_entries(self, tokens, logprobs, tops):
         self.assertGreater(len(tokens), 0)
@@ -455,11 +452,7 @@ class Logprobs(unittest.TestCase):
         self.assertEqual(tokens, lp.tokens)
 
 
-class Choices(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.c = client()
-        cls.model = model_id(cls.c)
+class Choices(ModelTest):
 
     def test_two_choices_from_one_prompt_decoded_once(self):
         before = metric("prompt_tokens_total")
@@ -496,11 +489,7 @@ class Choices(unittest.TestCase):
 RESPONSES_WEATHER = dict(WEATHER["function"], type="function")
 
 
-class Responses(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.c = client()
-        cls.model = model_id(cls.c)
+class Responses(ModelTest):
 
     def create(self, **kw):
         args = dict(model=self.model, temperature=0, max_output_tokens=40)

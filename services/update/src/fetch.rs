@@ -297,7 +297,6 @@ mod redirect_tests {
 
     /// A one-request HTTP server that answers with `reply` and reports whether it was asked.
     fn serve_once(listener: TcpListener, reply: String) -> std::thread::JoinHandle<bool> {
-        listener.set_nonblocking(false).unwrap();
         std::thread::spawn(move || {
             listener.set_nonblocking(true).unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -55,6 +55,16 @@ impl World {
         fake_release(&self.dir, BOARD, version, seed, patch, &self.image_key)
     }
 
+    /// Publishes root version 2, which hands every role to one new key; returns the key.
+    fn rotate_every_role(&self) -> llamabox_format::SecretKey {
+        let new_key = key();
+        let new_public = new_key.public();
+        let expires = SystemTime::now() + Duration::from_secs(86400 * 30);
+        let root2 = Root::with_keys(2, expires, [(&[&new_public], 1); 4]);
+        xtask::release::rotate_root(&self.repo, &root2, &[&self.repo_key, &new_key]).unwrap();
+        new_key
+    }
+
     fn publish(&self, parts: &xtask::build::ReleaseParts) {
         publish(&self.repo, &self.root, parts, &self.keys);
     }
@@ -402,11 +412,7 @@ fn rotating_a_leaked_timestamp_key_unfreezes_updates() {
     w.device.updater(&w.server).check().unwrap();
     std::fs::write(w.repo.join("timestamp.json"), honest).unwrap();
 
-    let new_key = key();
-    let new_public = new_key.public();
-    let expires = SystemTime::now() + Duration::from_secs(86400 * 30);
-    let root2 = Root::with_keys(2, expires, [(&[&new_public], 1); 4]);
-    xtask::release::rotate_root(&w.repo, &root2, &[&w.repo_key, &new_key]).unwrap();
+    let new_key = w.rotate_every_role();
     let v2 = w.release("0.2.0", 2, None);
     publish(&w.repo, &w.root, &v2, &RoleKeys::single(&new_key));
     match w.device.updater(&w.server).check().unwrap() {
@@ -420,11 +426,7 @@ fn rotating_a_leaked_timestamp_key_unfreezes_updates() {
 #[test]
 fn a_rotated_out_key_is_refused() {
     let w = world("rotation");
-    let new_key = key();
-    let new_public = new_key.public();
-    let expires = SystemTime::now() + Duration::from_secs(86400 * 30);
-    let root2 = Root::with_keys(2, expires, [(&[&new_public], 1); 4]);
-    xtask::release::rotate_root(&w.repo, &root2, &[&w.repo_key, &new_key]).unwrap();
+    let new_key = w.rotate_every_role();
     // Signed with the new keys: accepted, and the box now trusts root v2.
     let v2 = w.release("0.2.0", 2, None);
     publish(&w.repo, &w.root, &v2, &RoleKeys::single(&new_key));
