@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -17,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::request::GenerateRequest;
 use super::tools::{CallParser, Convention, ToolCall, ToolChoice, Tools};
-use super::{parse_json, resolve_model, respond, unix_now, ApiError};
+use super::{new_id, parse_json, resolve_model, respond, unix_now, ApiError};
 use crate::engine::{Engine, Event, GenerateJob, SubmitError, TokenLogprob, Usage};
 use crate::metrics::Metrics;
 
@@ -191,7 +190,10 @@ pub(super) fn start(
 
     Ok(Started {
         meta: Meta {
-            id: new_id(kind),
+            id: new_id(match kind {
+                Kind::Chat => "chatcmpl-",
+                Kind::Completion => "cmpl-",
+            }),
             created: unix_now(),
             model: model.id.clone(),
             kind,
@@ -200,21 +202,6 @@ pub(super) fn start(
         events,
         reader: Reader::new(choices, tools),
     })
-}
-
-fn new_id(kind: Kind) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let prefix = match kind {
-        Kind::Chat => "chatcmpl",
-        Kind::Completion => "cmpl",
-    };
-    // Unique within this process run; the start time keeps ids apart across restarts.
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(unix_now);
-    format!(
-        "{prefix}-{start:x}{:06x}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// What a reply consists of, choice by choice, after tool calls are told apart from text.

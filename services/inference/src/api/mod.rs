@@ -100,6 +100,19 @@ fn loading() -> ApiError {
     .with_code("model_loading")
 }
 
+/// `prefix` and an id unique within this run; the start time in it keeps ids apart
+/// across restarts.
+fn new_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(unix_now);
+    format!(
+        "{prefix}{start:x}{:06x}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

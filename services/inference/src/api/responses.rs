@@ -7,7 +7,6 @@
 //! `input`, as it does with chat completions.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -25,7 +24,7 @@ use super::request::{
     ToolCallIn,
 };
 use super::tools::{FunctionDef, ToolCall, ToolDef};
-use super::{parse_json, respond, unix_now, ApiError};
+use super::{new_id, parse_json, respond, unix_now, ApiError};
 use crate::engine::{Engine, Usage};
 use crate::metrics::Metrics;
 
@@ -90,10 +89,10 @@ async fn run(engine: &Engine, body: &Bytes) -> Result<Response, ApiError> {
         let choice = collected.choices.into_iter().next().unwrap_or_default();
         let mut output = Vec::new();
         if !choice.text.is_empty() || choice.calls.is_empty() {
-            output.push(message_item(&new_item_id("msg"), &choice.text, "completed"));
+            output.push(message_item(&new_id("msg_"), &choice.text, "completed"));
         }
         for call in &choice.calls {
-            output.push(call_item(&new_item_id("fc"), call, "completed"));
+            output.push(call_item(&new_id("fc_"), call, "completed"));
         }
         Ok(
             Json(shell.response(output, Some((&collected.usage, choice.finish_reason))))
@@ -323,15 +322,6 @@ impl Shell {
     }
 }
 
-fn new_item_id(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{prefix}_{:x}{:06x}",
-        unix_now(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 fn message_item(id: &str, text: &str, status: &str) -> Value {
     json!({
         "type": "message",
@@ -406,7 +396,7 @@ fn stream_events(
                     Out::Text { text, .. } => {
                         let index = s.output.len();
                         let (id, so_far) = s.text.get_or_insert_with(|| {
-                            let id = new_item_id("msg");
+                            let id = new_id("msg_");
                             s.pending.push_back(json!({"type": "response.output_item.added", "output_index": index, "item": message_item(&id, "", "in_progress")}));
                             s.pending.push_back(json!({"type": "response.content_part.added", "item_id": id, "output_index": index, "content_index": 0, "part": text_part("")}));
                             (id, String::new())
@@ -418,7 +408,7 @@ fn stream_events(
                         close_text(&mut s.text, &mut s.output, &mut s.pending);
                         for call in calls {
                             let index = s.output.len();
-                            let id = new_item_id("fc");
+                            let id = new_id("fc_");
                             s.pending.push_back(json!({"type": "response.output_item.added", "output_index": index, "item": call_item(&id, &call, "in_progress")}));
                             s.pending.push_back(json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": index, "delta": call.arguments}));
                             s.pending.push_back(json!({"type": "response.function_call_arguments.done", "item_id": id, "output_index": index, "name": call.name, "arguments": call.arguments}));
@@ -431,7 +421,7 @@ fn stream_events(
                         let Some(usage) = last else { continue };
                         if s.output.is_empty() && s.text.is_none() {
                             // An empty reply is still one (empty) message.
-                            s.text = Some((new_item_id("msg"), String::new()));
+                            s.text = Some((new_id("msg_"), String::new()));
                             let (id, _) = s.text.as_ref().expect("set");
                             s.pending.push_back(json!({"type": "response.output_item.added", "output_index": 0, "item": message_item(id, "", "in_progress")}));
                             s.pending.push_back(json!({"type": "response.content_part.added", "item_id": id, "output_index": 0, "content_index": 0, "part": text_part("")}));

@@ -14,8 +14,6 @@
 //! grammar built from the functions' JSON schemas, so its arguments always parse and match.
 //! With `auto` the same grammar is lazy: it starts to bind when the model opens a call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -434,13 +432,6 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-pub fn new_call_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(super::unix_now);
-    format!("call_{start:x}{:06x}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
 /// Reads one choice's text as it is generated and separates calls from text. Text that may
 /// still turn out to be a call is held back (never sent as content and then taken back).
 #[derive(Debug)]
@@ -540,7 +531,7 @@ impl Tools {
 
 fn call(name: &Value, arguments: &Value) -> Option<ToolCall> {
     Some(ToolCall {
-        id: new_call_id(),
+        id: super::new_id("call_"),
         name: name.as_str()?.to_string(),
         arguments: match arguments {
             Value::String(s) => s.clone(),
