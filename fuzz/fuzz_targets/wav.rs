@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use llamabox_voice::audio::decode_wav;
+use llamabox_audio::decode_wav;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((samples, rate)) = decode_wav(data) {
