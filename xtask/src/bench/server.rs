@@ -35,6 +35,8 @@ pub struct Settings<'a> {
     pub ctx_size: u32,
     /// Sequences decoded together.
     pub parallel: u32,
+    /// A chat template file replacing the model's (a model without one).
+    pub chat_template: Option<&'a Path>,
 }
 
 pub struct Server {
@@ -68,9 +70,12 @@ impl Server {
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["-t", &threads, "-c", &ctx, "-np", &parallel]),
         };
-        // OpenMP threads that busy-wait between graph runs steal the cores the other
-        // server threads (and the client) need on a small machine.
-        cmd.env("OMP_WAIT_POLICY", "passive");
+        if let Some(template) = settings.chat_template {
+            cmd.arg("--chat-template-file").arg(template);
+        }
+        // Nothing else: each side runs as its users run it. Ours as the image ships it
+        // (its service file sets no environment), llama-server with its defaults
+        // (OpenMP's own wait policy).
         let out = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)

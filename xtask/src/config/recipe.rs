@@ -41,7 +41,7 @@ struct RawConvert {
     converter: String,
     pypi: Vec<String>,
     model: Vec<String>,
-    assets: String,
+    assets: Option<String>,
     output: String,
 }
 
@@ -81,15 +81,24 @@ pub enum Source {
 pub enum Converter {
     /// CTranslate2 Whisper weights → whisper.cpp's ggml file (`crate::convert::whisper`).
     WhisperGgml,
+    /// The `model` parts joined in order, unchanged: a file split across distributions
+    /// to fit a registry's size limit (a GGUF in four wheels).
+    Concat,
 }
 
 impl Converter {
-    pub const ALL: &'static [Converter] = &[Converter::WhisperGgml];
+    pub const ALL: &'static [Converter] = &[Converter::WhisperGgml, Converter::Concat];
 
     pub fn name(self) -> &'static str {
         match self {
             Converter::WhisperGgml => "whisper-ggml",
+            Converter::Concat => "concat",
         }
+    }
+
+    /// Whether `[source.convert]` needs `assets` for this converter.
+    fn needs_assets(self) -> bool {
+        matches!(self, Converter::WhisperGgml)
     }
 }
 
@@ -100,11 +109,12 @@ pub struct Convert {
     /// PyPI distributions (`name`, `version`), pinned in `recipes/pypi.lock`; the paths
     /// below are searched in their unpacked trees, in this order.
     pub pypi: Vec<(String, String)>,
-    /// The CTranslate2 `model.bin`: these files concatenated in order (a model split
-    /// into parts across distributions).
+    /// The model: these files concatenated in order (a model split into parts across
+    /// distributions); for `whisper-ggml`, the CTranslate2 `model.bin`.
     pub model: Vec<String>,
-    /// The directory with `mel_filters.npz`, `gpt2.tiktoken` and `multilingual.tiktoken`.
-    pub assets: String,
+    /// `whisper-ggml`: the directory with `mel_filters.npz`, `gpt2.tiktoken` and
+    /// `multilingual.tiktoken`. `concat` takes none.
+    pub assets: Option<String>,
     /// The converted file's name: what `[[install]]` rules take `from`.
     pub output: String,
 }
@@ -367,15 +377,29 @@ fn convert_source(raw: RawConvert, problems: &mut Problems) -> Option<Convert> {
             ok = false;
         }
     }
-    if !is_inside(&raw.assets) {
-        problems.add(
-            "source.convert.assets",
-            format!(
-                "`{}` must be relative to the distributions, without `..`",
-                raw.assets
-            ),
-        );
-        ok = false;
+    match (&raw.assets, converter) {
+        (Some(assets), _) if !is_inside(assets) => {
+            problems.add(
+                "source.convert.assets",
+                format!("`{assets}` must be relative to the distributions, without `..`"),
+            );
+            ok = false;
+        }
+        (None, Some(c)) if c.needs_assets() => {
+            problems.add(
+                "source.convert.assets",
+                format!("the `{}` converter needs its assets directory", c.name()),
+            );
+            ok = false;
+        }
+        (Some(_), Some(c)) if !c.needs_assets() => {
+            problems.add(
+                "source.convert.assets",
+                format!("the `{}` converter takes no assets", c.name()),
+            );
+            ok = false;
+        }
+        _ => {}
     }
     if raw.output.is_empty() || raw.output.contains('/') || raw.output.starts_with('.') {
         problems.add(

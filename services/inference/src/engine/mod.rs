@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub model_path: PathBuf,
     /// The name clients use in `model` fields.
     pub model_id: String,
+    /// A chat template that replaces the model's own (`--chat-template-file`).
+    pub chat_template: Option<String>,
     pub threads: i32,
     /// KV cache size in tokens for all sequences together (each gets `ctx_size / parallel`).
     pub ctx_size: u32,

@@ -55,12 +55,16 @@ impl Worker {
         let started = Instant::now();
         let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
             .with_context(|| format!("cannot load the model {}", path.display()))?;
-        let template = match model.chat_template(None) {
-            Ok(t) => Some(
+        let template = match (&self.config.chat_template, model.chat_template(None)) {
+            (Some(given), _) => Some(
+                ChatTemplate::new(given, &model)
+                    .context("the chat template file does not compile")?,
+            ),
+            (None, Ok(t)) => Some(
                 ChatTemplate::new(&t.to_string().unwrap_or_default(), &model)
                     .context("the model's chat template does not compile")?,
             ),
-            Err(_) => None,
+            (None, Err(_)) => None,
         };
 
         let parallel = self.config.parallel.max(1);
