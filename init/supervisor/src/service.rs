@@ -29,6 +29,8 @@ struct RawService {
     ready_timeout_ms: Option<u64>,
     /// A ready `notify` service must send `WATCHDOG=1` at least this often.
     watchdog_ms: Option<u64>,
+    /// CPU priority, -20 (first) to 19 (last), as nice(1); default 0.
+    nice: Option<i32>,
     #[serde(default)]
     critical: bool,
     #[serde(default)]
@@ -118,6 +120,10 @@ pub struct Service {
     /// Once ready, `WATCHDOG=1` must come at least this often, or the service is taken
     /// for hung and killed (then restarted by its policy). Passed as `WATCHDOG_USEC`.
     pub watchdog: Option<Duration>,
+    /// CPU priority (nice value) of the process, and its cgroup's weight
+    /// (`cpu.weight.nice`): where the services share cores, the higher one is served
+    /// first. The conversation (inference, voice) above the rest of the box.
+    pub nice: i32,
     /// The system is healthy only while every critical service is ready.
     pub critical: bool,
     pub restart: Restart,
@@ -198,6 +204,9 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Service, String> {
                 .to_string(),
         );
     }
+    if raw.nice.is_some_and(|n| !(-20..=19).contains(&n)) {
+        problems.push("`nice`: must be between -20 and 19".to_string());
+    }
     if raw.watchdog_ms == Some(0) {
         problems.push("`watchdog-ms`: must be above 0".to_string());
     }
@@ -222,6 +231,7 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Service, String> {
         readiness,
         ready_timeout: Duration::from_millis(raw.ready_timeout_ms.unwrap_or(60_000)),
         watchdog: raw.watchdog_ms.map(Duration::from_millis),
+        nice: raw.nice.unwrap_or(0),
         critical: raw.critical,
         restart: Restart {
             policy,

@@ -223,6 +223,48 @@ fn a_service_running_as_another_user_can_send_ready() {
     h.stop();
 }
 
+/// The nice value of a process, from /proc/<pid>/stat (field 19).
+fn nice_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_services_priority_is_set_before_it_drops_root() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // A raised priority needs root, and must hold for a service that then runs as
+    // another user (the inference service); without root only a lowered one can be.
+    let (nice, user) = if root {
+        (-7, "\nuser = \"nobody\"")
+    } else {
+        (7, "")
+    };
+    let mut h = Harness::new("nice");
+    if root {
+        std::fs::create_dir_all(h.dir.join("run")).unwrap();
+        for dir in [h.dir.clone(), h.dir.join("run")] {
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+    }
+    h.shell("first", "exec sleep 1000", &format!("nice = {nice}{user}"));
+    h.shell("plain", "exec sleep 1000", "");
+    h.service(
+        "wrong",
+        "description = \"x\"\ncommand = \"/bin/true\"\nnice = -21\n",
+    );
+    h.start(&[]);
+    let s = h.wait_until("first and plain running", |s| {
+        ready(s, "first") && ready(s, "plain")
+    });
+    assert_eq!(nice_of(s.service("first").unwrap().pid.unwrap()), nice);
+    assert_eq!(nice_of(s.service("plain").unwrap().pid.unwrap()), 0);
+    assert!(s.service("wrong").is_none(), "a nice of -21 was accepted");
+    h.stop();
+}
+
 #[test]
 fn a_crashing_service_restarts_with_growing_backoff_up_to_the_cap() {
     let mut h = Harness::new("backoff");

@@ -62,12 +62,15 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
         label: "llama-server",
         kind: Kind::LlamaServer,
         binary: tools.server.clone(),
+        nice: 0,
     };
+    let nice = shipped_nice(project)?;
     let ours = match &options.ours {
         Ours::Build => Side {
             label: "ours",
             kind: Kind::Ours,
             binary: build_release(project, "llamabox-inference")?,
+            nice,
         },
         Ours::Binary(path) => {
             check_exists(path)?;
@@ -75,6 +78,7 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
                 label: "ours",
                 kind: Kind::Ours,
                 binary: path.clone(),
+                nice,
             }
         }
         Ours::Reference => Side {
@@ -149,8 +153,8 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
 
     for (model, [ours_samples, reference_samples], ceiling, noise) in &reports {
         println!(
-            "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, medians of {} repetitions [min–max]:\n",
-            model.label, options.threads, options.repetitions
+            "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, {} at nice {} and llama-server at nice 0, medians of {} repetitions [min–max]:\n",
+            model.label, options.threads, ours.label, ours.nice, options.repetitions
         );
         println!(
             "{}",
@@ -189,6 +193,32 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The inference service file the image ships.
+const SERVICE_FILE: &str = "overlays/inference/usr/lib/llamabox/services/inference.toml";
+
+/// The priority the image runs the inference service at (its service file's `nice`):
+/// ours runs with it, as shipped. Raising a priority needs root.
+fn shipped_nice(project: &Project) -> Result<i32> {
+    let path = project.root.join(SERVICE_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let service: toml::Table = toml::from_str(&text).with_context(|| path.display().to_string())?;
+    // The supervisor's format (docs/services.md): an integer, 0 when absent.
+    let nice = match service.get("nice") {
+        None => 0,
+        Some(value) => value
+            .as_integer()
+            .and_then(|n| i32::try_from(n).ok())
+            .with_context(|| format!("{}: `nice` is not an integer", path.display()))?,
+    };
+    // SAFETY: geteuid has no preconditions.
+    if nice < 0 && unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the image runs the inference service at nice {nice} ({SERVICE_FILE}); raising a priority needs root: run the benchmark as root"
+        );
+    }
+    Ok(nice)
 }
 
 /// Busy threads in the contended phase: one, a neighbour taking a core of two.

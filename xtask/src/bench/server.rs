@@ -1,6 +1,7 @@
 //! Starting a server under test, waiting until it is ready, stopping it.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +26,9 @@ pub struct Side {
     pub label: &'static str,
     pub kind: Kind,
     pub binary: PathBuf,
+    /// CPU priority (nice value): ours as the image's service file sets it, llama-server
+    /// as its users run it (0).
+    pub nice: i32,
 }
 
 /// What a server is started with; both sides get the same values.
@@ -76,6 +80,18 @@ impl Server {
         // Nothing else: each side runs as its users run it. Ours as the image ships it
         // (its service file sets no environment), llama-server with its defaults
         // (OpenMP's own wait policy).
+        if side.nice != 0 {
+            let nice = side.nice;
+            // SAFETY: setpriority is a plain system call, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let out = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)

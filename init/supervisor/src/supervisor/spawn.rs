@@ -68,24 +68,31 @@ pub(super) fn spawn(
     if let Some(dir) = &def.working_directory {
         cmd.current_dir(dir);
     }
+    // The user and group change last in the child, after the priority and the limits
+    // (std's `Command::uid` would change them before `pre_exec`, when raising a
+    // priority or a limit is no longer allowed).
+    let mut identity: Option<(libc::uid_t, libc::gid_t)> = None;
     if let Some(user) = &def.user {
         let u = nix::unistd::User::from_name(user)
             .ok()
             .flatten()
             .ok_or_else(|| format!("unknown user `{user}`"))?;
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        identity = Some((u.uid.as_raw(), u.gid.as_raw()));
     }
+    let mut group_id: Option<libc::gid_t> = identity.map(|(_, gid)| gid);
     if let Some(group) = &def.group {
         let g = nix::unistd::Group::from_name(group)
             .ok()
             .flatten()
             .ok_or_else(|| format!("unknown group `{group}`"))?;
-        cmd.gid(g.gid.as_raw());
+        group_id = Some(g.gid.as_raw());
     }
     let cgroup_procs = cgroup_root.and_then(|root| prepare_cgroup(&root, def));
     let limits = def.limits.clone();
-    // SAFETY: between fork and exec only async-signal-safe calls are made: sigprocmask,
-    // signal, setsid, setrlimit, open and write (into a path prepared before the fork).
+    let nice = def.nice;
+    // SAFETY: between fork and exec only async-signal-safe calls (plain system calls)
+    // are made: sigprocmask, signal, setsid, setrlimit, setpriority, open and write
+    // (into a path prepared before the fork), setgroups, setgid, setuid.
     unsafe {
         cmd.pre_exec(move || {
             // The supervisor blocks the signals it reads through its signalfd; a service
@@ -116,11 +123,32 @@ pub(super) fn spawn(
                     }
                 }
             }
+            // Before the user changes: raising a priority needs the supervisor's root.
+            if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(path) = &cgroup_procs {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd >= 0 {
                     libc::write(fd, b"0".as_ptr().cast(), 1);
                     libc::close(fd);
+                }
+            }
+            // Root's supplementary groups go with root.
+            if (group_id.is_some() || identity.is_some())
+                && libc::getuid() == 0
+                && libc::setgroups(0, std::ptr::null()) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(gid) = group_id {
+                if libc::setgid(gid) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some((uid, _)) = identity {
+                if libc::setuid(uid) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
             }
             Ok(())
@@ -142,6 +170,10 @@ fn prepare_cgroup(root: &std::path::Path, def: &Service) -> Option<std::ffi::CSt
     std::fs::create_dir_all(&dir).ok()?;
     if let Some(mib) = def.limits.memory_max_mib {
         let _ = std::fs::write(dir.join("memory.max"), format!("{}\n", mib << 20));
+    }
+    // Between cgroups the scheduler shares by weight, not by nice: the same priority.
+    if def.nice != 0 {
+        let _ = std::fs::write(dir.join("cpu.weight.nice"), format!("{}\n", def.nice));
     }
     if let Some(percent) = def.limits.cpu_max_percent {
         let _ = std::fs::write(dir.join("cpu.max"), format!("{} 100000\n", percent * 1000));
