@@ -233,7 +233,10 @@ fn contended(
     reps: usize,
     samples: &mut [report::Samples; 2],
 ) -> Result<()> {
-    let servers = start_both(sides, settings, logs)?;
+    // Its own log directory: the idle phase's logs (same settings, same names) stay.
+    let logs = logs.join("contended");
+    std::fs::create_dir_all(&logs)?;
+    let servers = start_both(sides, settings, &logs)?;
     let load = load::BusyLoad::start(CONTENDING_THREADS);
     for rep in 0..reps {
         for i in abba(rep) {
