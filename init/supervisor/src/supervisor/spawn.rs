@@ -134,10 +134,8 @@ pub(super) fn spawn(
                     libc::close(fd);
                 }
             }
-            // Root's supplementary groups go with root.
-            if (group_id.is_some() || identity.is_some())
-                && libc::getuid() == 0
-                && libc::setgroups(0, std::ptr::null()) < 0
+            // Root's supplementary groups go with root (a user always brings a group).
+            if group_id.is_some() && libc::getuid() == 0 && libc::setgroups(0, std::ptr::null()) < 0
             {
                 return Err(std::io::Error::last_os_error());
             }
