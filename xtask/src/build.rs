@@ -375,13 +375,13 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
         }
     }
     let mut out = BTreeMap::new();
-    let target_dir = crate_target_dir(ctx.project, ctx.board);
+    let target_dir = crate_target_dir(ctx.project, ctx.board.arch, &ctx.board.cpu_baseline);
     for (target, crates) in by_target {
         let mut cmd = ctx.project.cargo();
         cmd.args(["build", "--release", "--locked", "--target", target]);
         cmd.env("CARGO_TARGET_DIR", &target_dir);
         // ggml's CPU baseline (llama.cpp and whisper.cpp forward GGML_* to CMake).
-        for (name, value) in ggml_baseline_env(ctx.board) {
+        for (name, value) in ggml_baseline_env(ctx.board.arch, &ctx.board.cpu_baseline) {
             cmd.env(name, value);
         }
         for (package, binaries, wasm) in &crates {
@@ -409,11 +409,18 @@ fn build_crates(ctx: &Ctx) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-/// ggml's CMake settings for the board's CPU baseline, always explicit (whatever
+/// ggml's CMake settings for a CPU baseline, always explicit (whatever
 /// `.cargo/config.toml` says for the host): x86-64-v2 stops at SSE4.2, x86-64-v3 adds
-/// AVX2, FMA, F16C and BMI2; on arm64 the baseline is `-march`.
-fn ggml_baseline_env(board: &Board) -> Vec<(&'static str, String)> {
-    match (board.arch, board.cpu_baseline.as_str()) {
+/// AVX2, FMA, F16C and BMI2; on arm64 the baseline is `-march`. Never the build
+/// machine's own CPU (`GGML_NATIVE`, whisper.cpp's default).
+pub(crate) fn ggml_baseline_env(arch: Arch, cpu_baseline: &str) -> Vec<(&'static str, String)> {
+    let mut env = vec![("GGML_NATIVE", "OFF".to_string())];
+    env.extend(ggml_cpu_features(arch, cpu_baseline));
+    env
+}
+
+fn ggml_cpu_features(arch: Arch, cpu_baseline: &str) -> Vec<(&'static str, String)> {
+    match (arch, cpu_baseline) {
         (Arch::Aarch64, march) => vec![("GGML_CPU_ARM_ARCH", march.to_string())],
         // x86-64-v3 adds these to x86-64-v2's SSE4.2 (the board schema admits only the two).
         (Arch::X86_64, baseline) => {
@@ -434,16 +441,15 @@ fn ggml_baseline_env(board: &Board) -> Vec<(&'static str, String)> {
     }
 }
 
-/// Where cargo builds a board's device binaries: the workspace's target directory for
-/// the architecture's default CPU baseline, a directory of its own for any other (so
-/// boards of one architecture with different baselines do not rebuild llama.cpp in
-/// turn). Boards with the same baseline share the binaries, byte for byte.
-fn crate_target_dir(project: &Project, board: &Board) -> PathBuf {
-    if board.cpu_baseline == board.arch.default_cpu_baseline() {
+/// Where cargo builds binaries for a CPU baseline: the workspace's target directory for
+/// the architecture's default baseline, a directory of its own for any other (so boards
+/// of one architecture with different baselines, and benchmarks, do not rebuild
+/// llama.cpp in turn). Boards with the same baseline share the binaries, byte for byte.
+pub(crate) fn crate_target_dir(project: &Project, arch: Arch, cpu_baseline: &str) -> PathBuf {
+    if cpu_baseline == arch.default_cpu_baseline() {
         project.target_dir()
     } else {
-        let safe: String = board
-            .cpu_baseline
+        let safe: String = cpu_baseline
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '.' {

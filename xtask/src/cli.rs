@@ -171,6 +171,10 @@ pub enum BenchCmd {
         /// Run llama-server on both sides, to check the harness (ratios should be ~1).
         #[arg(long)]
         reference_twice: bool,
+        /// ggml's CPU baseline for both sides: x86-64-v3 (AVX2; the default on x86_64)
+        /// or x86-64-v2 (the QEMU board's SSE4.2).
+        #[arg(long)]
+        cpu_baseline: Option<String>,
     },
     /// Our voice service against whisper.cpp's whisper-cli (built from the whisper.cpp
     /// the service links): transcription speed (RTF) on the same audio, and the latency
@@ -189,5 +193,9 @@ pub enum BenchCmd {
         /// Use this llamabox-voice binary instead of building it.
         #[arg(long)]
         ours: Option<PathBuf>,
+        /// ggml's CPU baseline for both sides: x86-64-v3 (AVX2; the default on x86_64)
+        /// or x86-64-v2 (the QEMU board's SSE4.2).
+        #[arg(long)]
+        cpu_baseline: Option<String>,
     },
 }

@@ -78,8 +78,16 @@ fn dispatch(cli: Cli) -> Result<()> {
                     threads,
                     ours,
                     reference_twice,
+                    cpu_baseline,
                 },
-        } => bench::inference_command(&project, repetitions, threads, ours, reference_twice),
+        } => bench::inference_command(
+            &project,
+            repetitions,
+            threads,
+            ours,
+            reference_twice,
+            cpu_baseline,
+        ),
         Cmd::Bench {
             what:
                 BenchCmd::Voice {
@@ -87,8 +95,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                     threads,
                     models,
                     ours,
+                    cpu_baseline,
                 },
-        } => bench::voice_command(&project, repetitions, threads, models, ours),
+        } => bench::voice_command(&project, repetitions, threads, models, ours, cpu_baseline),
         Cmd::Setup => {
             setup::ensure_host_tools(&[config::Arch::X86_64, config::Arch::Aarch64])?;
             println!("host tools are installed");

@@ -12,4 +12,5 @@ pub mod bus;
 pub mod events;
 pub mod pipeline;
 pub mod transcribe;
+pub mod turn;
 pub mod vad;

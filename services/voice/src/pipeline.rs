@@ -13,7 +13,11 @@ use crate::answer::Answerer;
 use crate::audio::{AudioSource, Resampler, SAMPLE_RATE};
 use crate::events::{Event, Events};
 use crate::transcribe::{Options, Transcriber, Transcript};
+use crate::turn::{self, Reading};
 use crate::vad::{EndpointConfig, Endpointer, Utterance};
+
+/// How a draft of utterance `.0` with `.1` samples reads: from transcription to capture.
+type Verdict = (u64, usize, Reading);
 
 /// The transcription thread's nice value: capture and end-pointing, at the service's
 /// own priority, must never wait for Whisper.
@@ -64,24 +68,28 @@ impl Pipeline {
     /// utterance heard has been transcribed (and answered).
     pub fn run(&self, source: &mut dyn AudioSource) -> Result<()> {
         let (utterances, queued) = mpsc::channel::<(u64, Utterance, Instant)>();
+        let (verdicts, judged) = mpsc::channel::<Verdict>();
         let (questions, asked) = mpsc::channel::<(u64, String)>();
+        let endpointer = Endpointer::new(self.endpoint.clone());
+        let withdrawn = endpointer.withdrawn();
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 yield_to_capture();
-                self.transcribe_all(queued, questions)
+                self.transcribe_all(queued, &withdrawn, verdicts, questions)
             });
             scope.spawn(|| self.answer_all(asked));
-            self.capture(source, utterances)
+            self.capture(source, endpointer, utterances, judged)
         })
     }
 
     fn capture(
         &self,
         source: &mut dyn AudioSource,
+        mut endpointer: Endpointer,
         utterances: mpsc::Sender<(u64, Utterance, Instant)>,
+        judged: mpsc::Receiver<Verdict>,
     ) -> Result<()> {
         let mut resampler = Resampler::new(source.sample_rate())?;
-        let mut endpointer = Endpointer::new(self.endpoint.clone());
         let mut heard: u64 = 0;
         let mut peak: f32 = 0.0;
         let mut current = None;
@@ -102,6 +110,14 @@ impl Pipeline {
             };
             if !self.listening.load(Ordering::Relaxed) {
                 continue;
+            }
+            // What the drafts transcribed since say (the utterance may end right here).
+            while let Ok((id, len, reading)) = judged.try_recv() {
+                if current == Some(id) {
+                    if let Some(u) = endpointer.judge_draft(len, reading) {
+                        hand_over(u, &mut current);
+                    }
+                }
             }
             let samples = resampler.push(&samples);
             let before = heard;
@@ -141,32 +157,46 @@ impl Pipeline {
     fn transcribe_all(
         &self,
         queued: mpsc::Receiver<(u64, Utterance, Instant)>,
+        withdrawn: &AtomicU64,
+        verdicts: mpsc::Sender<Verdict>,
         questions: mpsc::Sender<(u64, String)>,
     ) {
+        self.prepare_next();
         // The last draft's transcript: (utterance, its length in samples, the transcript).
         let mut draft: Option<(u64, usize, Transcript)> = None;
         for (id, utterance, ended) in queued {
+            // Speech resumed after this draft: a later draft or the final replaces it.
+            let stale =
+                || utterance.draft && withdrawn.load(Ordering::Relaxed) != utterance.withdrawn;
+            if stale() {
+                continue;
+            }
             let drafted = match draft.take() {
                 Some((d, len, t)) if d == id && len == utterance.samples.len() => Some(t),
                 _ => None,
             };
             let result = match drafted {
                 // The silence lasted: the final utterance is the draft, already transcribed.
-                Some(t) if !utterance.draft => Ok(t),
+                Some(t) if !utterance.draft => Ok(Some(t)),
                 _ => self
                     .transcriber
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .transcribe(&utterance.samples, &self.options),
+                    .transcribe_unless(&utterance.samples, &self.options, &stale),
             };
             if utterance.draft {
-                if let Ok(t) = result {
+                if let Ok(Some(t)) = result {
+                    let reading = turn::read(&t.text, &t.language);
+                    let _ = verdicts.send((id, utterance.samples.len(), reading));
                     draft = Some((id, utterance.samples.len(), t));
                 }
+                self.prepare_next();
                 continue;
             }
             let transcript = match result {
-                Ok(t) => t,
+                Ok(Some(t)) => t,
+                // Only drafts give up.
+                Ok(None) => continue,
                 Err(e) => {
                     eprintln!("utterance {id}: {e:#}");
                     continue;
@@ -190,7 +220,16 @@ impl Pipeline {
             if self.answerer.is_some() && !transcript.text.is_empty() {
                 let _ = questions.send((id, transcript.text));
             }
+            self.prepare_next();
         }
+    }
+
+    /// Readies the transcriber for the next utterance while nobody is waiting.
+    fn prepare_next(&self) {
+        self.transcriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prepare();
     }
 
     fn answer_all(&self, asked: mpsc::Receiver<(u64, String)>) {

@@ -7,14 +7,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
 
 /// Whisper's encoder sees at most 30 s: 1500 positions, 50 per second.
 const POSITIONS_PER_SECOND: f32 = 50.0;
 const MAX_AUDIO_CTX: i32 = 1500;
-/// Extra encoder positions beyond the audio itself: a context cut too tight makes
-/// Whisper drop the last word.
-const AUDIO_CTX_MARGIN: i32 = 128;
+/// Extra encoder positions beyond the audio itself (1.9 s): a context cut too tight
+/// makes Whisper drop the last word or the full stop that tells the end-pointer a
+/// sentence is finished (at 64, 5 of 15 test sentences lost theirs; at 96, 1). Each 16
+/// positions cost about 15 ms of a 5 s command's transcription (docs/perf.md).
+const AUDIO_CTX_MARGIN: i32 = 96;
 /// Whisper's own rule (and openai-whisper's defaults) for "this was not speech": a
 /// no-speech probability above `NO_SPEECH` while the words' mean log-probability is
 /// below `LOW_LOGPROB`. Noise the voice detector let through ends here.
@@ -58,6 +62,9 @@ pub struct Transcriber {
     threads: i32,
     language: String,
     model: String,
+    /// A fresh state made ahead of time ([`Self::prepare`]): making one takes ~20 ms
+    /// that a transcription waited for.
+    spare: Option<WhisperState>,
 }
 
 impl Transcriber {
@@ -86,7 +93,16 @@ impl Transcriber {
                 .to_string_lossy()
                 .trim_start_matches("ggml-")
                 .to_string(),
+            spare: None,
         })
+    }
+
+    /// Makes the state the next transcription will use, so it need not wait for it:
+    /// for callers with a moment to spare (the pipeline, after publishing).
+    pub fn prepare(&mut self) {
+        if self.spare.is_none() {
+            self.spare = self.context.create_state().ok();
+        }
     }
 
     /// The model's name (`base`, `tiny.en`).
@@ -100,6 +116,20 @@ impl Transcriber {
 
     /// Transcribes 16 kHz mono audio of any length.
     pub fn transcribe(&mut self, audio: &[f32], options: &Options) -> Result<Transcript> {
+        let never = || false;
+        self.transcribe_unless(audio, options, &never)?
+            .context("Whisper stopped without being asked to")
+    }
+
+    /// Like [`Self::transcribe`], but gives up (returning `None`) as soon as `give_up`
+    /// says so: Whisper asks between its steps, so a transcription nobody wants any more
+    /// (a draft that speech made stale) frees the CPU within milliseconds.
+    pub fn transcribe_unless(
+        &mut self,
+        audio: &[f32],
+        options: &Options,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Option<Transcript>> {
         let started = Instant::now();
         let audio_ms = audio.len() as u64 * 1000 / 16_000;
         let language = match options.language.as_deref() {
@@ -126,6 +156,21 @@ impl Transcriber {
         if let Some(prompt) = options.prompt.as_deref() {
             params.set_initial_prompt(prompt);
         }
+        /// whisper.cpp's abort callback: `data` is the `&dyn Fn() -> bool` below.
+        unsafe extern "C" fn asked_to_give_up(data: *mut std::ffi::c_void) -> bool {
+            // SAFETY: `data` points at `give_up`, which outlives `state.full` (the only
+            // caller), and is only read.
+            let give_up = unsafe { &*(data as *const &dyn Fn() -> bool) };
+            give_up()
+        }
+        // SAFETY: the callback only reads through the pointer, which stays valid for the
+        // whole of `state.full` below (`give_up` is borrowed for this function's body).
+        unsafe {
+            params.set_abort_callback(Some(asked_to_give_up));
+            params.set_abort_callback_user_data(
+                &give_up as *const &dyn Fn() -> bool as *mut std::ffi::c_void,
+            );
+        }
         // Short audio: encode only the positions it fills (the encoder's cost is linear in
         // them), the latency win that makes a 5 s command come back in well under a second.
         let seconds = audio.len() as f32 / 16_000.0;
@@ -147,13 +192,18 @@ impl Transcriber {
         // A fresh state per utterance (~20 ms): a state reused after a call with another
         // audio_ctx decodes worse (measured: 20 % instead of 10 % word errors on the
         // test sentences), so nothing may carry over from one utterance to the next.
-        let mut state = self
-            .context
-            .create_state()
-            .map_err(|e| anyhow!("cannot allocate Whisper's state: {e}"))?;
-        state
-            .full(params, input)
-            .map_err(|e| anyhow!("Whisper failed: {e}"))?;
+        let mut state = match self.spare.take() {
+            Some(state) => state,
+            None => self
+                .context
+                .create_state()
+                .map_err(|e| anyhow!("cannot allocate Whisper's state: {e}"))?,
+        };
+        let result = state.full(params, input);
+        if give_up() {
+            return Ok(None);
+        }
+        result.map_err(|e| anyhow!("Whisper failed: {e}"))?;
 
         let eot = self.context.token_eot();
         let mut segments = Vec::new();
@@ -206,13 +256,13 @@ impl Transcriber {
                 .collect::<Vec<_>>()
                 .join(" "),
         );
-        Ok(Transcript {
+        Ok(Some(Transcript {
             text,
             segments,
             language,
             audio_ms,
             elapsed: started.elapsed(),
-        })
+        }))
     }
 }
 

@@ -1,10 +1,17 @@
 //! End-pointing: earshot's voice-activity scores on 16 ms frames turn a continuous
 //! stream into utterances. Timing follows Home Assistant's Assist pipeline: speech starts
 //! after 0.3 s of voice, an utterance ends after 0.7 s of silence, and none runs past 15 s.
+//! What was said moves the end: at the first silence the utterance is handed out as a
+//! draft, and how its transcript reads ([`Reading`]) ends the turn sooner (a finished
+//! sentence) or later (a trailing "and").
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use earshot::Detector;
+
+use crate::turn::Reading;
 
 /// earshot's frame: 256 samples, 16 ms at 16 kHz.
 pub const FRAME: usize = 256;
@@ -17,12 +24,17 @@ pub struct EndpointConfig {
     /// Voice needed before an utterance starts (filters clicks and coughs): four in five
     /// frames of this span.
     pub start_ms: u32,
-    /// Silence that ends an utterance.
+    /// Silence that ends an utterance when its draft's transcript does not say otherwise.
     pub end_silence_ms: u32,
+    /// Silence that ends an utterance whose draft reads as a finished sentence.
+    pub complete_silence_ms: u32,
+    /// Silence that ends an utterance whose draft trails off ("…and", "um").
+    pub unfinished_silence_ms: u32,
     /// Longest utterance; a longer one is cut and the rest starts a new one.
     pub max_ms: u32,
     /// Silence after which a draft of the utterance is handed out, so transcription can
-    /// start while the end is still being confirmed (0: no drafts).
+    /// start while the end is still being confirmed, and what it says can move the end
+    /// (0: no drafts).
     pub draft_after_ms: u32,
     /// Audio kept from before the start was detected, so first syllables are not lost.
     pub pre_roll_ms: u32,
@@ -37,6 +49,12 @@ impl Default for EndpointConfig {
             threshold: 0.5,
             start_ms: 300,
             end_silence_ms: 700,
+            // No sooner than when unsure: Whisper completes a fragment cut at a pause
+            // ("Set a timer for" → "Set a timer for it."), so a draft that reads finished
+            // is not proof of a finished sentence (docs/voice.md). The key is there for a
+            // cue that is (a falling pitch, say).
+            complete_silence_ms: 700,
+            unfinished_silence_ms: 1200,
             max_ms: 15_000,
             draft_after_ms: KEEP_TRAILING_MS,
             pre_roll_ms: 300,
@@ -65,6 +83,9 @@ pub struct Utterance {
     /// silence lasts, the final utterance has exactly these samples; if speech resumes,
     /// a later draft or the final one replaces it.
     pub draft: bool,
+    /// Drafts withdrawn before this one was handed out ([`Endpointer::withdrawn`]):
+    /// while the count is unchanged, this draft may still become the final utterance.
+    pub withdrawn: u64,
 }
 
 impl Utterance {
@@ -83,6 +104,9 @@ pub struct Endpointer {
     /// Energies (dB) of the last [`FLOOR_FRAMES`] frames: their minimum is the noise floor.
     energies: VecDeque<f32>,
     state: State,
+    /// Drafts that speech resuming made stale, shared with whoever transcribes them (so
+    /// a stale draft's transcription can stop early).
+    withdrawn: Arc<AtomicU64>,
 }
 
 /// The noise floor is the quietest frame of the last second.
@@ -104,12 +128,17 @@ enum State {
         silent: u32,
         /// Each frame's energy (dB), to judge the utterance against the floor after it.
         energies: Vec<f32>,
+        /// The draft handed out in this silence (its length in samples), if any.
+        draft: Option<usize>,
+        /// Silent frames that end this utterance: set by what the draft says.
+        end_after: u32,
     },
 }
 
-/// Trailing silence kept on an utterance (Whisper likes a little room after the last
-/// word). Also the earliest point for a draft: a draft's samples must be the final ones.
-const KEEP_TRAILING_MS: u32 = 200;
+/// Trailing silence kept on an utterance (a little room after the last word; the
+/// encoder sees silence after it anyway, the audio context's margin). Also the earliest
+/// point for a draft: a draft's samples must be the final ones.
+const KEEP_TRAILING_MS: u32 = 32;
 
 impl Endpointer {
     pub fn new(mut config: EndpointConfig) -> Self {
@@ -123,7 +152,54 @@ impl Endpointer {
             frames: 0,
             energies: VecDeque::new(),
             state: idle(),
+            withdrawn: Arc::default(),
         }
+    }
+
+    /// The count of drafts withdrawn so far, as it changes: a transcription of a draft
+    /// whose [`Utterance::withdrawn`] no longer matches it is wasted work.
+    pub fn withdrawn(&self) -> Arc<AtomicU64> {
+        self.withdrawn.clone()
+    }
+
+    /// What the current utterance's draft of `len` samples reads as. If no voice came
+    /// since that draft, the utterance now ends after the silence the reading calls
+    /// for; if that much has passed already, it ends now and is returned.
+    pub fn judge_draft(&mut self, len: usize, reading: Reading) -> Option<Utterance> {
+        let c = &self.config;
+        let State::Speaking {
+            samples,
+            start,
+            silent,
+            draft,
+            end_after,
+            ..
+        } = &mut self.state
+        else {
+            return None;
+        };
+        if *draft != Some(len) {
+            return None;
+        }
+        *end_after = frames_in(match reading {
+            Reading::Complete => c.complete_silence_ms,
+            Reading::Unfinished => c.unfinished_silence_ms,
+            Reading::Unsure => c.end_silence_ms,
+        });
+        if *silent < *end_after {
+            return None;
+        }
+        // The draft was judged spoken (not noise) when it was handed out.
+        samples.truncate(len);
+        let utterance = Utterance {
+            samples: std::mem::take(samples),
+            start: *start,
+            end_reason: EndReason::Silence,
+            draft: false,
+            withdrawn: self.withdrawn.load(Ordering::Relaxed),
+        };
+        self.state = idle();
+        Some(utterance)
     }
 
     /// Feeds 16 kHz samples; returns the utterances they complete.
@@ -153,6 +229,7 @@ impl Endpointer {
                     start,
                     end_reason: EndReason::EndOfStream,
                     draft: false,
+                    withdrawn: self.withdrawn.load(Ordering::Relaxed),
                 })
             }
             State::Idle { .. } => None,
@@ -204,6 +281,8 @@ impl Endpointer {
                         start,
                         silent: 0,
                         energies: vec![energy],
+                        draft: None,
+                        end_after: frames_in(c.end_silence_ms),
                     };
                 }
                 None
@@ -213,32 +292,42 @@ impl Endpointer {
                 start,
                 silent,
                 energies,
+                draft,
+                end_after,
             } => {
                 samples.extend_from_slice(&frame);
                 energies.push(energy);
-                *silent = if voiced { 0 } else { *silent + 1 };
-                let trimmed = |samples: &Vec<f32>, silent: u32| {
-                    let keep = frames_in(KEEP_TRAILING_MS).min(silent);
-                    samples[..samples.len() - (silent - keep) as usize * FRAME].to_vec()
-                };
+                if voiced {
+                    *silent = 0;
+                    if draft.take().is_some() {
+                        // Speech resumed: the draft is stale, and so is its verdict.
+                        self.withdrawn.fetch_add(1, Ordering::Relaxed);
+                        *end_after = frames_in(c.end_silence_ms);
+                    }
+                } else {
+                    *silent += 1;
+                }
+                let keep = frames_in(KEEP_TRAILING_MS).min(*silent);
+                let trimmed_len = samples.len() - (*silent - keep) as usize * FRAME;
                 // Judged against the floor heard since: noise that began with this
                 // "utterance" (a fan switched on) is no louder than what followed it.
                 let spoken = || loudness(energies) >= floor + c.above_floor_db;
                 if c.draft_after_ms > 0
                     && *silent == frames_in(c.draft_after_ms)
-                    && *silent < frames_in(c.end_silence_ms)
+                    && *silent < *end_after
                     && spoken()
                 {
+                    *draft = Some(trimmed_len);
                     return Some(Utterance {
-                        samples: trimmed(samples, *silent),
+                        samples: samples[..trimmed_len].to_vec(),
                         start: *start,
                         end_reason: EndReason::Silence,
                         draft: true,
+                        withdrawn: self.withdrawn.load(Ordering::Relaxed),
                     });
                 }
-                let reason = if *silent >= frames_in(c.end_silence_ms) {
-                    let keep = frames_in(KEEP_TRAILING_MS).min(*silent);
-                    samples.truncate(samples.len() - ((*silent - keep) as usize * FRAME));
+                let reason = if *silent >= *end_after {
+                    samples.truncate(trimmed_len);
                     Some(EndReason::Silence)
                 } else if samples.len() as u64 >= c.max_ms as u64 * 16 {
                     Some(EndReason::Timeout)
@@ -252,6 +341,7 @@ impl Endpointer {
                     start: *start,
                     end_reason,
                     draft: false,
+                    withdrawn: self.withdrawn.load(Ordering::Relaxed),
                 };
                 self.state = idle();
                 spoken.then_some(utterance)

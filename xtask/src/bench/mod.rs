@@ -9,6 +9,7 @@
 //! targets are printed, only errors fail the command.
 
 mod assets;
+mod baseline;
 mod client;
 mod cpu;
 mod llama_bench;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::project::Project;
+use baseline::CpuBaseline;
 use server::{Kind, Server, Settings, Side};
 
 pub use assets::PYPI_DISTS;
@@ -54,10 +56,11 @@ pub struct Options {
     pub ours: Ours,
     pub repetitions: usize,
     pub threads: usize,
+    pub baseline: CpuBaseline,
 }
 
 pub fn inference(project: &Project, options: &Options) -> Result<()> {
-    let tools = reference::tools(project)?;
+    let tools = reference::tools(project, &options.baseline)?;
     let reference = Side {
         label: "llama-server",
         kind: Kind::LlamaServer,
@@ -69,7 +72,7 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
         Ours::Build => Side {
             label: "ours",
             kind: Kind::Ours,
-            binary: build_release(project, "llamabox-inference")?,
+            binary: build_release(project, "llamabox-inference", &options.baseline)?,
             nice,
         },
         Ours::Binary(path) => {
@@ -153,8 +156,8 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
 
     for (model, [ours_samples, reference_samples], ceiling, noise) in &reports {
         println!(
-            "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, {} at nice {} and llama-server at nice 0, medians of {} repetitions [min–max]:\n",
-            model.label, options.threads, ours.label, ours.nice, options.repetitions
+            "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, {} at nice {} and llama-server at nice 0, both built for {}, medians of {} repetitions [min–max]:\n",
+            model.label, options.threads, ours.label, ours.nice, options.baseline.name(), options.repetitions
         );
         println!(
             "{}",
@@ -392,19 +395,25 @@ fn stop_all(servers: [Running; 2]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo build --release -p <package>` (its binary has the package's name), with
-/// cargo's `[env]` CPU baseline.
-fn build_release(project: &Project, package: &str) -> Result<PathBuf> {
-    eprintln!("==> cargo build --release -p {package}");
+/// `cargo build --release -p <package>` (its binary has the package's name) for the
+/// CPU baseline, in that baseline's target directory.
+fn build_release(project: &Project, package: &str, baseline: &CpuBaseline) -> Result<PathBuf> {
+    eprintln!(
+        "==> cargo build --release -p {package} (CPU baseline {})",
+        baseline.name()
+    );
+    let target_dir = baseline.target_dir(project);
     let status = project
         .cargo()
         .args(["build", "--release", "--package", package])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .envs(baseline.env())
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
         bail!("`cargo build --release -p {package}` failed (see above)");
     }
-    let binary = project.target_dir().join("release").join(package);
+    let binary = target_dir.join("release").join(package);
     check_exists(&binary)?;
     Ok(binary)
 }
@@ -423,6 +432,7 @@ pub fn inference_command(
     threads: Option<usize>,
     ours: Option<PathBuf>,
     reference_twice: bool,
+    cpu_baseline: Option<String>,
 ) -> Result<()> {
     if repetitions == 0 {
         bail!("--repetitions must be at least 1");
@@ -440,6 +450,7 @@ pub fn inference_command(
             ours,
             repetitions,
             threads,
+            baseline: CpuBaseline::for_host(cpu_baseline.as_deref())?,
         },
     )
 }
@@ -451,6 +462,7 @@ pub fn voice_command(
     threads: Vec<usize>,
     models: Vec<String>,
     ours: Option<PathBuf>,
+    cpu_baseline: Option<String>,
 ) -> Result<()> {
     if repetitions == 0 || threads.contains(&0) {
         bail!("--repetitions and --threads must be at least 1");
@@ -462,6 +474,7 @@ pub fn voice_command(
             repetitions,
             threads,
             models,
+            baseline: CpuBaseline::for_host(cpu_baseline.as_deref())?,
         },
     )
 }

@@ -1,15 +1,15 @@
 //! The references: llama.cpp's own `llama-server` and `llama-bench` (the engine's
-//! ceiling), built from the pinned source with the CPU baseline our Rust build uses (read
-//! from `.cargo/config.toml`, so the two cannot drift), once per (source, flags): a second
-//! run reuses the binaries. Everything else is llama.cpp's defaults, as its users build
+//! ceiling), built from the pinned source with the CPU baseline our side is built with
+//! ([`CpuBaseline`]), once per (source, flags): a second run reuses the binaries. Everything else is llama.cpp's defaults, as its users build
 //! it (OpenMP on).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::assets;
+use super::baseline::CpuBaseline;
 use crate::cache::{self, KeyHasher};
 use crate::fetch::pypi::{self, LockedDist};
 use crate::project::Project;
@@ -37,9 +37,9 @@ pub struct Tools {
 }
 
 /// The built `llama-server` and `llama-bench`, building them first if needed.
-pub fn tools(project: &Project) -> Result<Tools> {
+pub fn tools(project: &Project, baseline: &CpuBaseline) -> Result<Tools> {
     let dist = assets::locked(project, assets::REFERENCE_SOURCE)?;
-    let flags = cmake_flags(project)?;
+    let flags = cmake_flags(baseline);
     let mut key = KeyHasher::default();
     key.add_str("sdist", &dist.sha256);
     for flag in &flags {
@@ -59,39 +59,11 @@ pub fn tools(project: &Project) -> Result<Tools> {
     })
 }
 
-pub fn cmake_flags(project: &Project) -> Result<Vec<String>> {
+/// llama.cpp's CMake flags: the fixed ones and the CPU baseline.
+pub fn cmake_flags(baseline: &CpuBaseline) -> Vec<String> {
     let mut flags: Vec<String> = FIXED_FLAGS.iter().map(|f| f.to_string()).collect();
-    for (name, value) in ggml_baseline(&project.root.join(".cargo/config.toml"))? {
-        flags.push(format!("-D{name}={value}"));
-    }
-    Ok(flags)
-}
-
-/// The `GGML_*` variables of `[env]` in cargo's configuration: what `llama-cpp-sys-2`
-/// passes to llama.cpp's CMake when it builds our service.
-pub(super) fn ggml_baseline(config: &Path) -> Result<Vec<(String, String)>> {
-    let text =
-        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
-    let mut vars = Vec::new();
-    if let Some(env) = table.get("env").and_then(|e| e.as_table()) {
-        for (name, value) in env.iter().filter(|(n, _)| n.starts_with("GGML_")) {
-            // `[env]` values are strings or `{ value = "…", … }` tables.
-            let value = value
-                .as_str()
-                .or_else(|| value.get("value").and_then(|v| v.as_str()))
-                .with_context(|| format!("{}: [env] {name} is not a string", config.display()))?;
-            vars.push((name.clone(), value.to_string()));
-        }
-    }
-    if vars.is_empty() {
-        bail!(
-            "{}: no GGML_* variables in [env], so the reference's CPU baseline is unknown",
-            config.display()
-        );
-    }
-    Ok(vars)
+    flags.extend(baseline.cmake_flags());
+    flags
 }
 
 fn build(project: &Project, dist: &LockedDist, flags: &[String], out: &Path) -> Result<()> {
@@ -140,32 +112,4 @@ fn build(project: &Project, dist: &LockedDist, flags: &[String], out: &Path) -> 
     )?;
     std::fs::remove_dir_all(&work)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn baseline_comes_from_cargo_env() {
-        let dir = std::env::temp_dir().join(format!("xtask-ggml-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            "[alias]\nx = \"y\"\n[env]\nGGML_AVX2 = \"ON\"\nGGML_FMA = { value = \"OFF\" }\nOTHER = \"1\"\n",
-        )
-        .unwrap();
-        let vars = ggml_baseline(&config).unwrap();
-        assert_eq!(
-            vars,
-            [
-                ("GGML_AVX2".to_string(), "ON".to_string()),
-                ("GGML_FMA".to_string(), "OFF".to_string())
-            ]
-        );
-        std::fs::write(&config, "[env]\nOTHER = \"1\"\n").unwrap();
-        assert!(ggml_baseline(&config).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::baseline::CpuBaseline;
 use super::report::median;
 use super::{build_release, check_exists, cpu, whisper_cli};
 use crate::project::Project;
@@ -56,10 +57,10 @@ const SENTENCE_PAUSE: f32 = 0.9;
 const SPEECH_RMS: f32 = 0.01;
 
 /// The service's audio-context rule for clips under 30 s (services/voice transcribe.rs):
-/// 50 encoder positions per second plus a margin of 128, at most 1500.
+/// 50 encoder positions per second plus a margin of 96, at most 1500.
 fn audio_ctx(samples: usize) -> Option<u32> {
     let seconds = samples as f32 / RATE as f32;
-    (seconds < 30.0).then(|| ((seconds * 50.0).ceil() as u32 + 128).min(1500))
+    (seconds < 30.0).then(|| ((seconds * 50.0).ceil() as u32 + 96).min(1500))
 }
 
 pub struct VoiceOptions {
@@ -70,6 +71,7 @@ pub struct VoiceOptions {
     pub threads: Vec<usize>,
     /// Model labels ([`MODELS`]); empty: all.
     pub models: Vec<String>,
+    pub baseline: CpuBaseline,
 }
 
 /// One WAV both sides transcribe.
@@ -103,13 +105,13 @@ pub fn voice(project: &Project, options: &VoiceOptions) -> Result<()> {
                 .join(", ")
         );
     }
-    let cli = whisper_cli::whisper_cli(project)?;
+    let cli = whisper_cli::whisper_cli(project, &options.baseline)?;
     let ours = match &options.ours {
         Some(path) => {
             check_exists(path)?;
             path.clone()
         }
-        None => build_release(project, "llamabox-voice")?,
+        None => build_release(project, "llamabox-voice", &options.baseline)?,
     };
     let mut model_paths = Vec::new();
     for model in &models {
@@ -176,7 +178,11 @@ pub fn voice(project: &Project, options: &VoiceOptions) -> Result<()> {
         tables.push((model.label, rows, latency, latency_others));
     }
 
-    println!("\nwhisper-cli: {}", cli.binary.display());
+    println!(
+        "\nboth sides built for the CPU baseline {}",
+        options.baseline.name()
+    );
+    println!("whisper-cli: {}", cli.binary.display());
     for line in cli.provenance.lines() {
         println!("  {line}");
     }
@@ -303,11 +309,6 @@ impl Row {
     }
 }
 
-fn omp_passive(cmd: &mut Command) -> &mut Command {
-    // What the image sets: OpenMP threads sleep between graph runs instead of spinning.
-    cmd.env("OMP_WAIT_POLICY", "passive")
-}
-
 fn compare(
     ours: &Path,
     cli: &Path,
@@ -364,16 +365,14 @@ fn compare(
 
 /// `llamabox-voice transcribe`: the text, and `transcribe_ms` from its JSON on stderr.
 fn run_ours(binary: &Path, model: &Path, threads: usize, wav: &Path) -> Result<(String, f64)> {
-    let output = omp_passive(
-        Command::new(binary)
-            .arg("transcribe")
-            .arg("--model")
-            .arg(model)
-            .args(["--threads", &threads.to_string(), "--language", "en"])
-            .arg(wav),
-    )
-    .output()
-    .with_context(|| format!("cannot run {}", binary.display()))?;
+    let output = Command::new(binary)
+        .arg("transcribe")
+        .arg("--model")
+        .arg(model)
+        .args(["--threads", &threads.to_string(), "--language", "en"])
+        .arg(wav)
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         bail!(
@@ -436,7 +435,8 @@ fn run_cli(
     wav: &Path,
     ctx: Option<u32>,
 ) -> Result<CliRun> {
-    let output = omp_passive(Command::new(binary).args(cli_args(model, threads, wav, ctx)))
+    let output = Command::new(binary)
+        .args(cli_args(model, threads, wav, ctx))
         .output()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -479,7 +479,8 @@ fn cli_setup_ms(binary: &Path, model: &Path, threads: usize, wav: &Path) -> Resu
     std::fs::write(&empty, b"")?;
     let mut samples = Vec::new();
     for _ in 0..3 {
-        let output = omp_passive(Command::new(binary).args(cli_args(model, threads, &empty, None)))
+        let output = Command::new(binary)
+            .args(cli_args(model, threads, &empty, None))
             .output()
             .with_context(|| format!("cannot run {}", binary.display()))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -602,21 +603,19 @@ fn latency_once(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut child = omp_passive(
-        Command::new(binary)
-            .arg("serve")
-            .arg("--model")
-            .arg(model)
-            .args(["--threads", &threads.to_string(), "--language", "en"])
-            .arg("--source")
-            .arg(format!("wav:{}", stream.path.display()))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--bus", "none"]),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .with_context(|| format!("cannot start {}", binary.display()))?;
+    let mut child = Command::new(binary)
+        .arg("serve")
+        .arg("--model")
+        .arg(model)
+        .args(["--threads", &threads.to_string(), "--language", "en"])
+        .arg("--source")
+        .arg(format!("wav:{}", stream.path.display()))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--bus", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
     // The service's log, each line with its arrival time; "serving HTTP" comes right
     // after the capture thread (which opens the source) is started.
     let stderr = child.stderr.take().expect("piped");

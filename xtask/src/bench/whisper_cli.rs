@@ -10,7 +10,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::{assets, reference};
+use super::assets;
+use super::baseline::CpuBaseline;
 use crate::cache::{self, KeyHasher};
 use crate::fetch::pypi::{self, LockedDist};
 use crate::project::Project;
@@ -84,10 +85,10 @@ pub struct WhisperCli {
 }
 
 /// The path of the built `whisper-cli`, building it first if needed.
-pub fn whisper_cli(project: &Project) -> Result<WhisperCli> {
+pub fn whisper_cli(project: &Project, baseline: &CpuBaseline) -> Result<WhisperCli> {
     let dist = assets::locked(project, assets::WHISPER_CLI_SOURCE)?;
     let library = library_source(project)?;
-    let flags = cmake_flags(project)?;
+    let flags = cmake_flags(baseline);
     let mut key = KeyHasher::default();
     key.add_str("sdist", &dist.sha256);
     key.add_tree("library", &library)?;
@@ -109,12 +110,11 @@ pub fn whisper_cli(project: &Project) -> Result<WhisperCli> {
     })
 }
 
-pub fn cmake_flags(project: &Project) -> Result<Vec<String>> {
+/// whisper.cpp's CMake flags: whisper-rs-sys's and the CPU baseline.
+pub fn cmake_flags(baseline: &CpuBaseline) -> Vec<String> {
     let mut flags: Vec<String> = FIXED_FLAGS.iter().map(|f| f.to_string()).collect();
-    for (name, value) in reference::ggml_baseline(&project.root.join(".cargo/config.toml"))? {
-        flags.push(format!("-D{name}={value}"));
-    }
-    Ok(flags)
+    flags.extend(baseline.cmake_flags());
+    flags
 }
 
 /// `whisper-rs-sys`'s `whisper.cpp/` directory, from `cargo metadata` (the registry's
