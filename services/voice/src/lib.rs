@@ -11,6 +11,7 @@ pub mod api;
 pub mod bus;
 pub mod events;
 pub mod pipeline;
+pub mod pitch;
 pub mod transcribe;
 pub mod turn;
 pub mod vad;

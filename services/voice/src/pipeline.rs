@@ -187,6 +187,9 @@ impl Pipeline {
             if utterance.draft {
                 if let Ok(Some(t)) = result {
                     let reading = turn::read(&t.text, &t.language);
+                    if std::env::var_os("LLAMABOX_VOICE_DEBUG").is_some() {
+                        eprintln!("draft {id} reads {reading:?}: {:?}", t.text);
+                    }
                     let _ = verdicts.send((id, utterance.samples.len(), reading));
                     draft = Some((id, utterance.samples.len(), t));
                 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use earshot::Detector;
 
+use crate::pitch::{self, Tracker};
 use crate::turn::Reading;
 
 /// earshot's frame: 256 samples, 16 ms at 16 kHz.
@@ -26,7 +27,9 @@ pub struct EndpointConfig {
     pub start_ms: u32,
     /// Silence that ends an utterance when its draft's transcript does not say otherwise.
     pub end_silence_ms: u32,
-    /// Silence that ends an utterance whose draft reads as a finished sentence.
+    /// Silence that ends an utterance whose draft reads as a finished sentence and
+    /// whose voice ended falling, as a statement does (the end of a question or a
+    /// pause to go on does not: then `end_silence_ms`).
     pub complete_silence_ms: u32,
     /// Silence that ends an utterance whose draft trails off ("…and", "um").
     pub unfinished_silence_ms: u32,
@@ -49,11 +52,10 @@ impl Default for EndpointConfig {
             threshold: 0.5,
             start_ms: 300,
             end_silence_ms: 700,
-            // No sooner than when unsure: Whisper completes a fragment cut at a pause
-            // ("Set a timer for" → "Set a timer for it."), so a draft that reads finished
-            // is not proof of a finished sentence (docs/voice.md). The key is there for a
-            // cue that is (a falling pitch, say).
-            complete_silence_ms: 700,
+            // Longer than the gaps between words, about as long as Whisper base takes
+            // with a 5 s command on 2 cores (docs/perf.md). Only when the pitch fell too:
+            // Whisper completes fragments ("Set a timer for" → "Set a timer for it.").
+            complete_silence_ms: 400,
             unfinished_silence_ms: 1200,
             max_ms: 15_000,
             draft_after_ms: KEEP_TRAILING_MS,
@@ -107,6 +109,7 @@ pub struct Endpointer {
     /// Drafts that speech resuming made stale, shared with whoever transcribes them (so
     /// a stale draft's transcription can stop early).
     withdrawn: Arc<AtomicU64>,
+    pitch: Tracker,
 }
 
 /// The noise floor is the quietest frame of the last second.
@@ -130,6 +133,10 @@ enum State {
         energies: Vec<f32>,
         /// The draft handed out in this silence (its length in samples), if any.
         draft: Option<usize>,
+        /// The pitch (semitones) of each voiced frame with one.
+        pitches: Vec<f32>,
+        /// Whether the voice ended falling when the draft was handed out.
+        falling: bool,
         /// Silent frames that end this utterance: set by what the draft says.
         end_after: u32,
     },
@@ -153,6 +160,7 @@ impl Endpointer {
             energies: VecDeque::new(),
             state: idle(),
             withdrawn: Arc::default(),
+            pitch: Tracker::default(),
         }
     }
 
@@ -173,6 +181,7 @@ impl Endpointer {
             silent,
             draft,
             end_after,
+            falling,
             ..
         } = &mut self.state
         else {
@@ -182,9 +191,9 @@ impl Endpointer {
             return None;
         }
         *end_after = frames_in(match reading {
-            Reading::Complete => c.complete_silence_ms,
+            Reading::Complete if *falling => c.complete_silence_ms,
+            Reading::Complete | Reading::Unsure => c.end_silence_ms,
             Reading::Unfinished => c.unfinished_silence_ms,
-            Reading::Unsure => c.end_silence_ms,
         });
         if *silent < *end_after {
             return None;
@@ -257,6 +266,7 @@ impl Endpointer {
         }
         let voiced = self.detector.predict_f32(&clamped) >= self.config.threshold
             && energy >= floor + self.config.above_floor_db;
+        let pitch = self.pitch.push(&clamped);
         let index = self.frames;
         self.frames += 1;
         let c = &self.config;
@@ -283,6 +293,8 @@ impl Endpointer {
                         energies: vec![energy],
                         draft: None,
                         end_after: frames_in(c.end_silence_ms),
+                        pitches: Vec::new(),
+                        falling: false,
                     };
                 }
                 None
@@ -294,10 +306,13 @@ impl Endpointer {
                 energies,
                 draft,
                 end_after,
+                pitches,
+                falling,
             } => {
                 samples.extend_from_slice(&frame);
                 energies.push(energy);
                 if voiced {
+                    pitches.extend(pitch.map(pitch::semitones));
                     *silent = 0;
                     if draft.take().is_some() {
                         // Speech resumed: the draft is stale, and so is its verdict.
@@ -318,6 +333,16 @@ impl Endpointer {
                     && spoken()
                 {
                     *draft = Some(trimmed_len);
+                    *falling = pitch::ends_falling(pitches);
+                    if std::env::var_os("LLAMABOX_VOICE_DEBUG").is_some() {
+                        eprintln!(
+                            "draft of {} ms at frame {index}: {} pitched frames, ends falling: {}, last {:?}",
+                            trimmed_len / 16,
+                            pitches.len(),
+                            falling,
+                            &pitches[pitches.len().saturating_sub(4)..]
+                        );
+                    }
                     return Some(Utterance {
                         samples: samples[..trimmed_len].to_vec(),
                         start: *start,

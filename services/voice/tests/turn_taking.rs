@@ -67,6 +67,10 @@ fn until_draft(endpointer: &mut Endpointer, text: &str) -> (Utterance, u32) {
     (draft, silence)
 }
 
+/// A statement: espeak-ng ends it with a falling pitch.
+const COMMAND: &str =
+    "Set a timer for the pasta and remind me to water the plants in the garden before dinner tonight.";
+
 #[test]
 fn a_draft_comes_at_the_first_silence() {
     let mut endpointer = Endpointer::new(EndpointConfig::default());
@@ -78,13 +82,10 @@ fn a_draft_comes_at_the_first_silence() {
 }
 
 #[test]
-fn a_finished_sentence_ends_the_turn_sooner() {
-    let config = EndpointConfig {
-        complete_silence_ms: 400,
-        ..EndpointConfig::default()
-    };
+fn a_finished_statement_ends_the_turn_sooner() {
+    let config = EndpointConfig::default();
     let mut endpointer = Endpointer::new(config.clone());
-    let (draft, after_draft) = until_draft(&mut endpointer, "Set a timer for ten minutes.");
+    let (draft, after_draft) = until_draft(&mut endpointer, COMMAND);
     // The transcript comes back before the short silence has passed: the end waits for it.
     assert!(endpointer
         .judge_draft(draft.samples.len(), Reading::Complete)
@@ -102,12 +103,9 @@ fn a_finished_sentence_ends_the_turn_sooner() {
 
 #[test]
 fn a_verdict_arriving_late_ends_the_turn_at_once() {
-    let config = EndpointConfig {
-        complete_silence_ms: 400,
-        ..EndpointConfig::default()
-    };
+    let config = EndpointConfig::default();
     let mut endpointer = Endpointer::new(config.clone());
-    let (draft, _) = until_draft(&mut endpointer, "Turn the lights off.");
+    let (draft, _) = until_draft(&mut endpointer, COMMAND);
     // Whisper took longer than the short silence: the turn ends when its verdict comes.
     let frame = [0.0; FRAME];
     for _ in 0..(config.complete_silence_ms / 16 + 2) {
@@ -183,4 +181,81 @@ fn speech_resuming_withdraws_the_draft_and_its_verdict() {
     assert!(!end.draft);
     assert_eq!(end.samples, second.samples, "one utterance, both parts");
     assert!(more > 500, "ended {more} ms after the second draft");
+}
+
+/// Whisper reads "Set a timer for", cut at a pause, as "Set a timer for it." — a finished
+/// sentence. The voice says otherwise: a speaker who pauses to go on does not let the
+/// pitch fall (espeak-ng's comma: level, then rising), so the usual silence decides.
+#[test]
+fn a_fragment_that_reads_finished_but_does_not_fall_waits_the_usual_silence() {
+    for text in [
+        "Set a timer for, ten minutes please.",
+        "What is the capital of, France?",
+        "Add milk and eggs and, bread to the shopping list.",
+    ] {
+        let config = EndpointConfig::default();
+        let mut endpointer = Endpointer::new(config.clone());
+        let mut audio = vec![0.0; speech::RATE as usize / 2];
+        audio.extend(before_the_comma(text));
+        let out = feed(&mut endpointer, &audio);
+        assert!(out.iter().all(|(_, u)| u.draft));
+        let (after_draft, draft) =
+            silence_until_utterance(&mut endpointer, 2000).expect("no draft");
+        assert!(draft.draft);
+        assert!(endpointer
+            .judge_draft(draft.samples.len(), Reading::Complete)
+            .is_none());
+        let (more, _) = silence_until_utterance(&mut endpointer, 2000).expect("no end");
+        let silence = after_draft + more;
+        assert!(
+            silence.abs_diff(config.end_silence_ms) <= 32,
+            "{text:?}: ended after {silence} ms of silence, want {} ms",
+            config.end_silence_ms
+        );
+    }
+}
+
+/// A question rises at its end: it waits the usual silence too.
+#[test]
+fn a_question_that_rises_waits_the_usual_silence() {
+    let config = EndpointConfig::default();
+    let mut endpointer = Endpointer::new(config.clone());
+    let (draft, after_draft) = until_draft(&mut endpointer, "What is the capital of France?");
+    assert!(endpointer
+        .judge_draft(draft.samples.len(), Reading::Complete)
+        .is_none());
+    let (more, _) = silence_until_utterance(&mut endpointer, 2000).expect("no end");
+    let silence = after_draft + more;
+    assert!(
+        silence.abs_diff(config.end_silence_ms) <= 32,
+        "ended after {silence} ms of silence, want {} ms",
+        config.end_silence_ms
+    );
+}
+
+/// The words of `text` up to its one comma (where espeak-ng pauses, with the pitch of
+/// a speaker who goes on).
+fn before_the_comma(text: &str) -> Vec<f32> {
+    let samples = words(text);
+    let quiet = |s: &f32| s.abs() <= 1e-3;
+    let mut longest = 0..0;
+    let mut i = 0;
+    while i < samples.len() {
+        if quiet(&samples[i]) {
+            let start = i;
+            while i < samples.len() && quiet(&samples[i]) {
+                i += 1;
+            }
+            if i - start > longest.len() {
+                longest = start..i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    assert!(
+        longest.len() >= speech::RATE as usize / 20,
+        "espeak-ng left no pause at the comma of {text:?}"
+    );
+    samples[..longest.start].to_vec()
 }

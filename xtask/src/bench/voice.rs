@@ -799,7 +799,7 @@ fn render_latency(latency: &[Latency], stream: &Stream) -> String {
         latency.len()
     );
     out.push_str(&format!(
-        "| end of speech → transcript event | {} |\n| of which end-pointing (0.7 s of trailing silence) | {} |\n| of which transcription (the service's latency_ms) | {} |\n",
+        "| end of speech → transcript event | {} |\n| of which end-pointing (the silence that ends the turn) | {} |\n| of which transcription (the service's latency_ms) | {} |\n",
         spread(&col(|l| l.total_ms)),
         spread(&col(|l| l.endpointing_ms)),
         spread(&col(|l| l.transcription_ms)),

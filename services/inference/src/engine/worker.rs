@@ -153,6 +153,8 @@ struct Running {
     /// Waiting for the prompt decoded in this slot, whose KV cache it will copy.
     fork_from: Option<usize>,
     sampler: LlamaSampler,
+    /// The sampler is greedy alone: pick the largest logit directly.
+    greedy: bool,
     prompt: Vec<LlamaToken>,
     /// Index of the next prompt token to decode.
     prompt_next: usize,
@@ -318,6 +320,7 @@ impl<'m> Decoder<'m, '_> {
                     choice: choice as u32,
                     fork_from,
                     sampler,
+                    greedy: job.sampling.is_plain_greedy(),
                     prompt_next: if fork_from.is_some() {
                         job.prompt.len()
                     } else {
@@ -448,7 +451,11 @@ impl<'m> Decoder<'m, '_> {
             if run.prompt_done.is_none() {
                 run.prompt_done = Some(Instant::now());
             }
-            let token = run.sampler.sample(ctx, at);
+            let token = if run.greedy {
+                LlamaToken(sampling::argmax(ctx.get_logits_ith(at)) as i32)
+            } else {
+                run.sampler.sample(ctx, at)
+            };
             let finish = if vocab.is_eog(token) {
                 Some(FinishReason::Stop)
             } else {
