@@ -55,7 +55,9 @@ impl Pipeline {
         Self {
             transcriber,
             events,
-            endpoint: EndpointConfig::default(),
+            endpoint: EndpointConfig::for_cpus(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             options: Options::default(),
             answerer: None,
             listening: Arc::new(AtomicBool::new(true)),

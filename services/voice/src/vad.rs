@@ -39,6 +39,9 @@ pub struct EndpointConfig {
     /// start while the end is still being confirmed, and what it says can move the end
     /// (0: no drafts).
     pub draft_after_ms: u32,
+    /// Trailing silence kept on an utterance (a little room after the last word). Also
+    /// the earliest point for a draft: a draft's samples must be the final ones.
+    pub keep_trailing_ms: u32,
     /// Audio kept from before the start was detected, so first syllables are not lost.
     pub pre_roll_ms: u32,
     /// Voice must stand this far (dB) above the noise floor: the neural detector takes
@@ -58,7 +61,8 @@ impl Default for EndpointConfig {
             complete_silence_ms: 400,
             unfinished_silence_ms: 1200,
             max_ms: 15_000,
-            draft_after_ms: KEEP_TRAILING_MS,
+            draft_after_ms: FAST_DRAFT_MS,
+            keep_trailing_ms: FAST_DRAFT_MS,
             pre_roll_ms: 300,
             above_floor_db: 6.0,
         }
@@ -142,15 +146,34 @@ enum State {
     },
 }
 
-/// Trailing silence kept on an utterance (a little room after the last word; the
-/// encoder sees silence after it anyway, the audio context's margin). Also the earliest
-/// point for a draft: a draft's samples must be the final ones.
-const KEEP_TRAILING_MS: u32 = 32;
+/// Drafts at the first silence: worth it where Whisper has a core of its own and a
+/// draft can be ready before the end is decided (docs/voice.md).
+const FAST_DRAFT_MS: u32 = 32;
+/// Drafts, and the silence kept, where it has not: a draft started at every short gap
+/// runs its encoder to the end even when speech resumes (whisper.cpp cannot stop it
+/// there), and on one slow CPU that costs more than the draft saves.
+const SLOW_DRAFT_MS: u32 = 200;
+
+impl EndpointConfig {
+    /// The defaults for a machine with `cpus` CPUs: early drafts only with two or more.
+    pub fn for_cpus(cpus: usize) -> Self {
+        let config = Self::default();
+        if cpus >= 2 {
+            config
+        } else {
+            Self {
+                draft_after_ms: SLOW_DRAFT_MS,
+                keep_trailing_ms: SLOW_DRAFT_MS,
+                ..config
+            }
+        }
+    }
+}
 
 impl Endpointer {
     pub fn new(mut config: EndpointConfig) -> Self {
         if config.draft_after_ms > 0 {
-            config.draft_after_ms = config.draft_after_ms.max(KEEP_TRAILING_MS);
+            config.draft_after_ms = config.draft_after_ms.max(config.keep_trailing_ms);
         }
         Self {
             config,
@@ -266,7 +289,7 @@ impl Endpointer {
         }
         let voiced = self.detector.predict_f32(&clamped) >= self.config.threshold
             && energy >= floor + self.config.above_floor_db;
-        let pitch = self.pitch.push(&clamped);
+        let pitch = self.pitch.push(&clamped, voiced && self.speaking());
         let index = self.frames;
         self.frames += 1;
         let c = &self.config;
@@ -322,7 +345,7 @@ impl Endpointer {
                 } else {
                     *silent += 1;
                 }
-                let keep = frames_in(KEEP_TRAILING_MS).min(*silent);
+                let keep = frames_in(c.keep_trailing_ms).min(*silent);
                 let trimmed_len = samples.len() - (*silent - keep) as usize * FRAME;
                 // Judged against the floor heard since: noise that began with this
                 // "utterance" (a fan switched on) is no louder than what followed it.
