@@ -837,7 +837,7 @@ mod tests {
 
     #[test]
     fn audio_context_follows_the_service() {
-        assert_eq!(audio_ctx(16_000 * 5), Some(378));
+        assert_eq!(audio_ctx(16_000 * 5), Some(346));
         assert_eq!(audio_ctx(16_000 * 29), Some(1500));
         assert_eq!(audio_ctx(16_000 * 60), None);
     }
