@@ -123,41 +123,16 @@ fn a_pause_of_0_6_s_inside_a_sentence_does_not_split_it() {
 
 /// `text` spoken, with the silence espeak-ng leaves at its one comma made `seconds` long.
 fn paused(text: &str, seconds: f32) -> Vec<f32> {
-    let samples = trimmed(speech::speak(text, "en-us").unwrap());
-    // Runs of near-silence inside the words: espeak-ng's pauses at commas.
-    let quiet = |s: &f32| s.abs() <= 1e-3;
-    let mut runs = Vec::new();
-    let mut i = 0;
-    while i < samples.len() {
-        if quiet(&samples[i]) {
-            let start = i;
-            while i < samples.len() && quiet(&samples[i]) {
-                i += 1;
-            }
-            runs.push(start..i);
-        } else {
-            i += 1;
-        }
-    }
-    // The comma's is the longest (gaps between words are a few milliseconds).
-    let pause = runs
-        .into_iter()
-        .max_by_key(|r| r.len())
-        .filter(|r| r.len() >= speech::RATE as usize / 20)
-        .unwrap_or_else(|| panic!("espeak-ng left no pause at the comma of {text:?}"));
+    let samples = speech::trimmed(&speech::speak(text, "en-us").unwrap());
+    let pause = speech::longest_pause(&samples);
+    assert!(
+        pause.len() >= speech::RATE as usize / 20,
+        "espeak-ng left no pause at the comma of {text:?}"
+    );
     let mut audio = samples[..pause.start].to_vec();
     audio.extend(vec![0.0; (seconds * speech::RATE as f32) as usize]);
     audio.extend_from_slice(&samples[pause.end..]);
     audio
-}
-
-/// `samples` without the near-silence espeak-ng puts before and after the words, so a
-/// pause between two clips is exactly the silence put there.
-fn trimmed(samples: Vec<f32>) -> Vec<f32> {
-    let loud = |s: &f32| s.abs() > 1e-3;
-    let start = samples.iter().position(loud).unwrap_or(0);
-    let end = samples.iter().rposition(loud).map_or(0, |i| i + 1);
-    samples[start..end.max(start)].to_vec()
 }
 
 #[test]

@@ -19,13 +19,9 @@ fn spoken(text: &str) -> Vec<f32> {
     audio
 }
 
-/// `text` spoken, without the near-silence espeak-ng puts before and after the words.
+/// `text` spoken, without the near-silence espeak-ng puts around the words.
 fn words(text: &str) -> Vec<f32> {
-    let samples = speech::speak(text, "en-us").unwrap();
-    let loud = |s: &f32| s.abs() > 1e-3;
-    let start = samples.iter().position(loud).unwrap_or(0);
-    let end = samples.iter().rposition(loud).map_or(0, |i| i + 1);
-    samples[start..end.max(start)].to_vec()
+    speech::trimmed(&speech::speak(text, "en-us").unwrap())
 }
 
 /// Feeds `audio` in frames; returns what came out, each with the milliseconds of
@@ -93,11 +89,7 @@ fn a_finished_statement_ends_the_turn_sooner() {
     let (more, end) = silence_until_utterance(&mut endpointer, 2000).expect("no end");
     let silence = after_draft + more;
     assert!(!end.draft);
-    assert!(
-        silence.abs_diff(config.complete_silence_ms) <= 32,
-        "ended after {silence} ms of silence, want {} ms",
-        config.complete_silence_ms
-    );
+    assert_ended_after(silence, config.complete_silence_ms, "");
     assert_eq!(end.samples, draft.samples, "the final is not the draft");
 }
 
@@ -128,11 +120,7 @@ fn a_sentence_that_trails_off_waits_longer() {
         .is_none());
     let (more, end) = silence_until_utterance(&mut endpointer, 3000).expect("no end");
     let silence = after_draft + more;
-    assert!(
-        silence.abs_diff(config.unfinished_silence_ms) <= 32,
-        "ended after {silence} ms of silence, want {} ms",
-        config.unfinished_silence_ms
-    );
+    assert_ended_after(silence, config.unfinished_silence_ms, "");
     assert_eq!(end.samples, draft.samples);
 }
 
@@ -143,11 +131,7 @@ fn without_a_verdict_the_usual_silence_ends_the_turn() {
     let (_, after_draft) = until_draft(&mut endpointer, "Set a timer");
     let (more, _) = silence_until_utterance(&mut endpointer, 3000).expect("no end");
     let silence = after_draft + more;
-    assert!(
-        silence.abs_diff(config.end_silence_ms) <= 32,
-        "ended after {silence} ms of silence, want {} ms",
-        config.end_silence_ms
-    );
+    assert_ended_after(silence, config.end_silence_ms, "");
 }
 
 #[test]
@@ -207,11 +191,7 @@ fn a_fragment_that_reads_finished_but_does_not_fall_waits_the_usual_silence() {
             .is_none());
         let (more, _) = silence_until_utterance(&mut endpointer, 2000).expect("no end");
         let silence = after_draft + more;
-        assert!(
-            silence.abs_diff(config.end_silence_ms) <= 32,
-            "{text:?}: ended after {silence} ms of silence, want {} ms",
-            config.end_silence_ms
-        );
+        assert_ended_after(silence, config.end_silence_ms, text);
     }
 }
 
@@ -226,36 +206,25 @@ fn a_question_that_rises_waits_the_usual_silence() {
         .is_none());
     let (more, _) = silence_until_utterance(&mut endpointer, 2000).expect("no end");
     let silence = after_draft + more;
-    assert!(
-        silence.abs_diff(config.end_silence_ms) <= 32,
-        "ended after {silence} ms of silence, want {} ms",
-        config.end_silence_ms
-    );
+    assert_ended_after(silence, config.end_silence_ms, "");
 }
 
 /// The words of `text` up to its one comma (where espeak-ng pauses, with the pitch of
 /// a speaker who goes on).
 fn before_the_comma(text: &str) -> Vec<f32> {
     let samples = words(text);
-    let quiet = |s: &f32| s.abs() <= 1e-3;
-    let mut longest = 0..0;
-    let mut i = 0;
-    while i < samples.len() {
-        if quiet(&samples[i]) {
-            let start = i;
-            while i < samples.len() && quiet(&samples[i]) {
-                i += 1;
-            }
-            if i - start > longest.len() {
-                longest = start..i;
-            }
-        } else {
-            i += 1;
-        }
-    }
+    let pause = speech::longest_pause(&samples);
     assert!(
-        longest.len() >= speech::RATE as usize / 20,
+        pause.len() >= speech::RATE as usize / 20,
         "espeak-ng left no pause at the comma of {text:?}"
     );
-    samples[..longest.start].to_vec()
+    samples[..pause.start].to_vec()
+}
+
+/// The turn ended after `silence` ms, within two frames of `want`.
+fn assert_ended_after(silence: u32, want: u32, what: &str) {
+    assert!(
+        silence.abs_diff(want) <= 32,
+        "{what}: ended after {silence} ms of silence, want {want} ms"
+    );
 }

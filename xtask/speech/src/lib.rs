@@ -209,6 +209,37 @@ fn fxhash(a: &str, b: &str) -> u64 {
         })
 }
 
+/// `samples` without the near-silence espeak-ng puts before and after the words, so a
+/// pause put between two clips is exactly that long.
+pub fn trimmed(samples: &[f32]) -> Vec<f32> {
+    let loud = |s: &f32| s.abs() > 1e-3;
+    let start = samples.iter().position(loud).unwrap_or(0);
+    let end = samples.iter().rposition(loud).map_or(0, |i| i + 1);
+    samples[start..end.max(start)].to_vec()
+}
+
+/// The longest run of near-silence in `samples`: in a trimmed clip of one sentence with
+/// one comma, espeak-ng's pause at that comma (gaps between words are milliseconds).
+pub fn longest_pause(samples: &[f32]) -> std::ops::Range<usize> {
+    let quiet = |s: &f32| s.abs() <= 1e-3;
+    let mut longest = 0..0;
+    let mut i = 0;
+    while i < samples.len() {
+        if quiet(&samples[i]) {
+            let start = i;
+            while i < samples.len() && quiet(&samples[i]) {
+                i += 1;
+            }
+            if i - start > longest.len() {
+                longest = start..i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    longest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
