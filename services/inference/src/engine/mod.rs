@@ -7,6 +7,7 @@
 
 pub mod sampling;
 pub mod text;
+mod threadpool;
 mod worker;
 
 use std::path::PathBuf;

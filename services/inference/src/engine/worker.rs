@@ -24,6 +24,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::text::{Piece, TextStream};
+use super::threadpool::Threadpool;
 use super::{
     sampling, EngineConfig, Event, FinishReason, GenerateJob, Job, LoadedModel, TokenLogprob,
     TokenProb, Usage,
@@ -91,9 +92,13 @@ impl Worker {
             .with_kv_unified(false)
             .with_n_threads(self.config.threads)
             .with_n_threads_batch(self.config.threads);
+        // Declared before the contexts, so it outlives them (dropped after).
+        let threadpool = Threadpool::new(self.config.threads)?;
         let mut ctx = model
             .new_context(&backend, ctx_params)
             .context("cannot create the llama.cpp context (is --ctx-size too large?)")?;
+        // SAFETY: `threadpool` outlives `ctx` (declared first, dropped last).
+        unsafe { ctx.attach_threadpool(threadpool.as_ptr(), threadpool.as_ptr()) };
         let _ = self.model.set(loaded.clone());
         Metrics::set(&self.metrics.model_loaded, 1);
         Metrics::set(
@@ -113,6 +118,7 @@ impl Worker {
         let mut state = Decoder {
             model,
             backend: &backend,
+            threadpool: &threadpool,
             embed_ctx: None,
             batch: LlamaBatch::new(self.config.batch_size as usize, parallel as i32),
             slots: (0..parallel as i32).map(Slot::new).collect(),
@@ -177,6 +183,7 @@ struct Running {
 struct Decoder<'m, 'w> {
     model: &'m LlamaModel,
     backend: &'m LlamaBackend,
+    threadpool: &'m Threadpool,
     embed_ctx: Option<LlamaContext<'m>>,
     batch: LlamaBatch<'static>,
     slots: Vec<Slot>,
@@ -536,10 +543,13 @@ impl<'m> Decoder<'m, '_> {
                 .with_pooling_type(LlamaPoolingType::Mean)
                 .with_n_threads(self.worker.config.threads)
                 .with_n_threads_batch(self.worker.config.threads);
-            let ctx = self
+            let mut ctx = self
                 .model
                 .new_context(self.backend, params)
                 .map_err(|e| format!("cannot create the embeddings context: {e}"))?;
+            let pool = self.threadpool.as_ptr();
+            // SAFETY: the threadpool outlives the decoder, which owns this context.
+            unsafe { ctx.attach_threadpool(pool, pool) };
             self.embed_ctx = Some(ctx);
         }
         let ctx = self.embed_ctx.as_mut().expect("created above");
