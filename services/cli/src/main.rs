@@ -121,6 +121,7 @@ fn voice(action: VoiceCmd) -> Result<(), String> {
                 text("speech-started")
             );
             println!("last transcript: {}", text("last-transcript"));
+            println!("answers pending: {}", text("answers-pending"));
             if !status["capture-error"].is_null() {
                 println!("capture error: {}", text("capture-error"));
             }

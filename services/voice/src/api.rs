@@ -257,6 +257,7 @@ pub fn status_json(api: &Api) -> Value {
         "speech-started": stats.speech_started,
         "utterances": stats.utterances,
         "last-transcript": stats.last_transcript,
+        "answers-pending": stats.answers_pending,
         "capture-error": stats.capture_error,
     })
 }

@@ -35,6 +35,9 @@ pub struct Stats {
     pub speech_started: u64,
     pub utterances: u64,
     pub last_transcript: Option<String>,
+    /// Transcripts handed to the LLM whose answers are not finished (queued or being
+    /// written): while any are, the LLM is busy on the box's CPUs.
+    pub answers_pending: u64,
     pub capture_error: Option<String>,
 }
 
@@ -207,9 +210,13 @@ impl Pipeline {
                     continue;
                 }
             };
+            let ask = self.answerer.is_some() && !transcript.text.is_empty();
             {
+                // Counted before the transcript is published: whoever sees the
+                // transcript also sees its answer pending.
                 let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
                 stats.utterances += 1;
+                stats.answers_pending += u64::from(ask);
                 if !transcript.text.is_empty() {
                     stats.last_transcript = Some(transcript.text.clone());
                 }
@@ -222,7 +229,7 @@ impl Pipeline {
                 duration_ms: utterance.duration_ms(),
                 latency_ms: ended.elapsed().as_millis() as u64,
             });
-            if self.answerer.is_some() && !transcript.text.is_empty() {
+            if ask {
                 let _ = questions.send((id, transcript.text));
             }
             self.prepare_next();
@@ -242,7 +249,11 @@ impl Pipeline {
             return;
         };
         for (id, question) in asked {
-            if let Err(e) = answerer.answer(id, &question, &self.events) {
+            let answered = answerer.answer(id, &question, &self.events);
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.answers_pending = stats.answers_pending.saturating_sub(1);
+            drop(stats);
+            if let Err(e) = answered {
                 self.events.publish(Event::AnswerFailed {
                     utterance: id,
                     error: format!("{e:#}"),

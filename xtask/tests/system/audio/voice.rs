@@ -51,6 +51,9 @@ fn speech_played_into_the_microphone_arrives_as_a_transcript_on_d_bus() {
         }
         let logs = agent.command("exec /usr/bin/llamabox logs voice", ANSWER);
         eprintln!("attempt {attempt}: heard {heard:?}; the service's log: {logs:#?}");
+        // The LLM answers each transcript at nice -15; on the guest's one CPU the next
+        // attempt would play into a microphone that gets almost no CPU until it is done.
+        wait_for_answers(&mut agent);
     }
     let wer = speech::word_error_rate(speech::QUESTION, heard.trim_start_matches(|c| c != ':'));
     eprintln!("word error rate {:.0}%", wer * 100.0);
@@ -116,4 +119,27 @@ fn hear_once(agent: &mut xtask::qemu::Agent) -> String {
         .rfind(|line| line.starts_with("utterance "))
         .unwrap_or_else(|| panic!("no utterance in {heard:?}"))
         .to_string()
+}
+
+/// Waits until the service has no answer pending (the LLM is idle again).
+fn wait_for_answers(agent: &mut xtask::qemu::Agent) {
+    let started = Instant::now();
+    loop {
+        let status = agent
+            .command("exec /usr/bin/llamabox voice status", ANSWER)
+            .unwrap()
+            .join("\n");
+        if status.contains("answers pending: 0") {
+            eprintln!(
+                "answers done {:.0?} after the transcript",
+                started.elapsed()
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "an answer still pending after 900 s: {status}"
+        );
+        std::thread::sleep(Duration::from_secs(10));
+    }
 }
