@@ -9,6 +9,9 @@ use nix::mount::{umount, MsFlags};
 use crate::{block, fs};
 
 pub const LABEL: &str = "esp";
+/// FAT has no owners or modes; these make every file root's alone (0600, directories
+/// 0700) while it is mounted: `device.json`, with the setup code, lives here.
+const MOUNT_OPTIONS: &str = "fmask=0177,dmask=0077";
 
 pub struct MountedEsp {
     root: PathBuf,
@@ -25,7 +28,7 @@ impl MountedEsp {
             at,
             "vfat",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None,
+            Some(MOUNT_OPTIONS),
         )?;
         Ok(MountedEsp {
             root: PathBuf::from(at),

@@ -3,11 +3,29 @@
 //! size bound it is rotated (`.log` → `.log.1` → … → `.log.<keep>`, the oldest dropped),
 //! so the data partition never fills with logs. Lines are written as they arrive (no
 //! user-space buffering), so nothing is lost when the supervisor or the box stops.
+//! Logs are root's alone (directory 0700, files 0600): services log what they handle
+//! (an unprovisioned box's setup code once was), and `llamabox logs` reads them through
+//! the supervisor.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, BufRead, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Opens a log file for appending, root's alone whether new or left by an older image.
+fn open_private(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    file.set_permissions(Permissions::from_mode(FILE_MODE))?;
+    Ok(file)
+}
 
 /// Longest line kept whole; longer output is split so one runaway line cannot hold
 /// unbounded memory.
@@ -23,9 +41,13 @@ pub struct LogFile {
 
 impl LogFile {
     pub fn open(dir: &Path, name: &str, max_bytes: u64, keep: usize) -> io::Result<LogFile> {
-        std::fs::create_dir_all(dir)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
+        std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))?;
         let path = dir.join(format!("{name}.log"));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_private(&path)?;
         let size = file.metadata()?.len();
         Ok(LogFile {
             path,
@@ -59,10 +81,7 @@ impl LogFile {
             let _ = std::fs::rename(numbered(n), numbered(n + 1));
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_private(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -151,6 +170,31 @@ mod tests {
         assert_eq!(got[1], b"two");
         assert_eq!(got[2].len(), MAX_LINE);
         assert_eq!(got[3].len(), 5);
+    }
+
+    #[test]
+    fn logs_are_roots_alone_even_when_an_older_image_left_them_open() {
+        let dir = std::env::temp_dir().join(format!("llamabox-log-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("old.log"), b"x\n").unwrap();
+        std::fs::set_permissions(dir.join("old.log"), Permissions::from_mode(0o644)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+        let mut new = LogFile::open(&dir, "new", 100, 2).unwrap();
+        LogFile::open(&dir, "old", 100, 2).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("new.log")), 0o600);
+        assert_eq!(mode(&dir.join("old.log")), 0o600);
+        // Rotated files, and the file started after a rotation, too.
+        for i in 0..20 {
+            new.write_line(format!("line {i:04}").as_bytes()).unwrap();
+        }
+        for f in files(&dir, "new") {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

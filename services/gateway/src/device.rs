@@ -44,10 +44,10 @@ impl Device {
             setup_code: device.code.digits().to_string(),
         };
         crate::files::write_private(&own, &identity.to_json())?;
+        // The code itself stays out of the log: it is what pairs a phone.
         tracing::warn!(
-            "this box was not provisioned: made a setup code on first boot ({}); it is {}",
-            own.display(),
-            device.code.display()
+            "this box was not provisioned: made a setup code on first boot; it is in {} (root only)",
+            own.display()
         );
         Ok(device)
     }
