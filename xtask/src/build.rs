@@ -613,6 +613,31 @@ fn os_release(image: &ImageDef, slot: Option<Slot>) -> String {
     )
 }
 
+/// When the source was committed, as RFC 3339: `SOURCE_DATE_EPOCH` if set (the
+/// reproducible-builds convention), else the checkout's last commit; none outside git.
+/// A commit's time, not the build's, so two builds of one commit stay byte-identical.
+fn source_time(project: &Project) -> Option<String> {
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value,
+        Err(_) => {
+            let out = std::process::Command::new("git")
+                .args(["log", "-1", "--format=%ct"])
+                .current_dir(&project.root)
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            String::from_utf8(out.stdout).ok()?
+        }
+    };
+    let seconds: u64 = epoch.trim().parse().ok()?;
+    Some(llamabox_format::update::metadata::format_time(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+    ))
+}
+
 fn build_rootfs(
     ctx: &mut Ctx,
     staged: &BTreeMap<String, Staged>,
@@ -628,6 +653,8 @@ fn build_rootfs(
     }
     key.add_str("signer", &signing.public().id().to_string());
     key.add("update-root", update_root);
+    let image_time = source_time(ctx.project);
+    key.add_str("image-time", image_time.as_deref().unwrap_or("none"));
     key.add_str("tries", &ctx.board.tries.to_string());
     let key = key.finish();
     let (board, image) = (ctx.board.name.clone(), ctx.image.clone());
@@ -643,6 +670,9 @@ fn build_rootfs(
         std::fs::create_dir_all(tree.join("etc/llamabox"))?;
         std::fs::write(tree.join("etc/os-release"), os_release(&image, None))?;
         std::fs::write(tree.join(in_tree(paths::BOARD)), format!("{board}\n"))?;
+        if let Some(time) = &image_time {
+            std::fs::write(tree.join(in_tree(paths::IMAGE_TIME)), format!("{time}\n"))?;
+        }
         std::fs::write(tree.join(in_tree(paths::HEALTH)), image.health_toml())?;
         let root_path = tree.join(in_tree(paths::UPDATE_ROOT));
         std::fs::create_dir_all(root_path.parent().unwrap())?;

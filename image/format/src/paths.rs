@@ -11,6 +11,10 @@ pub const UPDATE_ROOT: &str = "/etc/llamabox/update/root.json";
 pub const BOOT_TRIES: &str = "/etc/llamabox/update/boot-tries";
 /// The health gate's grace period and deadline (TOML), read by init.
 pub const HEALTH: &str = "/etc/llamabox/health.toml";
+/// When the image's source was committed (RFC 3339, one line; `SOURCE_DATE_EPOCH` when
+/// set): the earliest "now" the update client believes, so a box without a real-time
+/// clock that wakes up in 1970 still refuses metadata that expired before its image.
+pub const IMAGE_TIME: &str = "/etc/llamabox/image-time";
 /// Keys trusted to sign root filesystems (in the initramfs): `<key id>.pub` files.
 pub const TRUSTED_KEYS: &str = "/etc/llamabox/trusted-keys";
 

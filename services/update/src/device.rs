@@ -2,6 +2,7 @@
 //! and the ESP are. Used when the command line does not name them (on the device).
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use llamabox_device::boot_info::BootInfo;
 use llamabox_device::esp::MountedEsp;
@@ -10,7 +11,8 @@ use llamabox_format::Slot;
 use crate::install::Layout;
 
 pub use llamabox_format::paths::{
-    BOARD as BOARD_FILE, BOOT_TRIES as TRIES_FILE, UPDATE_ROOT as IMAGE_ROOT,
+    BOARD as BOARD_FILE, BOOT_TRIES as TRIES_FILE, IMAGE_TIME as IMAGE_TIME_FILE,
+    UPDATE_ROOT as IMAGE_ROOT,
 };
 pub const STATE_DIR: &str = "/var/lib/llamabox/update";
 /// The repository configuration: the image's, overridden by the box's local one.
@@ -79,6 +81,19 @@ pub fn config() -> Result<Config, String> {
 
 pub fn board() -> Result<String, String> {
     read_trimmed(BOARD_FILE)
+}
+
+/// When the running image's source was committed; `None` for an image without the file
+/// (built outside git). A file that is there but unreadable is an error, not a shrug:
+/// it is a floor under the clock that metadata expiry depends on.
+pub fn image_time() -> Result<Option<SystemTime>, String> {
+    match std::fs::read_to_string(IMAGE_TIME_FILE) {
+        Ok(text) => llamabox_format::update::metadata::parse_time(text.trim())
+            .map(Some)
+            .map_err(|e| format!("{IMAGE_TIME_FILE}: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{IMAGE_TIME_FILE}: {e}")),
+    }
 }
 
 fn read_trimmed(path: &str) -> Result<String, String> {

@@ -68,6 +68,9 @@ pub struct Updater {
     pub board: String,
     /// The running image's version.
     pub installed: String,
+    /// When the running image's source was committed (`/etc/llamabox/image-time`): the
+    /// clock is never believed to be earlier (a box without a real-time clock boots in 1970).
+    pub image_time: Option<SystemTime>,
 }
 
 /// What `apply` did.
@@ -83,6 +86,15 @@ pub enum Applied {
 }
 
 impl Updater {
+    /// The system clock, but never before the image was made.
+    fn clock(&self) -> SystemTime {
+        let now = SystemTime::now();
+        match self.image_time {
+            Some(image) if image > now => image,
+            _ => now,
+        }
+    }
+
     /// Verifies the repository's metadata; remembers the versions and time it saw.
     pub fn check(&self) -> Result<repository::Check, Error> {
         let mut state = self.store.load()?;
@@ -93,7 +105,7 @@ impl Updater {
             &self.board,
             &self.installed,
             &state.seen,
-            SystemTime::now(),
+            self.clock(),
         )?;
         state.seen = walk.seen;
         self.store.save(&state)?;

@@ -100,6 +100,7 @@ fn run(cli: Cli) -> Result<(), String> {
         image_root: cli.image_root,
         board,
         installed,
+        image_time: device::image_time()?,
     };
     let need_repo = || {
         if repos.is_empty() {

@@ -65,6 +65,7 @@ fn updater() -> Result<Updater, String> {
         image_root: device::IMAGE_ROOT.into(),
         board: device::board()?,
         installed,
+        image_time: device::image_time()?,
     })
 }
 

@@ -165,6 +165,7 @@ impl TestBox {
             image_root: self.image_root.clone(),
             board: BOARD.into(),
             installed: self.installed.clone(),
+            image_time: None,
         }
     }
 

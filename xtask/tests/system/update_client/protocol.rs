@@ -326,6 +326,31 @@ fn an_expired_timestamp_is_refused() {
 }
 
 #[test]
+fn a_clock_behind_the_image_is_not_believed() {
+    let w = world("image-time");
+    let v2 = w.release("0.2.0", 2, None);
+    w.publish(&v2);
+    // The system clock says the week-long timestamp is fresh, and so does a box that
+    // knows no better.
+    let mut plain = w.device.updater(&w.server);
+    plain.check().unwrap();
+    // An image made 30 days from now: to the box running it, that timestamp expired
+    // long ago, whatever its clock (a box without a real-time clock boots in 1970).
+    plain.image_time = Some(SystemTime::now() + Duration::from_secs(30 * 86_400));
+    let err = plain.check().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Metadata(MetadataError::Expired {
+                role: Role::Timestamp,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_replayed_old_timestamp_is_refused() {
     let w = world("replay");
     let old_timestamp = std::fs::read(w.repo.join("timestamp.json")).unwrap();
