@@ -9,7 +9,7 @@ use crate::net::{plain_http_allowed, Conn};
 use crate::pairing::{Pairing, MAX_FAILURES};
 use crate::phones::{Phone, Phones};
 use crate::proxy::Upstreams;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -18,10 +18,12 @@ use axum::routing::{any, delete, get, post};
 use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast::error::RecvError;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -31,6 +33,8 @@ pub struct App {
     pub pairing: Mutex<Pairing>,
     pub phones: Mutex<Phones>,
     pub upstreams: Upstreams,
+    /// The ids of phones as they are revoked: their open responses end.
+    pub revoked: tokio::sync::broadcast::Sender<String>,
 }
 
 /// The body of a route anyone may call must say it is JSON: a cross-site form can send
@@ -193,8 +197,13 @@ async fn require_phone(State(app): State<Arc<App>>, mut request: Request, next: 
         .and_then(|token| app.phones.lock().unwrap().authenticate(token).cloned());
     match phone {
         Some(phone) => {
+            let revoked = until_revoked(app.clone(), phone.id.clone());
             request.extensions_mut().insert(phone);
-            next.run(request).await
+            let (parts, body) = next.run(request).await.into_parts();
+            // A revoked phone hears no more: its streams (a chat's tokens, live voice
+            // transcripts) end with the revocation, not when the stream would have.
+            let body = body.into_data_stream().take_until(Box::pin(revoked));
+            Response::from_parts(parts, Body::from_stream(body))
         }
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -202,6 +211,27 @@ async fn require_phone(State(app): State<Arc<App>>, mut request: Request, next: 
             "this route needs a paired phone's credential (Authorization: Bearer <token>); pair with the box's setup code first",
         )
         .into_response(),
+    }
+}
+
+/// Resolves when phone `id` is revoked (subscribed now, so a revocation during the
+/// request is not missed).
+fn until_revoked(app: Arc<App>, id: String) -> impl std::future::Future<Output = ()> {
+    let mut revoked = app.revoked.subscribe();
+    async move {
+        loop {
+            match revoked.recv().await {
+                Ok(gone) if gone == id => return,
+                Ok(_) => {}
+                // Missed some: still paired?
+                Err(RecvError::Lagged(_)) => {
+                    if app.phones.lock().unwrap().list().iter().all(|p| p.id != id) {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
     }
 }
 
@@ -303,8 +333,9 @@ async fn list_phones(
     State(app): State<Arc<App>>,
     Extension(me): Extension<Phone>,
 ) -> Json<serde_json::Value> {
-    let phones = app.phones.lock().unwrap().list();
-    Json(json!({"phones": phones, "you": me.id}))
+    let phones = app.phones.lock().unwrap();
+    let owner = phones.owner().map(|p| p.id.clone());
+    Json(json!({"phones": phones.list(), "you": me.id, "owner": owner}))
 }
 
 async fn revoke_phone(
@@ -312,19 +343,26 @@ async fn revoke_phone(
     Extension(me): Extension<Phone>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let removed = app
-        .phones
-        .lock()
-        .unwrap()
-        .revoke(&id)
-        .map_err(ApiError::internal)?;
-    if !removed {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no paired phone {id}"),
-        ));
+    {
+        let mut phones = app.phones.lock().unwrap();
+        if !phones.list().iter().any(|p| p.id == id) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no paired phone {id}"),
+            ));
+        }
+        if !phones.may_revoke(&me.id, &id) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the box's owner (the phone paired first) may remove other phones; a phone may remove itself",
+            ));
+        }
+        phones.revoke(&id).map_err(ApiError::internal)?;
     }
+    // No receivers (no open requests) is not an error.
+    let _ = app.revoked.send(id.clone());
     tracing::info!("phone {id} revoked by {}", me.id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -114,6 +114,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )),
         phones: Mutex::new(phones),
         upstreams: proxy::Upstreams::new(&args.inference, &args.voice),
+        revoked: tokio::sync::broadcast::channel(64).0,
     });
     let router = api::router(app, &args.web);
     let https = tokio::net::TcpListener::bind(args.https)

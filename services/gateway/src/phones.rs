@@ -3,7 +3,12 @@
 //! A phone's credential is a random 256-bit bearer token, handed over sealed at the
 //! end of pairing. The box keeps only its SHA-256, so the state file does not let
 //! anyone act as a phone. Revoking a phone deletes its entry: its token stops working
-//! with the next request.
+//! with the next request, and the gateway ends the streams it has open.
+//!
+//! Who may revoke whom: the **owner**, the phone paired first (the one that set the box
+//! up), may revoke any phone; any phone may revoke itself (unpair). When the owner
+//! unpairs, the next-oldest phone becomes the owner. So an app on a later phone cannot
+//! lock the owner out, and a lost phone is removed from the owner's phone.
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -86,6 +91,16 @@ impl Phones {
         });
         self.save()?;
         Ok((phone, token))
+    }
+
+    /// The owner: the phone paired first.
+    pub fn owner(&self) -> Option<&Phone> {
+        self.entries.first().map(|e| &e.phone)
+    }
+
+    /// Whether `by` may revoke `id`: the owner may revoke anyone, a phone itself.
+    pub fn may_revoke(&self, by: &str, id: &str) -> bool {
+        by == id || self.owner().is_some_and(|owner| owner.id == by)
     }
 
     /// Removes a phone; false if there is no such phone.

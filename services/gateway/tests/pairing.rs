@@ -57,10 +57,19 @@ impl Gateway {
             .arg(web)
             .args(["--http", &format!("[::]:{http}")])
             .args(["--https", &format!("[::]:{https}")])
-            // Nothing listens there: forwarded requests show they passed authentication
-            // by failing with 502 instead of 401.
-            .args(["--inference", &format!("http://127.0.0.1:{}", free_port())])
-            .args(["--voice", &format!("http://127.0.0.1:{}", free_port())])
+            // Unless a test names its own, nothing listens there: forwarded requests
+            // show they passed authentication by failing with 502 instead of 401.
+            .args(
+                ["--inference", "--voice"]
+                    .into_iter()
+                    .filter(|flag| !extra.contains(flag))
+                    .flat_map(|flag| {
+                        [
+                            flag.to_string(),
+                            format!("http://127.0.0.1:{}", free_port()),
+                        ]
+                    }),
+            )
             .arg("--no-mdns")
             // This boot's pairing limits; removing the folder is a reboot.
             .arg("--pairing-limits")
@@ -358,6 +367,115 @@ fn twenty_wrong_codes_close_pairing_until_the_box_restarts() {
     let gateway = Gateway::start_in(state, &[]);
     assert_eq!(gateway.pairing()["open"], true);
     pair_ok(&gateway, "Owner");
+}
+
+#[test]
+fn only_the_owner_revokes_other_phones_and_anyone_may_unpair_itself() {
+    let gateway = Gateway::start();
+    let (owner, owner_id, _) = pair_ok(&gateway, "Owner");
+    let (second, second_id, _) = pair_ok(&gateway, "Second");
+    let (third, third_id, _) = pair_ok(&gateway, "Third");
+    let revoke = |token: &str, id: &str| {
+        client()
+            .delete(gateway.url(&format!("/v1/phones/{id}")))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    };
+    // A later phone (an app on it) can neither lock the owner out nor remove a peer.
+    for (id, what) in [(&owner_id, "the owner"), (&third_id, "a peer")] {
+        let refused = revoke(&second, id);
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "revoking {what}");
+        let body: Value = refused.json().unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("owner"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        get(&gateway, "/v1/phones", Some(&owner)).status(),
+        StatusCode::OK
+    );
+    // A phone may unpair itself; the owner may remove anyone.
+    assert_eq!(revoke(&second, &second_id).status(), StatusCode::NO_CONTENT);
+    assert_eq!(revoke(&owner, &third_id).status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&gateway, "/v1/phones", Some(&third)).status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // When the owner unpairs, the next-oldest phone owns the box.
+    let (fourth, _, _) = pair_ok(&gateway, "Fourth");
+    let (fifth, fifth_id, _) = pair_ok(&gateway, "Fifth");
+    assert_eq!(revoke(&owner, &owner_id).status(), StatusCode::NO_CONTENT);
+    assert_eq!(revoke(&fourth, &fifth_id).status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&gateway, "/v1/phones", Some(&fifth)).status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[test]
+fn revoking_a_phone_ends_its_open_streams() {
+    // An upstream that streams server-sent events until the connection closes, as the
+    // voice service's live transcripts do.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", upstream.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for connection in upstream.incoming() {
+            let Ok(mut connection) = connection else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n")
+                    && connection.read(&mut byte).unwrap_or(0) == 1
+                {
+                    request.push(byte[0]);
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if connection.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let event = "data: still listening\n\n";
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                while connection.write_all(chunk.as_bytes()).is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    let gateway = Gateway::start_with(&["--voice", &url]);
+    let (owner, _, _) = pair_ok(&gateway, "Owner");
+    let (lost, lost_id, _) = pair_ok(&gateway, "Lost");
+    let streaming = Client::builder().build().unwrap();
+    let mut events = streaming
+        .get(gateway.url("/v1/voice/events"))
+        .bearer_auth(&lost)
+        .send()
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut events, &mut first).unwrap();
+    assert_eq!(&first, b"data: still list");
+
+    let revoked = client()
+        .delete(gateway.url(&format!("/v1/phones/{lost_id}")))
+        .bearer_auth(&owner)
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    // The stream ends (the upstream would go on for ever).
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut events, &mut rest);
+        let _ = done.send(rest.len());
+    });
+    ended
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the revoked phone's stream was still open 10 s later");
 }
 
 #[test]

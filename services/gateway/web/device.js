@@ -29,6 +29,7 @@ async function loadPhones(onSelfRevoked) {
     who.append(text("span", phone.name));
     const you = phone.id === result.you;
     if (you) who.append(text("span", "this phone", "you"));
+    if (phone.id === result.owner) who.append(text("span", "owner", "you"));
     who.append(text("span", `paired ${new Date(phone.paired_at * 1000).toLocaleString()}`, "since"));
     const revoke = text("button", "Revoke", "danger");
     revoke.type = "button";
@@ -46,7 +47,9 @@ async function loadPhones(onSelfRevoked) {
       if (you) onSelfRevoked();
       else loadPhones(onSelfRevoked);
     });
-    li.append(who, revoke);
+    // The owner (the phone paired first) may remove any phone; others only themselves.
+    if (you || result.you === result.owner) li.append(who, revoke);
+    else li.append(who);
     list.append(li);
   }
 }
