@@ -9,7 +9,7 @@ use crate::net::{plain_http_allowed, Conn};
 use crate::pairing::{Pairing, MAX_FAILURES};
 use crate::phones::{Phone, Phones};
 use crate::proxy::Upstreams;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -199,9 +199,14 @@ async fn require_phone(State(app): State<Arc<App>>, mut request: Request, next: 
         Some(phone) => {
             let revoked = until_revoked(app.clone(), phone.id.clone());
             request.extensions_mut().insert(phone);
-            let (parts, body) = next.run(request).await.into_parts();
+            let response = next.run(request).await;
+            // A body of known length is already complete (its framing stays as it is).
+            if response.body().size_hint().exact().is_some() {
+                return response;
+            }
             // A revoked phone hears no more: its streams (a chat's tokens, live voice
             // transcripts) end with the revocation, not when the stream would have.
+            let (parts, body) = response.into_parts();
             let body = body.into_data_stream().take_until(Box::pin(revoked));
             Response::from_parts(parts, Body::from_stream(body))
         }
