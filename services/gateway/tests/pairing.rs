@@ -225,6 +225,15 @@ fn pair_ok(gateway: &Gateway, name: &str) -> (String, String, String) {
     }
 }
 
+/// `DELETE /v1/phones/{id}` with `token`'s credential.
+fn revoke(gateway: &Gateway, token: &str, id: &str) -> Response {
+    client()
+        .delete(gateway.url(&format!("/v1/phones/{id}")))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+}
+
 fn get(gateway: &Gateway, path: &str, token: Option<&str>) -> Response {
     let mut request = client().get(gateway.url(path));
     if let Some(token) = token {
@@ -375,13 +384,7 @@ fn only_the_owner_revokes_other_phones_and_anyone_may_unpair_itself() {
     let (owner, owner_id, _) = pair_ok(&gateway, "Owner");
     let (second, second_id, _) = pair_ok(&gateway, "Second");
     let (third, third_id, _) = pair_ok(&gateway, "Third");
-    let revoke = |token: &str, id: &str| {
-        client()
-            .delete(gateway.url(&format!("/v1/phones/{id}")))
-            .bearer_auth(token)
-            .send()
-            .unwrap()
-    };
+    let revoke = |token: &str, id: &str| revoke(&gateway, token, id);
     // A later phone (an app on it) can neither lock the owner out nor remove a peer.
     for (id, what) in [(&owner_id, "the owner"), (&third_id, "a peer")] {
         let refused = revoke(&second, id);
@@ -460,11 +463,7 @@ fn revoking_a_phone_ends_its_open_streams() {
     std::io::Read::read_exact(&mut events, &mut first).unwrap();
     assert_eq!(&first, b"data: still list");
 
-    let revoked = client()
-        .delete(gateway.url(&format!("/v1/phones/{lost_id}")))
-        .bearer_auth(&owner)
-        .send()
-        .unwrap();
+    let revoked = revoke(&gateway, &owner, &lost_id);
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     // The stream ends (the upstream would go on for ever).
     let (done, ended) = std::sync::mpsc::channel();
@@ -488,19 +487,11 @@ fn a_revoked_phone_is_refused() {
         StatusCode::OK
     );
 
-    let revoked = client()
-        .delete(gateway.url(&format!("/v1/phones/{lost_id}")))
-        .bearer_auth(&mine)
-        .send()
-        .unwrap();
+    let revoked = revoke(&gateway, &mine, &lost_id);
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     let refused = get(&gateway, "/v1/phones", Some(&lost));
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
-    let again = client()
-        .delete(gateway.url(&format!("/v1/phones/{lost_id}")))
-        .bearer_auth(&mine)
-        .send()
-        .unwrap();
+    let again = revoke(&gateway, &mine, &lost_id);
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
 
     let phones: Value = get(&gateway, "/v1/phones", Some(&mine)).json().unwrap();
