@@ -85,6 +85,7 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
         .route("/v1/update/check", post(update_check))
         .route("/v1/update/apply", post(update_apply))
         .route("/v1/{*rest}", any(forward))
+        .route("/api/{*rest}", any(forward))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_phone));
     let static_files = ServeDir::new(web).fallback(ServeFile::new(web.join("index.html")));
     Router::new()

@@ -26,6 +26,8 @@ const ROUTES: &[(&str, Service)] = &[
     ("/v1/responses", Service::Inference),
     ("/v1/embeddings", Service::Inference),
     ("/v1/models", Service::Inference),
+    // Ollama's API (docs/models.md): the same model for apps written for Ollama.
+    ("/api/", Service::Inference),
     ("/v1/audio/", Service::Voice),
     ("/v1/voice/", Service::Voice),
 ];
@@ -141,6 +143,8 @@ mod tests {
         assert_eq!(Service::for_path("/v1/responses"), Some(Service::Inference));
         assert_eq!(Service::for_path("/v1/models/x"), Some(Service::Inference));
         assert_eq!(Service::for_path("/v1/modelsx"), None);
+        assert_eq!(Service::for_path("/api/chat"), Some(Service::Inference));
+        assert_eq!(Service::for_path("/apix"), None);
         assert_eq!(
             Service::for_path("/v1/audio/transcriptions"),
             Some(Service::Voice)

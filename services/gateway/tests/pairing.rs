@@ -271,16 +271,18 @@ fn the_right_code_pairs_and_the_credential_opens_protected_routes() {
     );
 
     // Forwarded routes pass authentication (the services are not running here: 502).
-    let models = get(&gateway, "/v1/models", Some(&token));
-    assert_eq!(models.status(), StatusCode::BAD_GATEWAY);
-    let body: Value = models.json().unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("inference service"),
-        "{body}"
-    );
+    for path in ["/v1/models", "/api/tags"] {
+        let models = get(&gateway, path, Some(&token));
+        assert_eq!(models.status(), StatusCode::BAD_GATEWAY, "{path}");
+        let body: Value = models.json().unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("inference service"),
+            "{path}: {body}"
+        );
+    }
 
     // The fingerprint sealed into the credential is the certificate HTTPS presents.
     let tls = Client::builder()
@@ -536,6 +538,9 @@ fn unpaired_requests_get_401_on_every_protected_route() {
         ("POST", "/v1/audio/transcriptions"),
         ("GET", "/v1/voice/events"),
         ("GET", "/v1/voice/status"),
+        ("GET", "/api/tags"),
+        ("POST", "/api/chat"),
+        ("DELETE", "/api/delete"),
         ("GET", "/v1/no/such/route"),
         ("PUT", "/v1/pairing/start/extra"),
     ];

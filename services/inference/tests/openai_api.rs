@@ -1,6 +1,6 @@
-//! Runs `openai_api.py` (the official `openai` client) against two real servers on the real
-//! model. `cargo xtask test` provides the model (`LLAMABOX_TEST_MODEL`, the file the image
-//! ships) and a Python with `openai` installed (`LLAMABOX_PYTHON`).
+//! Runs `openai_api.py` and `ollama_api.py` (the official `openai` and `ollama` clients)
+//! against two real servers on the real model. `cargo xtask test` provides the model (`LLAMABOX_TEST_MODEL`, the file the image
+//! ships) and a Python with `openai` and `ollama` installed (`LLAMABOX_PYTHON`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -72,7 +72,7 @@ fn required_env(name: &str) -> PathBuf {
 }
 
 #[test]
-fn openai_client_against_the_real_model() {
+fn official_clients_against_the_real_model() {
     let model = required_env("LLAMABOX_TEST_MODEL");
     let python = required_env("LLAMABOX_PYTHON");
     let main = Server::start(&model, &["--parallel", "4", "--ctx-size", "4096"]);
@@ -82,10 +82,13 @@ fn openai_client_against_the_real_model() {
     );
     let status = Command::new(python)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests"))
-        .args(["-m", "unittest", "-v", "openai_api"])
+        .args(["-m", "unittest", "-v", "openai_api", "ollama_api"])
         .env("LLAMABOX_URL", &main.url)
         .env("LLAMABOX_TINY_URL", &tiny.url)
         .status()
         .expect("running python");
-    assert!(status.success(), "openai_api.py failed (see above)");
+    assert!(
+        status.success(),
+        "openai_api.py or ollama_api.py failed (see above)"
+    );
 }

@@ -2,11 +2,12 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses`,
 //! `POST /v1/embeddings`,
-//! `GET /v1/models[/{id}]`, `GET /health`, `GET /metrics`.
+//! `GET /v1/models[/{id}]`, `GET /health`, `GET /metrics`; and Ollama's API (`ollama`).
 
 mod embeddings;
 mod error;
 mod generate;
+mod ollama;
 mod request;
 mod responses;
 mod tools;
@@ -40,6 +41,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(ollama::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(engine)

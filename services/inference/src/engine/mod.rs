@@ -49,6 +49,10 @@ pub struct LoadedModel {
     pub n_ctx_seq: u32,
     /// Unix time the model was loaded (the `created` field of `/v1/models`).
     pub created: u64,
+    /// The GGUF file it came from.
+    pub path: PathBuf,
+    /// SHA-256 of that file in hex, computed the first time it is asked for.
+    pub digest: OnceLock<String>,
 }
 
 impl LoadedModel {

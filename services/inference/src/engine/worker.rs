@@ -79,6 +79,8 @@ impl Worker {
             template,
             n_ctx_seq: self.config.ctx_size / parallel,
             created,
+            path: path.clone(),
+            digest: OnceLock::new(),
         });
         let model = &loaded.model;
         let n_ctx_seq = loaded.n_ctx_seq;

@@ -1,0 +1,1042 @@
+//! Ollama's API over the same engine, so apps written for Ollama (Enchanted, Open WebUI,
+//! the `ollama` client libraries) work unchanged.
+//!
+//! Routes: `GET /`, `GET /api/version`, `GET /api/tags`, `GET /api/ps`, `POST /api/show`,
+//! `POST /api/chat`, `POST /api/generate`, `POST /api/embed`, `POST /api/embeddings`.
+//! Chat and generate requests are translated into the OpenAI-shaped [`GenerateRequest`]
+//! and run by the same code as `/v1/chat/completions` (templates, tools, grammars, checks);
+//! only the wire format is Ollama's: NDJSON streams (streaming is the default), durations
+//! in nanoseconds, RFC 3339 times, errors as `{"error": "..."}`. docs/models.md has the
+//! route-by-route compatibility table.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
+use llama_cpp_2::token::LlamaToken;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::generate::{self, Kind, Out, Started};
+use super::request::{
+    ChatMessage, Content, FunctionCallIn, GenerateRequest, JsonSchemaFormat, PromptInput,
+    ResponseFormat, Stop, ToolCallIn,
+};
+use super::tools::ToolDef;
+use super::{loading, parse_json, ApiError};
+use crate::engine::{Engine, LoadedModel, TokenLogprob, Usage};
+use crate::metrics::Metrics;
+
+/// The Ollama release whose API this follows; clients read it from `/api/version`.
+pub const OLLAMA_VERSION: &str = "0.13.0";
+
+pub fn routes() -> Router<Arc<Engine>> {
+    Router::new()
+        .route("/", get(|| async { "Ollama is running" }))
+        .route("/api/version", get(version))
+        .route("/api/tags", get(tags))
+        .route("/api/ps", get(ps))
+        .route("/api/show", post(show))
+        .route("/api/chat", post(chat))
+        .route("/api/generate", post(generate_route))
+        .route("/api/embed", post(embed))
+        .route("/api/embeddings", post(embeddings_legacy))
+        .route("/api/delete", delete(delete_model))
+        .route("/api/pull", post(not_here))
+        .route("/api/push", post(not_here))
+        .route("/api/create", post(not_here))
+        .route("/api/copy", post(not_here))
+}
+
+/// A handler's result in Ollama's shape; client errors are counted in `/metrics`.
+fn reply(engine: &Engine, result: Result<Response, ApiError>) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_client_error() {
+                Metrics::add(&engine.metrics.invalid_requests, 1);
+            }
+            (e.status, Json(json!({"error": e.message}))).into_response()
+        }
+    }
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": OLLAMA_VERSION}))
+}
+
+async fn not_here(uri: axum::http::Uri) -> Response {
+    let message = format!(
+        "{} is not offered: models reach the box only as signed updates (docs/models.md)",
+        uri.path()
+    );
+    (StatusCode::NOT_IMPLEMENTED, Json(json!({"error": message}))).into_response()
+}
+
+/// The name Ollama clients see: theirs are `family:tag`, and a name without a tag means
+/// `:latest`.
+fn ollama_name(model: &LoadedModel) -> String {
+    if model.id.contains(':') {
+        model.id.clone()
+    } else {
+        format!("{}:latest", model.id)
+    }
+}
+
+/// The model a request names. Ollama's names are case-insensitive, and `x` is `x:latest`.
+fn find_model(engine: &Engine, name: &str) -> Result<Arc<LoadedModel>, ApiError> {
+    let model = engine.model().ok_or_else(loading)?;
+    if name.is_empty() {
+        return Err(ApiError::invalid("model", "model is required"));
+    }
+    let base = |n: &str| n.strip_suffix(":latest").unwrap_or(n).to_ascii_lowercase();
+    if base(name) == base(&model.id) {
+        Ok(model.clone())
+    } else {
+        Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model '{name}' not found; this box has '{}'",
+                ollama_name(model)
+            ),
+        ))
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// SHA-256 of the model's file, computed once (a few hundred MB take about a second).
+async fn digest(model: &Arc<LoadedModel>) -> Result<String, ApiError> {
+    if let Some(d) = model.digest.get() {
+        return Ok(d.clone());
+    }
+    let m = model.clone();
+    let computed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(&m.path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(m.digest
+            .get_or_init(|| hex::encode(hasher.finalize()))
+            .clone())
+    })
+    .await;
+    match computed {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the model file {}: {e}", model.path.display()),
+        )),
+        Err(e) => Err(ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
+}
+
+/// The file's size and modification time (the time it was installed).
+fn file_facts(model: &LoadedModel) -> (u64, String) {
+    let meta = std::fs::metadata(&model.path).ok();
+    let size = meta.as_ref().map_or(model.model.size(), |m| m.len());
+    let modified = meta
+        .and_then(|m| m.modified().ok())
+        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(model.created));
+    (size, humantime::format_rfc3339_nanos(modified).to_string())
+}
+
+fn meta(model: &LoadedModel, key: &str) -> Option<String> {
+    model.model.meta_val_str(key).ok()
+}
+
+fn details(model: &LoadedModel) -> Value {
+    let family = meta(model, "general.architecture").unwrap_or_default();
+    let quantization = meta(model, "general.file_type")
+        .and_then(|t| t.parse().ok())
+        .map_or("unknown", file_type_name);
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": parameter_size(model.model.n_params()),
+        "quantization_level": quantization,
+    })
+}
+
+/// Ollama's way of writing a parameter count: `134.52M`, `8.0B`.
+fn parameter_size(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.1}B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else {
+        format!("{:.2}K", n / 1e3)
+    }
+}
+
+/// llama.cpp's `llama_ftype`, as GGUF's `general.file_type` stores it.
+fn file_type_name(file_type: u32) -> &'static str {
+    match file_type {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        25 => "IQ4_NL",
+        30 => "IQ4_XS",
+        32 => "BF16",
+        38 => "MXFP4",
+        _ => "unknown",
+    }
+}
+
+async fn tags(State(engine): State<Arc<Engine>>) -> Response {
+    let result = async {
+        let Some(model) = engine.model() else {
+            // Still loading: nothing to list yet.
+            return Ok(Json(json!({"models": []})).into_response());
+        };
+        let (size, modified_at) = file_facts(model);
+        Ok(Json(json!({"models": [{
+            "name": ollama_name(model),
+            "model": ollama_name(model),
+            "modified_at": modified_at,
+            "size": size,
+            "digest": digest(model).await?,
+            "details": details(model),
+        }]}))
+        .into_response())
+    }
+    .await;
+    reply(&engine, result)
+}
+
+async fn ps(State(engine): State<Arc<Engine>>) -> Response {
+    let result = async {
+        let Some(model) = engine.model() else {
+            return Ok(Json(json!({"models": []})).into_response());
+        };
+        // The box's model stays loaded: it never expires.
+        let forever = SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        Ok(Json(json!({"models": [{
+            "name": ollama_name(model),
+            "model": ollama_name(model),
+            "size": model.model.size(),
+            "digest": digest(model).await?,
+            "details": details(model),
+            "expires_at": humantime::format_rfc3339_nanos(forever).to_string(),
+            "size_vram": 0,
+            "context_length": model.n_ctx_seq,
+        }]}))
+        .into_response())
+    }
+    .await;
+    reply(&engine, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ShowBody {
+    model: String,
+    /// Older clients send `name`.
+    name: String,
+}
+
+async fn show(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    let result = async {
+        let request: ShowBody = parse_json(&body)?;
+        let name = if request.model.is_empty() {
+            &request.name
+        } else {
+            &request.model
+        };
+        let model = find_model(&engine, name)?;
+        let (_, modified_at) = file_facts(&model);
+        let mut capabilities = vec!["completion"];
+        if model.template.is_some() {
+            capabilities.push("tools");
+        }
+        let template = model
+            .template
+            .as_ref()
+            .map(|t| t.source().to_string())
+            .unwrap_or_default();
+        Ok(Json(json!({
+            "license": meta(&model, "general.license").unwrap_or_default(),
+            "modelfile": format!("# The box's model\nFROM {}\n", model.path.display()),
+            "parameters": "",
+            "template": template,
+            "details": details(&model),
+            "model_info": model_info(&model),
+            "capabilities": capabilities,
+            "modified_at": modified_at,
+        }))
+        .into_response())
+    }
+    .await;
+    reply(&engine, result)
+}
+
+/// The GGUF metadata, values as JSON numbers where they are numbers; the tokenizer's
+/// long arrays are left out (null), as Ollama does unless asked to be verbose.
+fn model_info(model: &LoadedModel) -> Value {
+    let mut info = Map::new();
+    for i in 0..model.model.meta_count() {
+        let Ok(key) = model.model.meta_key_by_index(i) else {
+            continue;
+        };
+        if key == "tokenizer.chat_template" {
+            continue;
+        }
+        let value = match model.model.meta_val_str_by_index(i) {
+            Ok(v) if key.starts_with("tokenizer.ggml.") && v.starts_with("arr[") => Value::Null,
+            Ok(v) => v
+                .parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| v.parse::<f64>().map(Value::from))
+                .unwrap_or(Value::String(v)),
+            Err(_) => Value::Null,
+        };
+        info.insert(key, value);
+    }
+    info.insert(
+        "general.parameter_count".into(),
+        json!(model.model.n_params()),
+    );
+    Value::Object(info)
+}
+
+/// Ollama's `options`: the sampling fields this engine has. Others (GPU layers, mmap, …)
+/// are about how Ollama runs a model and are ignored, as Ollama ignores ones it lacks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Options {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i32>,
+    min_p: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repeat_penalty: Option<f32>,
+    seed: Option<i64>,
+    /// -1: until the end of the context; -2: fill the context; 0 or more: that many.
+    num_predict: Option<i64>,
+    stop: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Message {
+    role: String,
+    content: Option<String>,
+    images: Option<Vec<String>>,
+    tool_calls: Option<Vec<CallIn>>,
+    tool_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CallIn {
+    function: FunctionIn,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionIn {
+    name: String,
+    /// An object, not OpenAI's JSON text.
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChatBody {
+    model: String,
+    messages: Vec<Message>,
+    tools: Option<Vec<ToolDef>>,
+    format: Option<Value>,
+    options: Option<Options>,
+    stream: Option<bool>,
+    keep_alive: Option<Value>,
+    think: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct GenerateBody {
+    model: String,
+    prompt: Option<String>,
+    suffix: Option<String>,
+    system: Option<String>,
+    template: Option<String>,
+    raw: bool,
+    format: Option<Value>,
+    options: Option<Options>,
+    stream: Option<bool>,
+    keep_alive: Option<Value>,
+    images: Option<Vec<String>>,
+    context: Option<Vec<i64>>,
+    think: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
+}
+
+/// Checks `keep_alive`: seconds as a number, or a duration such as `"5m"`, `"1h"`, `"0"`;
+/// negative means forever. The box keeps its one model loaded whatever it says.
+fn check_keep_alive(value: Option<&Value>) -> Result<(), ApiError> {
+    let valid = match value {
+        None | Some(Value::Null) | Some(Value::Number(_)) => true,
+        Some(Value::String(s)) => {
+            let s = s.trim().trim_start_matches('-');
+            s.parse::<f64>().is_ok() || humantime::parse_duration(s).is_ok()
+        }
+        Some(_) => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "keep_alive",
+            format!(
+                "keep_alive must be seconds or a duration such as \"5m\", not {}",
+                value.unwrap_or(&Value::Null)
+            ),
+        ))
+    }
+}
+
+fn check_capabilities(name: &str, think: Option<&Value>, images: bool) -> Result<(), ApiError> {
+    if matches!(think, Some(v) if !v.is_null() && *v != Value::Bool(false)) {
+        return Err(ApiError::invalid(
+            "think",
+            format!("'{name}' does not support thinking"),
+        ));
+    }
+    if images {
+        return Err(ApiError::invalid(
+            "images",
+            format!("'{name}' does not support images"),
+        ));
+    }
+    Ok(())
+}
+
+fn response_format(format: Option<&Value>) -> Result<Option<ResponseFormat>, ApiError> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(ResponseFormat::JsonObject)),
+        Some(schema @ Value::Object(_)) => Ok(Some(ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaFormat {
+                schema: schema.clone(),
+            },
+        })),
+        Some(other) => Err(ApiError::invalid(
+            "format",
+            format!("format must be \"json\" or a JSON schema object, not {other}"),
+        )),
+    }
+}
+
+/// The OpenAI-shaped request the rest of the service understands.
+fn translate(
+    model: &LoadedModel,
+    options: Option<Options>,
+    format: Option<&Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
+) -> Result<GenerateRequest, ApiError> {
+    let o = options.unwrap_or_default();
+    Ok(GenerateRequest {
+        model: Some(model.id.clone()),
+        temperature: o.temperature,
+        top_p: o.top_p,
+        top_k: o.top_k,
+        min_p: o.min_p,
+        presence_penalty: o.presence_penalty,
+        frequency_penalty: o.frequency_penalty,
+        repeat_penalty: o.repeat_penalty,
+        seed: o.seed,
+        // Negative values mean "until the context is full", which is the engine's default.
+        max_tokens: o.num_predict.filter(|n| *n >= 0),
+        stop: o.stop.map(Stop::Many),
+        response_format: response_format(format)?,
+        logprobs: logprobs.map(Value::Bool),
+        top_logprobs: top_logprobs.filter(|_| logprobs == Some(true)),
+        ..GenerateRequest::default()
+    })
+}
+
+/// Ollama's messages as OpenAI's: call arguments become JSON text, and a tool result,
+/// which Ollama ties to its call by the tool's name, gets that call's id.
+fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
+    let mut open_calls: Vec<(String, String)> = Vec::new();
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        if m.images.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("messages[{i}] has images, and this model does not support images"),
+            ));
+        }
+        let tool_calls = m.tool_calls.map(|calls| {
+            open_calls.clear();
+            calls
+                .into_iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let id = format!("call_{i}_{j}");
+                    open_calls.push((c.function.name.clone(), id.clone()));
+                    ToolCallIn {
+                        id: Some(id),
+                        function: FunctionCallIn {
+                            name: c.function.name,
+                            arguments: Some(c.function.arguments.to_string()),
+                        },
+                    }
+                })
+                .collect()
+        });
+        let tool_call_id = (m.role == "tool").then(|| {
+            let at = m
+                .tool_name
+                .as_ref()
+                .and_then(|name| open_calls.iter().position(|(n, _)| n == name))
+                .unwrap_or(0);
+            if at < open_calls.len() {
+                open_calls.remove(at).1
+            } else {
+                format!("call_{i}")
+            }
+        });
+        out.push(ChatMessage {
+            role: m.role,
+            content: m.content.map(Content::Text),
+            tool_calls,
+            tool_call_id,
+            name: m.tool_name,
+        });
+    }
+    Ok(out)
+}
+
+async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    Metrics::add(&engine.metrics.chat_requests, 1);
+    let result = async {
+        let received = Instant::now();
+        let request: ChatBody = parse_json(&body)?;
+        let model = find_model(&engine, &request.model)?;
+        check_keep_alive(request.keep_alive.as_ref())?;
+        check_capabilities(&request.model, request.think.as_ref(), false)?;
+        let reply = Reply {
+            shape: Shape::Chat,
+            model: ollama_name(&model),
+            received,
+            logprobs: request.logprobs == Some(true),
+        };
+        if request.messages.is_empty() {
+            // Ollama's way to load a model: it is loaded.
+            return Ok(reply.loaded());
+        }
+        let mut openai = translate(
+            &model,
+            request.options,
+            request.format.as_ref(),
+            request.logprobs,
+            request.top_logprobs,
+        )?;
+        openai.messages = Some(chat_messages(request.messages)?);
+        openai.tools = request.tools;
+        let started = generate::start(&engine, &openai, Kind::Chat)?;
+        reply.send(started, request.stream.unwrap_or(true)).await
+    }
+    .await;
+    reply(&engine, result)
+}
+
+async fn generate_route(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    Metrics::add(&engine.metrics.completion_requests, 1);
+    let result = async {
+        let received = Instant::now();
+        let request: GenerateBody = parse_json(&body)?;
+        let model = find_model(&engine, &request.model)?;
+        check_keep_alive(request.keep_alive.as_ref())?;
+        let images = request.images.as_ref().is_some_and(|v| !v.is_empty());
+        check_capabilities(&request.model, request.think.as_ref(), images)?;
+        if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid(
+                "suffix",
+                format!("'{}' does not support insert (suffix)", request.model),
+            ));
+        }
+        if request.template.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::invalid(
+                "template",
+                "a request's own template is not supported; send raw: true with the prompt already formatted",
+            ));
+        }
+        if request.context.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(ApiError::invalid(
+                "context",
+                "context (token lists from earlier replies) is not supported; use /api/chat for conversations",
+            ));
+        }
+        let reply = Reply {
+            shape: Shape::Generate,
+            model: ollama_name(&model),
+            received,
+            logprobs: request.logprobs == Some(true),
+        };
+        let prompt = request.prompt.unwrap_or_default();
+        if prompt.is_empty() {
+            return Ok(reply.loaded());
+        }
+        let mut openai = translate(
+            &model,
+            request.options,
+            request.format.as_ref(),
+            request.logprobs,
+            request.top_logprobs,
+        )?;
+        // Without raw, the prompt is a user turn in the model's chat template (as Ollama's
+        // default TEMPLATE does); a model without a template takes it as it is.
+        let kind = if request.raw || model.template.is_none() {
+            let text = match request.system {
+                Some(system) if !request.raw => format!("{system}\n\n{prompt}"),
+                _ => prompt,
+            };
+            openai.prompt = Some(PromptInput::One(text));
+            Kind::Completion
+        } else {
+            let mut messages = Vec::new();
+            if let Some(system) = request.system {
+                messages.push(ChatMessage {
+                    role: "system".into(),
+                    content: Some(Content::Text(system)),
+                    tool_calls: None,
+                    tool_call_id: None,
+                    name: None,
+                });
+            }
+            messages.push(ChatMessage {
+                role: "user".into(),
+                content: Some(Content::Text(prompt)),
+                tool_calls: None,
+                tool_call_id: None,
+                name: None,
+            });
+            openai.messages = Some(messages);
+            Kind::Chat
+        };
+        let started = generate::start(&engine, &openai, kind)?;
+        reply.send(started, request.stream.unwrap_or(true)).await
+    }
+    .await;
+    reply(&engine, result)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// `/api/chat`: text in `message.content`.
+    Chat,
+    /// `/api/generate`: text in `response`.
+    Generate,
+}
+
+/// How one chat or generate request is answered.
+struct Reply {
+    shape: Shape,
+    model: String,
+    received: Instant,
+    logprobs: bool,
+}
+
+impl Reply {
+    fn line(&self, text: &str, calls: Option<Value>, done: bool) -> Value {
+        let mut line = json!({"model": self.model, "created_at": now_rfc3339()});
+        match self.shape {
+            Shape::Chat => {
+                let mut message = json!({"role": "assistant", "content": text});
+                if let Some(calls) = calls {
+                    message["tool_calls"] = calls;
+                }
+                line["message"] = message;
+            }
+            Shape::Generate => line["response"] = json!(text),
+        }
+        line["done"] = json!(done);
+        line
+    }
+
+    /// The answer to a request with nothing to generate: the model is loaded.
+    fn loaded(&self) -> Response {
+        let mut line = self.line("", None, true);
+        line["done_reason"] = json!("load");
+        Json(line).into_response()
+    }
+
+    /// The last line's reason and figures (durations in nanoseconds).
+    fn finish(&self, line: &mut Value, reason: &str, usage: &Usage) {
+        let ns = |ms: f64| (ms * 1e6) as u64;
+        line["done_reason"] = json!(match reason {
+            // Ollama ends a reply with calls as any other.
+            "tool_calls" => "stop",
+            other => other,
+        });
+        line["total_duration"] = json!(self.received.elapsed().as_nanos() as u64);
+        line["load_duration"] = json!(0);
+        line["prompt_eval_count"] = json!(usage.prompt_tokens);
+        line["prompt_eval_duration"] = json!(ns(usage.prompt_ms));
+        line["eval_count"] = json!(usage.completion_tokens);
+        line["eval_duration"] = json!(ns(usage.generation_ms));
+    }
+
+    async fn send(self, started: Started, stream: bool) -> Result<Response, ApiError> {
+        if !stream {
+            let collected = generate::collect(started).await?;
+            let choice = &collected.choices[0];
+            let mut line = self.line(&choice.text, calls_json(&choice.calls), true);
+            if self.logprobs {
+                line["logprobs"] = logprobs_json(&choice.logprobs);
+            }
+            self.finish(&mut line, choice.finish_reason, &collected.usage);
+            return Ok(Json(line).into_response());
+        }
+        let Started { events, reader, .. } = started;
+        let lines = stream::unfold(Some((self, events, reader)), |state| async move {
+            let (reply, mut events, mut reader) = state?;
+            let mut lines = Vec::new();
+            let mut ended = false;
+            while lines.is_empty() && !ended {
+                let Some(event) = events.recv().await else {
+                    lines
+                        .push(json!({"error": "the engine stopped before the reply was complete"}));
+                    ended = true;
+                    break;
+                };
+                for out in reader.read(event) {
+                    match out {
+                        Out::Text { text, logprobs, .. } => {
+                            let mut line = reply.line(&text, None, false);
+                            if reply.logprobs {
+                                line["logprobs"] = logprobs_json(&logprobs);
+                            }
+                            lines.push(line);
+                        }
+                        Out::Calls { calls, .. } => {
+                            lines.push(reply.line("", calls_json(&calls), false));
+                        }
+                        Out::Done {
+                            reason,
+                            last: Some(usage),
+                            ..
+                        } => {
+                            let mut line = reply.line("", None, true);
+                            reply.finish(&mut line, reason, &usage);
+                            lines.push(line);
+                            ended = true;
+                        }
+                        Out::Done { last: None, .. } => {}
+                        Out::Failed(message) => {
+                            lines.push(json!({"error": message}));
+                            ended = true;
+                        }
+                    }
+                }
+            }
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            Some((
+                Ok::<_, Infallible>(Bytes::from(text)),
+                (!ended).then_some((reply, events, reader)),
+            ))
+        })
+        .boxed();
+        Ok((
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from_stream(lines),
+        )
+            .into_response())
+    }
+}
+
+fn calls_json(calls: &[crate::api::tools::ToolCall]) -> Option<Value> {
+    (!calls.is_empty()).then(|| {
+        json!(calls
+            .iter()
+            .map(|c| {
+                let arguments: Value =
+                    serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
+                json!({"function": {"name": c.name, "arguments": arguments}})
+            })
+            .collect::<Vec<_>>())
+    })
+}
+
+fn logprobs_json(entries: &[TokenLogprob]) -> Value {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    json!(entries
+        .iter()
+        .map(|e| json!({
+            "token": text(&e.chosen.bytes),
+            "logprob": e.chosen.logprob,
+            "bytes": e.chosen.bytes,
+            "top_logprobs": e.top.iter().map(|t| json!({
+                "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
+            })).collect::<Vec<_>>(),
+        }))
+        .collect::<Vec<_>>())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbedInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbedBody {
+    #[serde(default)]
+    model: String,
+    input: EmbedInput,
+    /// Cut inputs longer than the context (Ollama's default) instead of refusing them.
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+}
+
+/// Mean-pooled, normalized embeddings, cut to the context or refused, and to
+/// `dimensions` (renormalized) when asked.
+async fn embed_texts(
+    engine: &Engine,
+    model: &LoadedModel,
+    texts: Vec<String>,
+    truncate: bool,
+    dimensions: Option<u32>,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    let n_embd = model.model.n_embd() as u32;
+    if let Some(d) = dimensions {
+        if d == 0 || d > n_embd {
+            return Err(ApiError::invalid(
+                "dimensions",
+                format!("dimensions must be between 1 and {n_embd} (this model's size), not {d}"),
+            ));
+        }
+    }
+    let limit = model.n_ctx_seq as usize;
+    let mut inputs: Vec<Vec<LlamaToken>> = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let mut tokens = model.tokenize(text);
+        if tokens.is_empty() {
+            return Err(ApiError::invalid("input", format!("input {i} is empty")));
+        }
+        if tokens.len() > limit {
+            if !truncate {
+                return Err(ApiError::invalid(
+                    "input",
+                    format!(
+                        "input {i} is {} tokens, but at most {limit} fit in the context; send truncate: true to cut it",
+                        tokens.len()
+                    ),
+                ));
+            }
+            tokens.truncate(limit);
+        }
+        inputs.push(tokens);
+    }
+    let counted = inputs.iter().map(Vec::len).sum();
+    if inputs.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let mut vectors = engine
+        .embed(inputs)
+        .await
+        .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    if let Some(d) = dimensions {
+        for v in &mut vectors {
+            v.truncate(d as usize);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    Ok((vectors, counted))
+}
+
+async fn embed(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    Metrics::add(&engine.metrics.embedding_requests, 1);
+    let result = async {
+        let received = Instant::now();
+        let request: EmbedBody = parse_json(&body)?;
+        let model = find_model(&engine, &request.model)?;
+        check_keep_alive(request.keep_alive.as_ref())?;
+        let texts = match request.input {
+            EmbedInput::One(t) => vec![t],
+            EmbedInput::Many(v) => v,
+        };
+        let (vectors, counted) = embed_texts(
+            &engine,
+            &model,
+            texts,
+            request.truncate.unwrap_or(true),
+            request.dimensions,
+        )
+        .await?;
+        Ok(Json(json!({
+            "model": ollama_name(&model),
+            "embeddings": vectors,
+            "total_duration": received.elapsed().as_nanos() as u64,
+            "load_duration": 0,
+            "prompt_eval_count": counted,
+        }))
+        .into_response())
+    }
+    .await;
+    reply(&engine, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LegacyEmbedBody {
+    model: String,
+    prompt: String,
+    keep_alive: Option<Value>,
+}
+
+/// The older single-input route: `{"embedding": [...]}`.
+async fn embeddings_legacy(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    Metrics::add(&engine.metrics.embedding_requests, 1);
+    let result = async {
+        let request: LegacyEmbedBody = parse_json(&body)?;
+        let model = find_model(&engine, &request.model)?;
+        check_keep_alive(request.keep_alive.as_ref())?;
+        if request.prompt.is_empty() {
+            return Ok(Json(json!({"embedding": []})).into_response());
+        }
+        let (mut vectors, _) =
+            embed_texts(&engine, &model, vec![request.prompt], true, None).await?;
+        Ok(Json(json!({"embedding": vectors.pop().unwrap_or_default()})).into_response())
+    }
+    .await;
+    reply(&engine, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeleteBody {
+    model: String,
+    name: String,
+}
+
+/// The box's own model is part of its signed image: it cannot be deleted.
+async fn delete_model(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    let result = async {
+        let request: DeleteBody = parse_json(&body)?;
+        let name = if request.model.is_empty() {
+            &request.name
+        } else {
+            &request.model
+        };
+        let model = find_model(&engine, name)?;
+        Err(ApiError::status(
+            StatusCode::FORBIDDEN,
+            format!(
+                "'{}' is the box's own model, part of its signed system image: it cannot be deleted",
+                ollama_name(&model)
+            ),
+        ))
+    }
+    .await;
+    reply(&engine, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_are_written_as_ollama_writes_them() {
+        assert_eq!(parameter_size(134_515_008), "134.52M");
+        assert_eq!(parameter_size(8_030_261_248), "8.0B");
+        assert_eq!(parameter_size(268_098_176), "268.10M");
+    }
+
+    #[test]
+    fn keep_alive_takes_seconds_and_durations_and_refuses_the_rest() {
+        for ok in [
+            json!(0),
+            json!(-1),
+            json!(300),
+            json!("5m"),
+            json!("0"),
+            json!("-1"),
+            json!("1h"),
+        ] {
+            assert!(check_keep_alive(Some(&ok)).is_ok(), "{ok}");
+        }
+        for bad in [json!("soon"), json!(true), json!([1])] {
+            let e = check_keep_alive(Some(&bad)).unwrap_err();
+            assert!(e.message.contains("keep_alive"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_tool_result_gets_the_id_of_the_call_with_its_name() {
+        let messages: Vec<Message> = serde_json::from_value(json!([
+            {"role": "user", "content": "weather in Paris and Rome?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": "weather", "arguments": {"city": "Paris"}}},
+                {"function": {"name": "time", "arguments": {}}},
+            ]},
+            {"role": "tool", "content": "12:00", "tool_name": "time"},
+            {"role": "tool", "content": "sunny", "tool_name": "weather"},
+        ]))
+        .unwrap();
+        let out = chat_messages(messages).unwrap();
+        let calls = out[1].tool_calls.as_ref().unwrap();
+        assert_eq!(
+            calls[0].function.arguments.as_deref(),
+            Some(r#"{"city":"Paris"}"#)
+        );
+        assert_eq!(out[2].tool_call_id, calls[1].id);
+        assert_eq!(out[3].tool_call_id, calls[0].id);
+    }
+
+    #[test]
+    fn format_is_json_or_a_schema() {
+        assert!(matches!(
+            response_format(Some(&json!("json"))),
+            Ok(Some(ResponseFormat::JsonObject))
+        ));
+        assert!(matches!(
+            response_format(Some(&json!({"type": "object"}))),
+            Ok(Some(ResponseFormat::JsonSchema { .. }))
+        ));
+        assert!(matches!(response_format(Some(&json!(""))), Ok(None)));
+        assert!(response_format(Some(&json!("yaml"))).is_err());
+    }
+}
