@@ -16,8 +16,6 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     hermes_tools: bool,
-    /// The Jinja text, as `/api/show` reports it.
-    source: String,
 }
 
 /// One message as the template sees it: text content, and for templates that know tools,
@@ -73,12 +71,7 @@ impl ChatTemplate {
             // Hermes' convention (Qwen 2.5/3, Hermes, SmolLM3): the template lists `tools`
             // and the model answers with `<tool_call>{"name", "arguments"}</tool_call>`.
             hermes_tools: source.contains("tools") && source.contains("<tool_call>"),
-            source: source.to_string(),
         })
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// Whether the template renders tools itself, in Hermes' `<tool_call>` convention.

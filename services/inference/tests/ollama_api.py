@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -30,6 +31,23 @@ def client():
 
 def name():
     return client().list().models[0].model
+
+
+def metric(name):
+    with urllib.request.urlopen(URL + "/metrics") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("llamabox_inference_" + name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"/metrics has no {name}")
+
+
+def wait_until(condition, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Models(unittest.TestCase):
@@ -175,6 +193,45 @@ class Chat(unittest.TestCase):
         reply = client().chat(model=name(), messages=[])
         self.assertTrue(reply.done)
         self.assertEqual(reply.done_reason, "load")
+
+
+class KeepAlive(unittest.TestCase):
+    def loaded(self):
+        return [m.model for m in client().ps().models] == [name()]
+
+    def test_keep_alive_zero_frees_the_model_and_the_next_request_loads_it(self):
+        self.assertTrue(self.loaded())
+        # Ollama's way to free a model: an empty request with keep_alive 0.
+        self.assertEqual(client().generate(model=name(), keep_alive=0).done_reason, "unload")
+        wait_until(lambda: not self.loaded(), "the model to be freed")
+        self.assertEqual(metric("model_loaded"), 0)
+        # Still installed: listed, shown, and the service stays healthy.
+        self.assertEqual(len(client().list().models), 1)
+        self.assertIn("completion", client().show(name()).capabilities)
+        with urllib.request.urlopen(URL + "/health") as r:
+            self.assertEqual(json.load(r)["loaded"], False)
+        # The next request loads it again and is answered; with keep_alive 0 the model
+        # is freed again once the reply is complete.
+        reply = client().chat(model=name(), messages=QUESTION, options=GREEDY, keep_alive=0)
+        self.assertGreater(reply.eval_count, 0)
+        wait_until(lambda: not self.loaded(), "the model to be freed after the reply")
+        # Embeddings load it too.
+        self.assertEqual(len(client().embed(model=name(), input="x", keep_alive=0).embeddings), 1)
+        # A request without keep_alive brings back the default: loaded for good.
+        client().chat(model=name(), messages=QUESTION, options=GREEDY)
+        self.assertTrue(self.loaded())
+        self.assertEqual(metric("model_loaded"), 1)
+        self.assertGreater(client().ps().models[0].expires_at.year, datetime.now().year + 50)
+
+    def test_a_keep_alive_duration_is_when_the_idle_model_expires(self):
+        client().generate(model=name(), keep_alive="10m")
+
+        def expires_in():
+            return client().ps().models[0].expires_at.timestamp() - time.time()
+
+        wait_until(lambda: 500 < expires_in() < 610, "expires_at 10 minutes from now")
+        client().generate(model=name())
+        wait_until(lambda: expires_in() > 3e9, "expires_at to be far away again")
 
 
 class Generate(unittest.TestCase):

@@ -46,7 +46,7 @@ pub async fn embeddings(State(engine): State<Arc<Engine>>, body: Bytes) -> Respo
 
 async fn run(engine: &Engine, body: &Bytes) -> Result<Response, ApiError> {
     let request: EmbeddingsRequest = parse_json(body)?;
-    let model = resolve_model(engine, request.model.as_deref())?;
+    let model = resolve_model(engine, request.model.as_deref()).await?;
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,

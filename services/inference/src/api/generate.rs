@@ -49,7 +49,7 @@ pub(super) struct Meta {
 
 async fn run(engine: &Engine, body: &Bytes, kind: Kind) -> Result<Response, ApiError> {
     let request: GenerateRequest = parse_json(body)?;
-    let started = start(engine, &request, kind)?;
+    let started = start(engine, &request, kind).await?;
     if request.stream {
         let include_usage = request
             .stream_options
@@ -73,12 +73,12 @@ pub(super) struct Started {
 }
 
 /// Checks a chat or completion request, renders and tokenizes its prompt and submits it.
-pub(super) fn start(
+pub(super) async fn start(
     engine: &Engine,
     request: &GenerateRequest,
     kind: Kind,
 ) -> Result<Started, ApiError> {
-    let model = resolve_model(engine, request.model.as_deref())?;
+    let model = resolve_model(engine, request.model.as_deref()).await?;
     let mut generation = request.generation(engine.parallel())?;
     let input_param = match kind {
         Kind::Chat => "messages",

@@ -25,7 +25,7 @@ use serde_json::json;
 
 pub use error::ApiError;
 
-use crate::engine::{Engine, LoadedModel};
+use crate::engine::{Engine, LoadedModel, ModelCard, SubmitError};
 use crate::metrics::Metrics;
 
 /// Largest request body accepted (a long conversation is a few hundred KiB).
@@ -77,21 +77,33 @@ fn respond(engine: &Engine, result: Result<Response, ApiError>) -> Response {
     }
 }
 
-/// The loaded model, checked against the request's `model` field.
-fn resolve_model(engine: &Engine, requested: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
-    let model = engine.model().ok_or_else(loading)?;
+/// The model, checked against the request's `model` field (known once first loaded).
+fn resolve_card(engine: &Engine, requested: Option<&str>) -> Result<Arc<ModelCard>, ApiError> {
+    let card = engine.card().ok_or_else(loading)?;
     match requested {
-        Some(name) if !name.is_empty() && name != model.id => Err(ApiError {
+        Some(name) if !name.is_empty() && name != card.id => Err(ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!(
                 "the model `{name}` does not exist; this box serves `{}`",
-                model.id
+                card.id
             ),
             param: Some("model"),
             code: Some("model_not_found"),
         }),
-        _ => Ok(model.clone()),
+        _ => Ok(card.clone()),
     }
+}
+
+/// The loaded model, checked against the request's `model` field, loaded again first if
+/// a client had it freed (`keep_alive`).
+async fn resolve_model(
+    engine: &Engine,
+    requested: Option<&str>,
+) -> Result<Arc<LoadedModel>, ApiError> {
+    resolve_card(engine, requested)?;
+    engine.ready().await.map_err(|e| match e {
+        SubmitError::Loading | SubmitError::Busy { .. } => loading(),
+    })
 }
 
 fn loading() -> ApiError {
@@ -122,25 +134,25 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn model_object(model: &LoadedModel) -> serde_json::Value {
+fn model_object(card: &ModelCard) -> serde_json::Value {
     json!({
-        "id": model.id,
+        "id": card.id,
         "object": "model",
-        "created": model.created,
+        "created": card.created,
         "owned_by": "llamabox",
         "meta": {
-            "n_ctx": model.n_ctx_seq,
-            "n_ctx_train": model.model.n_ctx_train(),
-            "n_params": model.model.n_params(),
-            "size": model.model.size(),
+            "n_ctx": card.n_ctx_seq,
+            "n_ctx_train": card.n_ctx_train,
+            "n_params": card.n_params,
+            "size": card.size,
         },
     })
 }
 
 async fn models(State(engine): State<Arc<Engine>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let model = engine.model().ok_or_else(loading)?;
+    let card = engine.card().ok_or_else(loading)?;
     Ok(Json(
-        json!({"object": "list", "data": [model_object(model)]}),
+        json!({"object": "list", "data": [model_object(card)]}),
     ))
 }
 
@@ -148,13 +160,20 @@ async fn model(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let model = resolve_model(&engine, Some(&id))?;
-    Ok(Json(model_object(&model)))
+    let card = resolve_card(&engine, Some(&id))?;
+    Ok(Json(model_object(&card)))
 }
 
+/// Ready once the model has loaded the first time; a model freed by `keep_alive` is
+/// loaded again by the next request, so the service stays healthy meanwhile.
 async fn health(State(engine): State<Arc<Engine>>) -> Response {
-    match engine.model() {
-        Some(model) => Json(json!({"status": "ok", "model": model.id})).into_response(),
+    match engine.card() {
+        Some(card) => Json(json!({
+            "status": "ok",
+            "model": card.id,
+            "loaded": engine.model().is_some(),
+        }))
+        .into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "loading"})),

@@ -31,8 +31,8 @@ use super::request::{
     ResponseFormat, Stop, ToolCallIn,
 };
 use super::tools::ToolDef;
-use super::{loading, parse_json, ApiError};
-use crate::engine::{Engine, LoadedModel, TokenLogprob, Usage};
+use super::{loading, parse_json, resolve_model, ApiError};
+use crate::engine::{Engine, KeepAlive, ModelCard, TokenLogprob, Usage};
 use crate::metrics::Metrics;
 
 /// The Ollama release whose API this follows; clients read it from `/api/version`.
@@ -83,17 +83,18 @@ async fn not_here(uri: axum::http::Uri) -> Response {
 
 /// The name Ollama clients see: theirs are `family:tag`, and a name without a tag means
 /// `:latest`.
-fn ollama_name(model: &LoadedModel) -> String {
-    if model.id.contains(':') {
-        model.id.clone()
+fn ollama_name(card: &ModelCard) -> String {
+    if card.id.contains(':') {
+        card.id.clone()
     } else {
-        format!("{}:latest", model.id)
+        format!("{}:latest", card.id)
     }
 }
 
-/// The model a request names. Ollama's names are case-insensitive, and `x` is `x:latest`.
-fn find_model(engine: &Engine, name: &str) -> Result<Arc<LoadedModel>, ApiError> {
-    let model = engine.model().ok_or_else(loading)?;
+/// The model a request names, loaded or not. Ollama's names are case-insensitive, and
+/// `x` is `x:latest`.
+fn find_model(engine: &Engine, name: &str) -> Result<Arc<ModelCard>, ApiError> {
+    let model = engine.card().ok_or_else(loading)?;
     if name.is_empty() {
         return Err(ApiError::invalid("model", "model is required"));
     }
@@ -116,7 +117,7 @@ fn now_rfc3339() -> String {
 }
 
 /// SHA-256 of the model's file, computed once (a few hundred MB take about a second).
-async fn digest(model: &Arc<LoadedModel>) -> Result<String, ApiError> {
+async fn digest(model: &Arc<ModelCard>) -> Result<String, ApiError> {
     if let Some(d) = model.digest.get() {
         return Ok(d.clone());
     }
@@ -144,22 +145,19 @@ async fn digest(model: &Arc<LoadedModel>) -> Result<String, ApiError> {
 }
 
 /// The file's size and modification time (the time it was installed).
-fn file_facts(model: &LoadedModel) -> (u64, String) {
+fn file_facts(model: &ModelCard) -> (u64, String) {
     let meta = std::fs::metadata(&model.path).ok();
-    let size = meta.as_ref().map_or(model.model.size(), |m| m.len());
+    let size = meta.as_ref().map_or(model.size, |m| m.len());
     let modified = meta
         .and_then(|m| m.modified().ok())
         .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(model.created));
     (size, humantime::format_rfc3339_nanos(modified).to_string())
 }
 
-fn meta(model: &LoadedModel, key: &str) -> Option<String> {
-    model.model.meta_val_str(key).ok()
-}
-
-fn details(model: &LoadedModel) -> Value {
-    let family = meta(model, "general.architecture").unwrap_or_default();
-    let quantization = meta(model, "general.file_type")
+fn details(model: &ModelCard) -> Value {
+    let family = model.meta("general.architecture").unwrap_or_default();
+    let quantization = model
+        .meta("general.file_type")
         .and_then(|t| t.parse().ok())
         .map_or("unknown", file_type_name);
     json!({
@@ -167,7 +165,7 @@ fn details(model: &LoadedModel) -> Value {
         "format": "gguf",
         "family": family,
         "families": [family],
-        "parameter_size": parameter_size(model.model.n_params()),
+        "parameter_size": parameter_size(model.n_params),
         "quantization_level": quantization,
     })
 }
@@ -213,7 +211,7 @@ fn file_type_name(file_type: u32) -> &'static str {
 
 async fn tags(State(engine): State<Arc<Engine>>) -> Response {
     let result = async {
-        let Some(model) = engine.model() else {
+        let Some(model) = engine.card() else {
             // Still loading: nothing to list yet.
             return Ok(Json(json!({"models": []})).into_response());
         };
@@ -234,18 +232,22 @@ async fn tags(State(engine): State<Arc<Engine>>) -> Response {
 
 async fn ps(State(engine): State<Arc<Engine>>) -> Response {
     let result = async {
-        let Some(model) = engine.model() else {
+        // Only a loaded model is listed: one freed by `keep_alive` is not.
+        let Some(loaded) = engine.model() else {
             return Ok(Json(json!({"models": []})).into_response());
         };
-        // The box's model stays loaded: it never expires.
-        let forever = SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let model = &loaded.card;
+        // Without a `keep_alive` the box's model stays loaded: it never expires.
+        let expires = engine
+            .expires_at()
+            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600));
         Ok(Json(json!({"models": [{
             "name": ollama_name(model),
             "model": ollama_name(model),
-            "size": model.model.size(),
+            "size": model.size,
             "digest": digest(model).await?,
             "details": details(model),
-            "expires_at": humantime::format_rfc3339_nanos(forever).to_string(),
+            "expires_at": humantime::format_rfc3339_nanos(expires).to_string(),
             "size_vram": 0,
             "context_length": model.n_ctx_seq,
         }]}))
@@ -277,16 +279,11 @@ async fn show(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
         if model.template.is_some() {
             capabilities.push("tools");
         }
-        let template = model
-            .template
-            .as_ref()
-            .map(|t| t.source().to_string())
-            .unwrap_or_default();
         Ok(Json(json!({
-            "license": meta(&model, "general.license").unwrap_or_default(),
+            "license": model.meta("general.license").unwrap_or_default(),
             "modelfile": format!("# The box's model\nFROM {}\n", model.path.display()),
             "parameters": "",
-            "template": template,
+            "template": model.template.as_deref().unwrap_or_default(),
             "details": details(&model),
             "model_info": model_info(&model),
             "capabilities": capabilities,
@@ -300,30 +297,23 @@ async fn show(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
 
 /// The GGUF metadata, values as JSON numbers where they are numbers; the tokenizer's
 /// long arrays are left out (null), as Ollama does unless asked to be verbose.
-fn model_info(model: &LoadedModel) -> Value {
+fn model_info(model: &ModelCard) -> Value {
     let mut info = Map::new();
-    for i in 0..model.model.meta_count() {
-        let Ok(key) = model.model.meta_key_by_index(i) else {
-            continue;
-        };
+    for (key, v) in &model.metadata {
         if key == "tokenizer.chat_template" {
             continue;
         }
-        let value = match model.model.meta_val_str_by_index(i) {
-            Ok(v) if key.starts_with("tokenizer.ggml.") && v.starts_with("arr[") => Value::Null,
-            Ok(v) => v
-                .parse::<i64>()
+        let value = if key.starts_with("tokenizer.ggml.") && v.starts_with("arr[") {
+            Value::Null
+        } else {
+            v.parse::<i64>()
                 .map(Value::from)
                 .or_else(|_| v.parse::<f64>().map(Value::from))
-                .unwrap_or(Value::String(v)),
-            Err(_) => Value::Null,
+                .unwrap_or_else(|_| Value::String(v.clone()))
         };
-        info.insert(key, value);
+        info.insert(key.clone(), value);
     }
-    info.insert(
-        "general.parameter_count".into(),
-        json!(model.model.n_params()),
-    );
+    info.insert("general.parameter_count".into(), json!(model.n_params));
     Value::Object(info)
 }
 
@@ -403,28 +393,40 @@ struct GenerateBody {
     top_logprobs: Option<i64>,
 }
 
-/// Checks `keep_alive`: seconds as a number, or a duration such as `"5m"`, `"1h"`, `"0"`;
-/// negative means forever. The box keeps its one model loaded whatever it says.
-fn check_keep_alive(value: Option<&Value>) -> Result<(), ApiError> {
-    let valid = match value {
-        None | Some(Value::Null) | Some(Value::Number(_)) => true,
-        Some(Value::String(s)) => {
-            let s = s.trim().trim_start_matches('-');
-            s.parse::<f64>().is_ok() || humantime::parse_duration(s).is_ok()
+/// `keep_alive`: seconds as a number, or a duration such as `"5m"`, `"1h"`, `"0"`;
+/// negative means forever. Absent: the box's default, which keeps the model loaded.
+fn parse_keep_alive(value: Option<&Value>) -> Result<KeepAlive, ApiError> {
+    let seconds = |s: f64| {
+        if s < 0.0 {
+            KeepAlive::Forever
+        } else {
+            KeepAlive::For(Duration::from_secs_f64(s.min(1e9)))
         }
-        Some(_) => false,
     };
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
+    let parsed = match value {
+        None | Some(Value::Null) => Some(KeepAlive::Forever),
+        Some(Value::Number(n)) => n.as_f64().map(seconds),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if s.starts_with('-') {
+                Some(KeepAlive::Forever)
+            } else if let Ok(n) = s.parse::<f64>() {
+                Some(seconds(n))
+            } else {
+                humantime::parse_duration(s).ok().map(KeepAlive::For)
+            }
+        }
+        Some(_) => None,
+    };
+    parsed.ok_or_else(|| {
+        ApiError::invalid(
             "keep_alive",
             format!(
                 "keep_alive must be seconds or a duration such as \"5m\", not {}",
                 value.unwrap_or(&Value::Null)
             ),
-        ))
-    }
+        )
+    })
 }
 
 fn check_capabilities(name: &str, think: Option<&Value>, images: bool) -> Result<(), ApiError> {
@@ -462,7 +464,7 @@ fn response_format(format: Option<&Value>) -> Result<Option<ResponseFormat>, Api
 
 /// The OpenAI-shaped request the rest of the service understands.
 fn translate(
-    model: &LoadedModel,
+    model: &ModelCard,
     options: Option<Options>,
     format: Option<&Value>,
     logprobs: Option<bool>,
@@ -548,7 +550,7 @@ async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
         let received = Instant::now();
         let request: ChatBody = parse_json(&body)?;
         let model = find_model(&engine, &request.model)?;
-        check_keep_alive(request.keep_alive.as_ref())?;
+        let keep_alive = parse_keep_alive(request.keep_alive.as_ref())?;
         check_capabilities(&request.model, request.think.as_ref(), false)?;
         let reply = Reply {
             shape: Shape::Chat,
@@ -557,8 +559,7 @@ async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
             logprobs: request.logprobs == Some(true),
         };
         if request.messages.is_empty() {
-            // Ollama's way to load a model: it is loaded.
-            return Ok(reply.loaded());
+            return reply.load_or_unload(&engine, keep_alive).await;
         }
         let mut openai = translate(
             &model,
@@ -569,7 +570,9 @@ async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
         )?;
         openai.messages = Some(chat_messages(request.messages)?);
         openai.tools = request.tools;
-        let started = generate::start(&engine, &openai, Kind::Chat)?;
+        let started = generate::start(&engine, &openai, Kind::Chat).await?;
+        // After the request is queued, so that it is answered before the model is freed.
+        engine.keep_alive(keep_alive);
         reply.send(started, request.stream.unwrap_or(true)).await
     }
     .await;
@@ -582,7 +585,7 @@ async fn generate_route(State(engine): State<Arc<Engine>>, body: Bytes) -> Respo
         let received = Instant::now();
         let request: GenerateBody = parse_json(&body)?;
         let model = find_model(&engine, &request.model)?;
-        check_keep_alive(request.keep_alive.as_ref())?;
+        let keep_alive = parse_keep_alive(request.keep_alive.as_ref())?;
         let images = request.images.as_ref().is_some_and(|v| !v.is_empty());
         check_capabilities(&request.model, request.think.as_ref(), images)?;
         if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
@@ -611,7 +614,7 @@ async fn generate_route(State(engine): State<Arc<Engine>>, body: Bytes) -> Respo
         };
         let prompt = request.prompt.unwrap_or_default();
         if prompt.is_empty() {
-            return Ok(reply.loaded());
+            return reply.load_or_unload(&engine, keep_alive).await;
         }
         let mut openai = translate(
             &model,
@@ -650,7 +653,8 @@ async fn generate_route(State(engine): State<Arc<Engine>>, body: Bytes) -> Respo
             openai.messages = Some(messages);
             Kind::Chat
         };
-        let started = generate::start(&engine, &openai, kind)?;
+        let started = generate::start(&engine, &openai, kind).await?;
+        engine.keep_alive(keep_alive);
         reply.send(started, request.stream.unwrap_or(true)).await
     }
     .await;
@@ -690,11 +694,23 @@ impl Reply {
         line
     }
 
-    /// The answer to a request with nothing to generate: the model is loaded.
-    fn loaded(&self) -> Response {
+    /// The answer to a request with nothing to generate: Ollama's way to load a model,
+    /// or with `keep_alive: 0` to free it.
+    async fn load_or_unload(
+        &self,
+        engine: &Engine,
+        keep_alive: KeepAlive,
+    ) -> Result<Response, ApiError> {
+        let reason = if keep_alive == KeepAlive::For(Duration::ZERO) {
+            "unload"
+        } else {
+            resolve_model(engine, None).await?;
+            "load"
+        };
+        engine.keep_alive(keep_alive);
         let mut line = self.line("", None, true);
-        line["done_reason"] = json!("load");
-        Json(line).into_response()
+        line["done_reason"] = json!(reason);
+        Ok(Json(line).into_response())
     }
 
     /// The last line's reason and figures (durations in nanoseconds).
@@ -834,12 +850,13 @@ struct EmbedBody {
 /// `dimensions` (renormalized) when asked.
 async fn embed_texts(
     engine: &Engine,
-    model: &LoadedModel,
     texts: Vec<String>,
     truncate: bool,
     dimensions: Option<u32>,
+    keep_alive: KeepAlive,
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
-    let n_embd = model.model.n_embd() as u32;
+    let model = resolve_model(engine, None).await?;
+    let n_embd = model.card.n_embd;
     if let Some(d) = dimensions {
         if d == 0 || d > n_embd {
             return Err(ApiError::invalid(
@@ -871,12 +888,13 @@ async fn embed_texts(
     }
     let counted = inputs.iter().map(Vec::len).sum();
     if inputs.is_empty() {
+        engine.keep_alive(keep_alive);
         return Ok((Vec::new(), 0));
     }
-    let mut vectors = engine
-        .embed(inputs)
-        .await
-        .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let embedded = engine.embed(inputs).await;
+    engine.keep_alive(keep_alive);
+    let mut vectors =
+        embedded.map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     if let Some(d) = dimensions {
         for v in &mut vectors {
             v.truncate(d as usize);
@@ -893,17 +911,17 @@ async fn embed(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
         let received = Instant::now();
         let request: EmbedBody = parse_json(&body)?;
         let model = find_model(&engine, &request.model)?;
-        check_keep_alive(request.keep_alive.as_ref())?;
+        let keep_alive = parse_keep_alive(request.keep_alive.as_ref())?;
         let texts = match request.input {
             EmbedInput::One(t) => vec![t],
             EmbedInput::Many(v) => v,
         };
         let (vectors, counted) = embed_texts(
             &engine,
-            &model,
             texts,
             request.truncate.unwrap_or(true),
             request.dimensions,
+            keep_alive,
         )
         .await?;
         Ok(Json(json!({
@@ -932,13 +950,13 @@ async fn embeddings_legacy(State(engine): State<Arc<Engine>>, body: Bytes) -> Re
     Metrics::add(&engine.metrics.embedding_requests, 1);
     let result = async {
         let request: LegacyEmbedBody = parse_json(&body)?;
-        let model = find_model(&engine, &request.model)?;
-        check_keep_alive(request.keep_alive.as_ref())?;
+        find_model(&engine, &request.model)?;
+        let keep_alive = parse_keep_alive(request.keep_alive.as_ref())?;
         if request.prompt.is_empty() {
             return Ok(Json(json!({"embedding": []})).into_response());
         }
         let (mut vectors, _) =
-            embed_texts(&engine, &model, vec![request.prompt], true, None).await?;
+            embed_texts(&engine, vec![request.prompt], true, None, keep_alive).await?;
         Ok(Json(json!({"embedding": vectors.pop().unwrap_or_default()})).into_response())
     }
     .await;
@@ -987,19 +1005,23 @@ mod tests {
 
     #[test]
     fn keep_alive_takes_seconds_and_durations_and_refuses_the_rest() {
-        for ok in [
-            json!(0),
-            json!(-1),
-            json!(300),
-            json!("5m"),
-            json!("0"),
-            json!("-1"),
-            json!("1h"),
+        let after = |s| KeepAlive::For(Duration::from_secs(s));
+        for (given, want) in [
+            (json!(0), after(0)),
+            (json!("0"), after(0)),
+            (json!(300), after(300)),
+            (json!("5m"), after(300)),
+            (json!("1h"), after(3600)),
+            (json!(-1), KeepAlive::Forever),
+            (json!("-1"), KeepAlive::Forever),
+            (json!("-1m"), KeepAlive::Forever),
+            (Value::Null, KeepAlive::Forever),
         ] {
-            assert!(check_keep_alive(Some(&ok)).is_ok(), "{ok}");
+            assert_eq!(parse_keep_alive(Some(&given)).unwrap(), want, "{given}");
         }
+        assert_eq!(parse_keep_alive(None).unwrap(), KeepAlive::Forever);
         for bad in [json!("soon"), json!(true), json!([1])] {
-            let e = check_keep_alive(Some(&bad)).unwrap_err();
+            let e = parse_keep_alive(Some(&bad)).unwrap_err();
             assert!(e.message.contains("keep_alive"), "{}", e.message);
         }
     }

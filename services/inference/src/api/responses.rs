@@ -73,7 +73,7 @@ async fn run(engine: &Engine, body: &Bytes) -> Result<Response, ApiError> {
         ));
     }
     let chat = chat_request(&request)?;
-    let started = start(engine, &chat, Kind::Chat)?;
+    let started = start(engine, &chat, Kind::Chat).await?;
     let shell = Shell {
         id: format!("resp_{}", started.meta.id.trim_start_matches("chatcmpl-")),
         created_at: unix_now(),

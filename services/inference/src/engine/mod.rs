@@ -4,6 +4,11 @@
 //! HTTP handlers talk to it through [`Engine`]: they tokenize on their own thread (the model
 //! is shareable), submit a [`GenerateJob`] and read [`Event`]s from a channel. Dropping that
 //! channel's receiver (a client that went away) cancels the generation at the next step.
+//!
+//! The model is loaded at start and stays loaded unless a client asks otherwise
+//! ([`KeepAlive`], Ollama's `keep_alive`): then the engine frees it once it has been idle
+//! that long, and loads it again for the next request that needs it ([`Engine::ready`]).
+//! What is known about the model ([`ModelCard`]) outlives the unloading.
 
 pub mod sampling;
 pub mod text;
@@ -12,11 +17,12 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::template::ChatTemplate;
@@ -40,6 +46,39 @@ pub struct EngineConfig {
     pub queue_limit: usize,
 }
 
+/// What is known about the model from its first load on, loaded or not: what model
+/// lists and `/api/show` report.
+pub struct ModelCard {
+    /// The name clients use in `model` fields.
+    pub id: String,
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// Unix time of the first load (the `created` field of `/v1/models`).
+    pub created: u64,
+    pub n_params: u64,
+    /// Bytes of the model's tensors.
+    pub size: u64,
+    pub n_ctx_train: u32,
+    pub n_embd: u32,
+    /// Context (prompt + generated tokens) available to one request.
+    pub n_ctx_seq: u32,
+    /// The GGUF metadata as llama.cpp writes it out, key by key.
+    pub metadata: Vec<(String, String)>,
+    /// The chat template in use (the model's own or `--chat-template-file`), if any.
+    pub template: Option<String>,
+    /// SHA-256 of the file in hex, computed the first time it is asked for.
+    pub digest: OnceLock<String>,
+}
+
+impl ModelCard {
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// The loaded model and what the HTTP side needs to know about it.
 pub struct LoadedModel {
     pub id: String,
@@ -47,12 +86,17 @@ pub struct LoadedModel {
     pub template: Option<ChatTemplate>,
     /// Context (prompt + generated tokens) available to one request.
     pub n_ctx_seq: u32,
-    /// Unix time the model was loaded (the `created` field of `/v1/models`).
-    pub created: u64,
-    /// The GGUF file it came from.
-    pub path: PathBuf,
-    /// SHA-256 of that file in hex, computed the first time it is asked for.
-    pub digest: OnceLock<String>,
+    pub card: Arc<ModelCard>,
+}
+
+/// How long the model stays loaded once the engine is idle: Ollama's `keep_alive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepAlive {
+    /// The box's default: the model stays loaded.
+    #[default]
+    Forever,
+    /// Freed after this long without work (zero: as soon as the engine is idle).
+    For(Duration),
 }
 
 impl LoadedModel {
@@ -154,12 +198,22 @@ enum Job {
         inputs: Vec<Vec<LlamaToken>>,
         reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
     },
+    /// Load the model if it is not loaded.
+    Load,
+    KeepAlive(KeepAlive),
 }
+
+/// How long [`Engine::ready`] waits for the model to load again.
+const RELOAD_WAIT: Duration = Duration::from_secs(300);
 
 pub struct Engine {
     config: EngineConfig,
     jobs: mpsc::Sender<Job>,
-    model: Arc<OnceLock<Arc<LoadedModel>>>,
+    /// The model while it is loaded.
+    loaded: watch::Receiver<Option<Arc<LoadedModel>>>,
+    card: Arc<OnceLock<Arc<ModelCard>>>,
+    /// When an idle engine frees the model; None: it stays loaded.
+    expires: Arc<Mutex<Option<SystemTime>>>,
     /// Generations submitted and not yet finished (running or queued).
     in_flight: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
@@ -169,13 +223,18 @@ impl Engine {
     /// Starts the engine thread, which loads the model. `on_ready` runs once it is loaded.
     pub fn start(config: EngineConfig, on_ready: impl FnOnce() + Send + 'static) -> Engine {
         let (jobs, rx) = mpsc::channel();
-        let model = Arc::new(OnceLock::new());
+        let (publish, loaded) = watch::channel(None);
+        let card = Arc::new(OnceLock::new());
+        let expires = Arc::new(Mutex::new(None));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(Metrics::default());
         let worker = worker::Worker {
             config: config.clone(),
             jobs: rx,
-            model: model.clone(),
+            loaded: publish,
+            card: card.clone(),
+            keep_alive: std::cell::Cell::new(KeepAlive::Forever),
+            expires: expires.clone(),
             in_flight: in_flight.clone(),
             metrics: metrics.clone(),
         };
@@ -186,7 +245,9 @@ impl Engine {
         Engine {
             config,
             jobs,
-            model,
+            loaded,
+            card,
+            expires,
             in_flight,
             metrics,
         }
@@ -197,16 +258,52 @@ impl Engine {
         self.config.parallel.max(1)
     }
 
-    /// The model, once loaded.
-    pub fn model(&self) -> Option<&Arc<LoadedModel>> {
-        self.model.get()
+    /// The model, while it is loaded.
+    pub fn model(&self) -> Option<Arc<LoadedModel>> {
+        self.loaded.borrow().clone()
+    }
+
+    /// What is known about the model, once it has been loaded the first time.
+    pub fn card(&self) -> Option<&Arc<ModelCard>> {
+        self.card.get()
+    }
+
+    /// The loaded model, loading it again first if it was freed.
+    pub async fn ready(&self) -> Result<Arc<LoadedModel>, SubmitError> {
+        let mut loaded = self.loaded.clone();
+        if let Some(model) = loaded.borrow_and_update().clone() {
+            return Ok(model);
+        }
+        // Never loaded yet: the first load is under way (or failed, and the process exits).
+        if self.card.get().is_none() {
+            return Err(SubmitError::Loading);
+        }
+        self.jobs
+            .send(Job::Load)
+            .map_err(|_| SubmitError::Loading)?;
+        let model = match tokio::time::timeout(RELOAD_WAIT, loaded.wait_for(Option::is_some)).await
+        {
+            Ok(Ok(model)) => model.clone(),
+            _ => None,
+        };
+        model.ok_or(SubmitError::Loading)
+    }
+
+    /// How long the model stays loaded once idle, from now on.
+    pub fn keep_alive(&self, keep_alive: KeepAlive) {
+        let _ = self.jobs.send(Job::KeepAlive(keep_alive));
+    }
+
+    /// When an idle engine frees the model; None: it stays loaded.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        *self.expires.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn generate(
         &self,
         job: GenerateJob,
     ) -> Result<tokio_mpsc::UnboundedReceiver<Event>, SubmitError> {
-        if self.model.get().is_none() {
+        if self.card.get().is_none() {
             return Err(SubmitError::Loading);
         }
         let limit = self.config.parallel as usize + self.config.queue_limit;

@@ -6,10 +6,12 @@
 //! next request that starts with the same tokens (the next turn of a conversation) only
 //! computes what is new.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -22,12 +24,13 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 use super::text::{Piece, TextStream};
 use super::threadpool::Threadpool;
 use super::{
-    sampling, EngineConfig, Event, FinishReason, GenerateJob, Job, LoadedModel, TokenLogprob,
-    TokenProb, Usage,
+    sampling, EngineConfig, Event, FinishReason, GenerateJob, Job, KeepAlive, LoadedModel,
+    ModelCard, TokenLogprob, TokenProb, Usage,
 };
 use crate::metrics::Metrics;
 use crate::template::ChatTemplate;
@@ -35,9 +38,22 @@ use crate::template::ChatTemplate;
 pub(super) struct Worker {
     pub config: EngineConfig,
     pub jobs: mpsc::Receiver<Job>,
-    pub model: Arc<OnceLock<Arc<LoadedModel>>>,
+    pub loaded: watch::Sender<Option<Arc<LoadedModel>>>,
+    pub card: Arc<OnceLock<Arc<ModelCard>>>,
+    /// The latest `keep_alive` a client gave (only this thread reads or writes it).
+    pub keep_alive: Cell<KeepAlive>,
+    pub expires: Arc<Mutex<Option<SystemTime>>>,
     pub in_flight: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
+}
+
+/// Why the decode loop returned.
+#[derive(Debug, PartialEq)]
+enum Stop {
+    /// Idle for the `keep_alive` time: free the model.
+    Unload,
+    /// The engine is gone: the process is exiting.
+    Exit,
 }
 
 impl Worker {
@@ -50,38 +66,122 @@ impl Worker {
         }
     }
 
+    /// Loads the model, decodes until told to free it, waits for work, and again.
     fn serve(self, on_ready: impl FnOnce()) -> Result<()> {
         let backend = LlamaBackend::init().context("cannot initialize llama.cpp")?;
+        // Started once and kept: decoding contexts come and go with the model.
+        let threadpool = Threadpool::new(self.config.threads)?;
+        let mut on_ready = Some(on_ready);
+        let mut waiting: Option<Job> = None;
+        loop {
+            let loaded = self.load(&backend)?;
+            if self.decode(
+                &backend,
+                &threadpool,
+                &loaded,
+                waiting.take(),
+                &mut on_ready,
+            )? == Stop::Exit
+            {
+                return Ok(());
+            }
+            self.loaded.send_replace(None);
+            drop(loaded);
+            Metrics::set(&self.metrics.model_loaded, 0);
+            self.set_expiry(None);
+            tracing::info!("model unloaded (keep_alive)");
+            // Unloaded until something needs the model.
+            loop {
+                match self.jobs.recv() {
+                    Err(_) => return Ok(()),
+                    Ok(Job::KeepAlive(k)) => self.keep_alive.set(k),
+                    Ok(Job::Load) => break,
+                    Ok(job) => {
+                        waiting = Some(job);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn load(&self, backend: &LlamaBackend) -> Result<Arc<LoadedModel>> {
         let path = &self.config.model_path;
         let started = Instant::now();
-        let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .with_context(|| format!("cannot load the model {}", path.display()))?;
-        let template = match (&self.config.chat_template, model.chat_template(None)) {
-            (Some(given), _) => Some(
-                ChatTemplate::new(given, &model)
-                    .context("the chat template file does not compile")?,
-            ),
-            (None, Ok(t)) => Some(
-                ChatTemplate::new(&t.to_string().unwrap_or_default(), &model)
-                    .context("the model's chat template does not compile")?,
-            ),
+        let template_source = match (&self.config.chat_template, model.chat_template(None)) {
+            (Some(given), _) => Some(given.clone()),
+            (None, Ok(t)) => Some(t.to_string().unwrap_or_default()),
             (None, Err(_)) => None,
         };
-
+        let template = match &template_source {
+            Some(source) => Some(ChatTemplate::new(source, &model).with_context(|| {
+                if self.config.chat_template.is_some() {
+                    "the chat template file does not compile"
+                } else {
+                    "the model's chat template does not compile"
+                }
+            })?),
+            None => None,
+        };
         let parallel = self.config.parallel.max(1);
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let loaded = Arc::new(LoadedModel {
-            id: self.config.model_id.clone(),
+        let card = self
+            .card
+            .get_or_init(|| {
+                let metadata = (0..model.meta_count())
+                    .filter_map(|i| {
+                        Some((
+                            model.meta_key_by_index(i).ok()?,
+                            model.meta_val_str_by_index(i).ok()?,
+                        ))
+                    })
+                    .collect();
+                Arc::new(ModelCard {
+                    id: self.config.model_id.clone(),
+                    path: path.clone(),
+                    created: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                    n_params: model.n_params(),
+                    size: model.size(),
+                    n_ctx_train: model.n_ctx_train(),
+                    n_embd: model.n_embd().max(0) as u32,
+                    n_ctx_seq: self.config.ctx_size / parallel,
+                    metadata,
+                    template: template_source,
+                    digest: OnceLock::new(),
+                })
+            })
+            .clone();
+        tracing::info!(
+            model = %path.display(),
+            seconds = started.elapsed().as_secs_f32(),
+            context_per_sequence = card.n_ctx_seq,
+            parallel,
+            threads = self.config.threads,
+            "model loaded"
+        );
+        Ok(Arc::new(LoadedModel {
+            id: card.id.clone(),
             model,
             template,
-            n_ctx_seq: self.config.ctx_size / parallel,
-            created,
-            path: path.clone(),
-            digest: OnceLock::new(),
-        });
+            n_ctx_seq: card.n_ctx_seq,
+            card,
+        }))
+    }
+
+    /// Decodes with `loaded` until the engine stops or the model is to be freed.
+    fn decode(
+        &self,
+        backend: &LlamaBackend,
+        threadpool: &Threadpool,
+        loaded: &Arc<LoadedModel>,
+        waiting: Option<Job>,
+        on_ready: &mut Option<impl FnOnce()>,
+    ) -> Result<Stop> {
+        let parallel = self.config.parallel.max(1);
         let model = &loaded.model;
         let n_ctx_seq = loaded.n_ctx_seq;
         let ctx_params = LlamaContextParams::default()
@@ -94,33 +194,25 @@ impl Worker {
             .with_kv_unified(false)
             .with_n_threads(self.config.threads)
             .with_n_threads_batch(self.config.threads);
-        // Declared before the contexts, so it outlives them (dropped after).
-        let threadpool = Threadpool::new(self.config.threads)?;
         let mut ctx = model
-            .new_context(&backend, ctx_params)
+            .new_context(backend, ctx_params)
             .context("cannot create the llama.cpp context (is --ctx-size too large?)")?;
-        // SAFETY: `threadpool` outlives `ctx` (declared first, dropped last).
+        // SAFETY: `threadpool` outlives `ctx` (it lives for the whole engine thread).
         unsafe { ctx.attach_threadpool(threadpool.as_ptr(), threadpool.as_ptr()) };
-        let _ = self.model.set(loaded.clone());
+        self.loaded.send_replace(Some(loaded.clone()));
         Metrics::set(&self.metrics.model_loaded, 1);
         Metrics::set(
             &self.metrics.kv_cache_capacity,
             u64::from(n_ctx_seq) * u64::from(parallel),
         );
-        tracing::info!(
-            model = %path.display(),
-            seconds = started.elapsed().as_secs_f32(),
-            context_per_sequence = n_ctx_seq,
-            parallel,
-            threads = self.config.threads,
-            "model loaded"
-        );
-        on_ready();
+        if let Some(on_ready) = on_ready.take() {
+            on_ready();
+        }
 
-        let mut state = Decoder {
+        let mut decoder = Decoder {
             model,
-            backend: &backend,
-            threadpool: &threadpool,
+            backend,
+            threadpool,
             embed_ctx: None,
             batch: LlamaBatch::new(self.config.batch_size as usize, parallel as i32),
             slots: (0..parallel as i32).map(Slot::new).collect(),
@@ -128,9 +220,18 @@ impl Worker {
             n_ctx_seq,
             batch_size: self.config.batch_size as usize,
             clock: 0,
-            worker: &self,
+            idle_since: None,
+            worker: self,
         };
-        state.run(&mut ctx)
+        if let Some(job) = waiting {
+            decoder.accept(job);
+        }
+        Ok(decoder.run(&mut ctx))
+    }
+
+    /// Publishes when the model will be freed (`/api/ps`'s `expires_at`).
+    fn set_expiry(&self, at: Option<SystemTime>) {
+        *self.expires.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 }
 
@@ -194,19 +295,43 @@ struct Decoder<'m, 'w> {
     batch_size: usize,
     /// Counts admissions, to find the least recently used slot.
     clock: u64,
+    /// When the engine last ran out of work; None while it works.
+    idle_since: Option<Instant>,
     worker: &'w Worker,
 }
 
 impl<'m> Decoder<'m, '_> {
-    fn run(&mut self, ctx: &mut LlamaContext<'m>) -> Result<()> {
+    fn run(&mut self, ctx: &mut LlamaContext<'m>) -> Stop {
         loop {
             let busy = self.slots.iter().any(|s| s.running.is_some()) || !self.queue.is_empty();
-            if !busy {
-                // Idle: sleep until a request arrives.
-                match self.worker.jobs.recv() {
+            if busy {
+                self.idle_since = None;
+            } else {
+                // Idle: sleep until a request arrives, or until the model is to be freed.
+                let since = *self.idle_since.get_or_insert_with(Instant::now);
+                let job = match self.worker.keep_alive.get() {
+                    KeepAlive::Forever => {
+                        self.worker.set_expiry(None);
+                        self.worker
+                            .jobs
+                            .recv()
+                            .map_err(|_| RecvTimeoutError::Disconnected)
+                    }
+                    KeepAlive::For(keep) => {
+                        self.worker.set_expiry(Some(
+                            SystemTime::now() + keep.saturating_sub(since.elapsed()),
+                        ));
+                        self.worker
+                            .jobs
+                            .recv_timeout(keep.saturating_sub(since.elapsed()))
+                    }
+                };
+                match job {
                     Ok(job) => self.accept(job),
-                    Err(_) => return Ok(()),
+                    Err(RecvTimeoutError::Timeout) => return Stop::Unload,
+                    Err(RecvTimeoutError::Disconnected) => return Stop::Exit,
                 }
+                continue;
             }
             while let Ok(job) = self.worker.jobs.try_recv() {
                 self.accept(job);
@@ -229,6 +354,14 @@ impl<'m> Decoder<'m, '_> {
             Job::Generate { job, events } => self.queue.push_back((job, events)),
             Job::Embed { inputs, reply } => {
                 let _ = reply.send(self.embed(&inputs));
+                // Work: the keep-alive time counts from here.
+                self.idle_since = None;
+            }
+            Job::Load => {}
+            Job::KeepAlive(keep_alive) => {
+                self.worker.keep_alive.set(keep_alive);
+                // A client's new keep-alive time counts from its request.
+                self.idle_since = None;
             }
         }
     }
