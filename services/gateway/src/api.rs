@@ -95,6 +95,7 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
         .route("/v1/pairing/finish", post(pairing_finish))
         .merge(protected)
         .fallback_service(static_files)
+        .layer(middleware::from_fn(crate::error::ollama_shape))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             private_link_or_tls,

@@ -43,6 +43,8 @@ impl IntoResponse for ApiError {
             error[key] = value;
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        // Marks the answer as the gateway's own, for `ollama_shape`.
+        response.extensions_mut().insert(OwnError(self.message));
         if self.status == StatusCode::UNAUTHORIZED && self.kind == "unauthorized" {
             response
                 .headers_mut()
@@ -50,6 +52,33 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The message of an error the gateway answered itself (not a service's answer).
+#[derive(Clone)]
+pub struct OwnError(pub String);
+
+/// Ollama's clients read `{"error": "…"}`: on Ollama's routes (`/api/…`) the gateway's
+/// own errors (401, 502, …) take that shape; the inference service's answers pass as
+/// they are (they have it already).
+pub async fn ollama_shape(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ollama = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let Some(OwnError(message)) = ollama
+        .then(|| response.extensions().get::<OwnError>().cloned())
+        .flatten()
+    else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = Json(json!({ "error": message }))
+        .into_response()
+        .into_body();
+    Response::from_parts(parts, body)
 }
 
 impl From<Refusal> for ApiError {

@@ -16,6 +16,7 @@ mod boards;
 mod boot;
 mod flash;
 mod inference;
+mod load;
 mod phone_link;
 mod reproducible;
 mod supervision;

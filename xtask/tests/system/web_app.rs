@@ -24,76 +24,20 @@
 //! Without Chromium the test is skipped, unless `LLAMABOX_REQUIRE_BROWSER` is set.
 
 use crate::common::browser::{client, Browser, Process};
+use crate::common::services::{start_gateway, wait_healthy, Services};
 use crate::common::{free_port, service_binary};
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::project::Project;
 
 const CODE: &str = "27182818";
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const WRONG_CODE: &str = "3141-5926";
 const QUESTION: &str = "Write a Python function that adds two numbers.";
 const SECOND_QUESTION: &str = "Tell me a long story about a llama who lives in a box.";
-fn wait_healthy(process: &mut Process, url: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = process.0.try_wait() {
-            panic!("{what} exited: {status}");
-        }
-        if client()
-            .get(format!("{url}/health"))
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} at {url} never became ready");
-}
-
-/// Where the gateway finds its services.
-struct Services<'a> {
-    inference: &'a str,
-    voice: &'a str,
-}
-
-fn start_gateway(state: &Path, web: &Path, http: u16, https: u16, services: &Services) -> Process {
-    let device = state.join("provisioned.json");
-    std::fs::write(
-        &device,
-        format!(r#"{{"id": "0123456789abcdef", "setup-code": "{CODE}"}}"#),
-    )
-    .unwrap();
-    let child = Command::new(service_binary("llamabox-gateway"))
-        .arg("serve")
-        .arg("--state")
-        .arg(state.join("state"))
-        .arg("--device-file")
-        .arg(&device)
-        .arg("--web")
-        .arg(web)
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(["--https", &format!("127.0.0.1:{https}")])
-        .args(["--inference", services.inference])
-        .args(["--voice", services.voice])
-        .arg("--no-mdns")
-        // This test's own boot state, not the host's /run.
-        .arg("--pairing-limits")
-        .arg(state.join("run").join("pairing.json"))
-        .spawn()
-        .expect("starting the gateway");
-    let mut process = Process(child);
-    wait_healthy(
-        &mut process,
-        &format!("http://127.0.0.1:{http}"),
-        "the gateway",
-    );
-    process
-}
-
 /// The real voice service (Whisper tiny.en, `LLAMABOX_TEST_WHISPER_MODEL_EN`) hearing
 /// espeak-ng's question from a real-time WAV source and answering it with the real
 /// inference service. The question comes three times, 8 s apart, so the page hears it
@@ -208,8 +152,9 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     let gateway = start_gateway(
         state.path(),
         &web,
-        http,
-        https,
+        LOOPBACK,
+        (http, https),
+        CODE,
         &Services {
             inference: &inference_url,
             voice: &no_voice,
@@ -463,8 +408,9 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     let _gateway = start_gateway(
         state.path(),
         &web,
-        http,
-        https,
+        LOOPBACK,
+        (http, https),
+        CODE,
         &Services {
             inference: &inference_url,
             voice: &voice,

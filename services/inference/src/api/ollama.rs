@@ -64,7 +64,14 @@ fn reply(engine: &Engine, result: Result<Response, ApiError>) -> Response {
             if e.status.is_client_error() {
                 Metrics::add(&engine.metrics.invalid_requests, 1);
             }
-            (e.status, Json(json!({"error": e.message}))).into_response()
+            let mut response = (e.status, Json(json!({"error": e.message}))).into_response();
+            if e.status == StatusCode::SERVICE_UNAVAILABLE {
+                // As on the OpenAI routes: busy or loading, try again in a second.
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            response
         }
     }
 }

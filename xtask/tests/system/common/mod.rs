@@ -5,6 +5,8 @@
 pub mod audio;
 pub mod browser;
 pub mod files;
+pub mod phone;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
