@@ -1,8 +1,8 @@
 //! The HTTP surface (docs/api.md lists every route and its rule).
 //!
-//! Public: the web app's files, `/health`, and pairing. Everything else under `/v1/` (and
-//! Ollama's `/api/`) needs a paired phone's bearer token; without one it is 401, whether or not the
-//! route exists.
+//! Public: the web app's files, `/health`, and pairing. Everything else under `/v1/`
+//! (and Ollama's `/api/`) needs a paired phone's bearer token; without one it is 401,
+//! whether or not the route exists.
 
 use crate::error::ApiError;
 use crate::net::{plain_http_allowed, Conn};

@@ -6,7 +6,8 @@
 //!
 //! Commands: `ping`, `state` (the supervisor's JSON state), `kill <service> <SIGNAL>`
 //! (the service's main process), `signal-pid1 <SIGNAL>`, `cat <path>`,
-//! `exec <program> <args…>` (its output), `spawn <program> <args…>` (starts it in the
+//! `exec <program> <args…>` (its output), `exec-as <user> <program> <args…>` (the same
+//! as that user), `spawn <program> <args…>` (starts it in the
 //! background and answers its pid), `wait <pid> <seconds>` (a spawned program's output
 //! once it exited, like `exec`), `write <path> <base64>` and `append <path> <base64>`
 //! (the file's size afterwards; send large files in chunks of a few KiB, each answered
@@ -16,6 +17,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -178,6 +180,19 @@ impl Agent {
             ["exec", program, args @ ..] => {
                 let out = Command::new(program)
                     .args(args)
+                    .output()
+                    .map_err(|e| format!("{program}: {e}"))?;
+                report(program, &out)
+            }
+            ["exec-as", user, program, args @ ..] => {
+                // As a service that runs as its own user would (the supervisor's `user`).
+                let user = nix::unistd::User::from_name(user)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("no user {user}"))?;
+                let out = Command::new(program)
+                    .args(args)
+                    .uid(user.uid.as_raw())
+                    .gid(user.gid.as_raw())
                     .output()
                     .map_err(|e| format!("{program}: {e}"))?;
                 report(program, &out)

@@ -109,6 +109,21 @@ fn llamabox_cli_controls_services_over_d_bus() {
         assert!(row.contains("running") && row.contains("yes"), "{row}");
     }
 
+    // The bus is default-deny (overlays/dbus/…/dbus-system.conf): a service running as
+    // its own user, if compromised, calls nothing on the box's names. Root can, above.
+    for command in ["restart test-idle", "reboot", "status", "update status"] {
+        let err = agent
+            .command(
+                &format!("exec-as inference /usr/bin/llamabox {command}"),
+                ANSWER,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AccessDenied") || err.contains("Rejected send message"),
+            "{command} as inference: {err}"
+        );
+    }
     agent
         .command("exec /usr/bin/llamabox restart test-idle", ANSWER)
         .unwrap();
