@@ -15,6 +15,7 @@ import urllib.request
 from datetime import datetime
 
 import ollama
+from common import metric, wait_until
 
 URL = os.environ["LLAMABOX_URL"]
 # Greedy and short: the same request gives the same text, streamed or not.
@@ -31,23 +32,6 @@ def client():
 
 def name():
     return client().list().models[0].model
-
-
-def metric(name):
-    with urllib.request.urlopen(URL + "/metrics") as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("llamabox_inference_" + name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"/metrics has no {name}")
-
-
-def wait_until(condition, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Models(unittest.TestCase):

@@ -8,13 +8,13 @@ of 1, to reach the busy answer).
 import json
 import os
 import threading
-import time
 import unittest
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
+from common import metric, wait_until
 
 URL = os.environ["LLAMABOX_URL"]
 TINY_URL = os.environ["LLAMABOX_TINY_URL"]
@@ -26,23 +26,6 @@ def client(url=URL, **kw):
 
 def model_id(c=None):
     return (c or client()).models.list().data[0].id
-
-
-def metric(name, url=URL):
-    with urllib.request.urlopen(url + "/metrics") as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("llamabox_inference_" + name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"/metrics has no {name}")
-
-
-def wait_until(condition, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def post_raw(path, body: bytes, url=URL):

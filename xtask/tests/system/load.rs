@@ -11,17 +11,15 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::browser::Process;
+use crate::common::free_port;
 use crate::common::phone::pair;
-use crate::common::services::{start_gateway, wait_healthy, Services};
-use crate::common::{free_port, service_binary};
+use crate::common::services::{start_gateway, start_inference, Services};
 
 const STREAMS: usize = 32;
 const IDLE_CONNECTIONS: usize = 1100;
@@ -211,23 +209,14 @@ fn thirty_two_streams_and_a_lan_flood_leave_the_box_answering_and_its_memory_fla
     unsafe {
         assert_eq!(libc::setpriority(libc::PRIO_PROCESS, 0, 10), 0);
     }
-    let model = std::env::var_os("LLAMABOX_TEST_MODEL").expect(
+    let model = std::env::var_os("LLAMABOX_TEST_MODEL").map(std::path::PathBuf::from).expect(
         "LLAMABOX_TEST_MODEL is not set: run the tests with `cargo xtask test`, which provides it",
     );
     // The image's service file's settings (overlays/inference/…/inference.toml).
-    let port = free_port();
-    let inference_url = format!("http://127.0.0.1:{port}");
-    let mut inference = Process(
-        Command::new(service_binary("llamabox-inference"))
-            .arg("--model")
-            .arg(&model)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--threads", "2", "--parallel", "2", "--ctx-size", "2048"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting llamabox-inference"),
+    let (inference, inference_url) = start_inference(
+        &model,
+        &["--threads", "2", "--parallel", "2", "--ctx-size", "2048"],
     );
-    wait_healthy(&mut inference, &inference_url, "the inference service");
 
     let state = tempfile::tempdir().unwrap();
     let web = state.path().join("web");

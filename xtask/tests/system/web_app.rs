@@ -24,7 +24,7 @@
 //! Without Chromium the test is skipped, unless `LLAMABOX_REQUIRE_BROWSER` is set.
 
 use crate::common::browser::{client, Browser, Process};
-use crate::common::services::{start_gateway, wait_healthy, Services};
+use crate::common::services::{start_gateway, start_inference, wait_healthy, Services};
 use crate::common::{free_port, service_binary};
 
 use serde_json::{json, Value};
@@ -125,25 +125,15 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
         .expect(
         "LLAMABOX_TEST_MODEL is not set: run the tests with `cargo xtask test`, which provides it",
     );
-    let inference_bin = service_binary("llamabox-inference");
 
     let started = Instant::now();
     let web = xtask::web::build(&Project::locate()).expect("building the web app");
     eprintln!("web app assembled in {:?}", started.elapsed());
 
-    let port = free_port();
-    let inference_url = format!("http://127.0.0.1:{port}");
-    let mut inference = Process(
-        Command::new(&inference_bin)
-            .arg("--model")
-            .arg(&model)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--threads", "2", "--parallel", "2", "--ctx-size", "4096"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting llamabox-inference"),
+    let (_inference, inference_url) = start_inference(
+        &model,
+        &["--threads", "2", "--parallel", "2", "--ctx-size", "4096"],
     );
-    wait_healthy(&mut inference, &inference_url, "the inference service");
 
     let state = tempfile::tempdir().unwrap();
     let (http, https) = (free_port(), free_port());

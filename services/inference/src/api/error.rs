@@ -67,13 +67,24 @@ impl IntoResponse for ApiError {
                 "code": self.code,
             }
         });
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            // Clients (the openai package among them) wait this long before retrying.
-            response
-                .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-        }
-        response
+        with_retry_after((self.status, Json(body)).into_response())
     }
+}
+
+impl ApiError {
+    /// The same error in Ollama's shape, `{"error": "…"}` (its routes, `ollama.rs`).
+    pub fn into_ollama_response(self) -> Response {
+        with_retry_after((self.status, Json(json!({"error": self.message}))).into_response())
+    }
+}
+
+/// A busy or loading service says when to come back: clients (the openai and ollama
+/// packages among them) wait this long before retrying.
+fn with_retry_after(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    response
 }

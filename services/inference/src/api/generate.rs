@@ -397,7 +397,7 @@ fn completion_body(meta: &Meta, collected: &Collected) -> Value {
 
 /// Log-probabilities in the endpoint's shape: chat's `{"content": [...]}` or the legacy
 /// completions' parallel lists (`text_offset` counts from `offset`).
-fn logprobs_json(kind: Kind, entries: &[TokenLogprob], offset: usize) -> Value {
+pub(super) fn logprobs_json(kind: Kind, entries: &[TokenLogprob], offset: usize) -> Value {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     match kind {
         Kind::Chat => {

@@ -64,14 +64,7 @@ fn reply(engine: &Engine, result: Result<Response, ApiError>) -> Response {
             if e.status.is_client_error() {
                 Metrics::add(&engine.metrics.invalid_requests, 1);
             }
-            let mut response = (e.status, Json(json!({"error": e.message}))).into_response();
-            if e.status == StatusCode::SERVICE_UNAVAILABLE {
-                // As on the OpenAI routes: busy or loading, try again in a second.
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            }
-            response
+            e.into_ollama_response()
         }
     }
 }
@@ -264,23 +257,29 @@ async fn ps(State(engine): State<Arc<Engine>>) -> Response {
     reply(&engine, result)
 }
 
+/// The body of `/api/show` and `/api/delete`: a model's name.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct ShowBody {
+struct NameBody {
     model: String,
     /// Older clients send `name`.
     name: String,
 }
 
+impl NameBody {
+    fn name(&self) -> &str {
+        if self.model.is_empty() {
+            &self.name
+        } else {
+            &self.model
+        }
+    }
+}
+
 async fn show(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
     let result = async {
-        let request: ShowBody = parse_json(&body)?;
-        let name = if request.model.is_empty() {
-            &request.name
-        } else {
-            &request.model
-        };
-        let model = find_model(&engine, name)?;
+        let request: NameBody = parse_json(&body)?;
+        let model = find_model(&engine, request.name())?;
         let (_, modified_at) = file_facts(&model);
         let mut capabilities = vec!["completion"];
         if model.template.is_some() {
@@ -817,19 +816,9 @@ fn calls_json(calls: &[crate::api::tools::ToolCall]) -> Option<Value> {
     })
 }
 
+/// Ollama's logprobs are OpenAI chat's `logprobs.content` list, entry for entry.
 fn logprobs_json(entries: &[TokenLogprob]) -> Value {
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    json!(entries
-        .iter()
-        .map(|e| json!({
-            "token": text(&e.chosen.bytes),
-            "logprob": e.chosen.logprob,
-            "bytes": e.chosen.bytes,
-            "top_logprobs": e.top.iter().map(|t| json!({
-                "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
-            })).collect::<Vec<_>>(),
-        }))
-        .collect::<Vec<_>>())
+    generate::logprobs_json(Kind::Chat, entries, 0)["content"].take()
 }
 
 #[derive(Debug, Deserialize)]
@@ -970,23 +959,11 @@ async fn embeddings_legacy(State(engine): State<Arc<Engine>>, body: Bytes) -> Re
     reply(&engine, result)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct DeleteBody {
-    model: String,
-    name: String,
-}
-
 /// The box's own model is part of its signed image: it cannot be deleted.
 async fn delete_model(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
     let result = async {
-        let request: DeleteBody = parse_json(&body)?;
-        let name = if request.model.is_empty() {
-            &request.name
-        } else {
-            &request.model
-        };
-        let model = find_model(&engine, name)?;
+        let request: NameBody = parse_json(&body)?;
+        let model = find_model(&engine, request.name())?;
         Err(ApiError::status(
             StatusCode::FORBIDDEN,
             format!(

@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{client, Process};
-use crate::common::service_binary;
+use crate::common::{free_port, service_binary};
 
 pub fn wait_healthy(process: &mut Process, url: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -74,4 +74,23 @@ pub fn start_gateway(
         "the gateway",
     );
     process
+}
+
+/// The real inference service on `model`, on a free loopback port, with `args` (threads,
+/// sequences, context): the process and its base URL, once it answers `/health`.
+pub fn start_inference(model: &Path, args: &[&str]) -> (Process, String) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut process = Process(
+        Command::new(service_binary("llamabox-inference"))
+            .arg("--model")
+            .arg(model)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting llamabox-inference"),
+    );
+    wait_healthy(&mut process, &url, "the inference service");
+    (process, url)
 }
