@@ -471,9 +471,16 @@ fn logs_survive_a_supervisor_restart_and_rotate_at_their_bound() {
         "echo \"run $(cat /proc/sys/kernel/random/uuid)\"; exec sleep 1000",
         "",
     );
+    // The flood runs once: after the supervisor's restart it only sleeps, so
+    // the second run cannot leave a half flood at the end of the log.
+    let flooded = h.dir.join("flooded");
     h.shell(
         "flood",
-        "i=0; while [ $i -lt 3000 ]; do echo \"flood line $i padding padding padding padding padding\"; i=$((i+1)); done; echo done; exec sleep 1000",
+        &format!(
+            "[ -e {m} ] && exec sleep 1000; touch {m}; \
+             i=0; while [ $i -lt 3000 ]; do echo \"flood line $i padding padding padding padding padding\"; i=$((i+1)); done; echo done; exec sleep 1000",
+            m = flooded.display()
+        ),
         "",
     );
     let bound = "16384";
