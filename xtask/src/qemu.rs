@@ -14,6 +14,10 @@ use crate::config::board::{AgentConsole, Board};
 /// (host, guest). The gateway's HTTPS and HTTP are all the box offers on the network.
 pub const PORT_FORWARDS: &[(u16, u16)] = &[(8443, 443), (8080, 80)];
 
+/// The MAC address of the box's LAN NIC (QEMU's default, written out so a capture can
+/// tell the box's frames from the network's).
+pub const LAN_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
 /// The guest port of the inference service's HTTP API.
 pub const INFERENCE_PORT: u16 = 8080;
 
@@ -79,7 +83,14 @@ fn base_args(board: &Board, disk: &Path, vars: &Path, forwards: &[(u16, u16)]) -
         .iter()
         .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
         .collect();
-    cmd.args(["-nic", &format!("user,model=virtio-net-pci{forwards}")]);
+    let mac: Vec<String> = LAN_MAC.iter().map(|b| format!("{b:02x}")).collect();
+    cmd.args([
+        "-nic",
+        &format!(
+            "user,id=lan,model=virtio-net-pci,mac={}{forwards}",
+            mac.join(":")
+        ),
+    ]);
     Ok(cmd)
 }
 
@@ -104,6 +115,9 @@ pub struct Extras {
     /// netdevs open are that namespace's. The user-mode NIC works the same there, but its
     /// port forwards listen on the namespace's loopback, not the host's.
     pub netns: Option<PathBuf>,
+    /// A pcap file that receives every Ethernet frame on the LAN NIC, both ways
+    /// (QEMU's `filter-dump`): the egress test reads what the box sent.
+    pub capture: Option<PathBuf>,
 }
 
 /// QEMU arguments for an xHCI controller with QEMU's emulated USB network device on it
@@ -174,6 +188,12 @@ impl Machine {
     ) -> Result<Machine> {
         let mut cmd = base_args(board, disk, vars, forwards)?;
         cmd.args(&extras.args);
+        if let Some(capture) = &extras.capture {
+            cmd.arg("-object").arg(format!(
+                "filter-dump,id=capture,netdev=lan,file={}",
+                capture.display()
+            ));
+        }
         if let Some(netns) = &extras.netns {
             // nsenter execs QEMU in place, so the child is still QEMU itself.
             let mut wrapped = Command::new("nsenter");

@@ -14,6 +14,7 @@ mod common;
 mod audio;
 mod boards;
 mod boot;
+mod egress;
 mod flash;
 mod inference;
 mod load;

@@ -28,8 +28,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{files, TestMachine};
-use xtask::config::board;
-use xtask::project::Project;
 use xtask::qemu::{self, Agent, Extras, Machine};
 
 const TEST_IMAGE: &str = "llamabox-test";
@@ -546,7 +544,7 @@ impl Drop for HostAvahi {
 
 #[test]
 fn a_phone_gets_an_address_over_usb_both_ways() {
-    let vm = TestMachine::with_image("phone-link", TEST_IMAGE);
+    let mut vm = TestMachine::with_image("phone-link", TEST_IMAGE);
 
     // Host mode's phone: a TAP in a namespace with dnsmasq when we can, else slirp.
     let phone = PhoneNetns::possible().then(|| PhoneNetns::start(&vm.dir));
@@ -554,6 +552,7 @@ fn a_phone_gets_an_address_over_usb_both_ways() {
         Some(phone) => Extras {
             args: qemu::usb_net_args(&format!("tap,ifname={TAP},script=no,downscript=no")),
             netns: Some(phone.path()),
+            ..Extras::default()
         },
         None => {
             eprintln!(
@@ -564,28 +563,13 @@ fn a_phone_gets_an_address_over_usb_both_ways() {
                 args: qemu::usb_net_args(&format!(
                     "user,net={PHONE_NET}0/24,host={PHONE_ADDR},dhcpstart={PHONE_NET}10"
                 )),
-                netns: None,
+                ..Extras::default()
             }
         }
     };
 
-    // TestMachine boots without extras; the same machine, with them.
-    let board = board::load(
-        &Project::locate().boards_dir(),
-        &crate::common::board_name(),
-    )
-    .unwrap();
     let booted = Instant::now();
-    let mut machine = Machine::start_extra(
-        &board,
-        &vm.disk,
-        &vm.dir.join("efivars.fd"),
-        &vm.dir.join("console-1.log"),
-        Some(&vm.agent_socket()),
-        &[],
-        &extras,
-    )
-    .unwrap();
+    let mut machine = vm.boot_extra(&[], &extras);
     let mut agent = vm.agent(&mut machine);
     eprintln!(
         "test agent ready {:.1?} after QEMU started",

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::repository::{publish, release_parts};
 use crate::common::{TestMachine, BOOT_TIMEOUT};
-use xtask::build::{self, BuildOptions, ReleaseParts};
+use xtask::build::ReleaseParts;
 use xtask::project::Project;
 use xtask::qemu::Agent;
 use xtask::release;
@@ -15,35 +16,6 @@ use xtask::serve::Server;
 /// Hashing and writing a 110 MB slot under TCG.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(900);
 const TEST_IMAGE: &str = "llamabox-test";
-
-fn release_parts(image: &str) -> ReleaseParts {
-    let _building = crate::common::BUILD_LOCK
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let options = BuildOptions {
-        board: crate::common::board_name(),
-        image: image.into(),
-        out_dir: None,
-        cache_dir: None,
-        inputs: Default::default(),
-    };
-    build::build(&Project::locate(), &options)
-        .expect("building the release image")
-        .release
-        .expect("a build has release parts")
-}
-
-/// Publishes `image` into the repository at `repo` (created on first use), signed with
-/// the development keys the test images trust.
-fn publish(repo: &Path, image: &str) {
-    let project = Project::locate();
-    if !repo.join("root.json").exists() {
-        release::init_repo(repo, &release::trusted_root(&project).unwrap()).unwrap();
-    }
-    let target = release::write_bundle(repo, &release_parts(image)).unwrap();
-    let keys = release::RoleKeys::load(&project).unwrap();
-    release::publish(repo, target, &keys, release::Lifetimes::default()).unwrap();
-}
 
 fn update(agent: &mut Agent, server: &Server, verb: &str) -> Result<Vec<String>, String> {
     let command = format!(

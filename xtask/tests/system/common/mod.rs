@@ -4,8 +4,10 @@
 
 pub mod audio;
 pub mod browser;
+pub mod egress;
 pub mod files;
 pub mod phone;
+pub mod repository;
 pub mod services;
 
 use std::collections::BTreeMap;
@@ -19,7 +21,7 @@ use llamabox_format::{SignedManifest, MANIFEST_BLOCK_SIZE};
 use xtask::build::{self, BuildOptions};
 use xtask::config::board::{self, Board};
 use xtask::project::Project;
-use xtask::qemu::{Agent, Machine};
+use xtask::qemu::{Agent, Extras, Machine};
 
 /// Generous: TCG on a busy 2-core machine. A boot normally reaches stage 2 in ~20 s.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -142,15 +144,21 @@ impl TestMachine {
 
     /// Boots with guest ports forwarded to 127.0.0.1: (host port, guest port).
     pub fn boot_forwarding(&mut self, forwards: &[(u16, u16)]) -> Machine {
+        self.boot_extra(forwards, &Extras::default())
+    }
+
+    /// Like `boot_forwarding`, with QEMU `extras` (a packet capture, USB devices).
+    pub fn boot_extra(&mut self, forwards: &[(u16, u16)], extras: &Extras) -> Machine {
         self.boots += 1;
         let log = self.dir.join(format!("console-{}.log", self.boots));
-        Machine::start_with(
+        Machine::start_extra(
             &self.board,
             &self.disk,
             &self.vars,
             &log,
             Some(&self.agent_socket()),
             forwards,
+            extras,
         )
         .unwrap()
     }

@@ -1,0 +1,37 @@
+//! Update repositories on the host, as `cargo xtask release` publishes them, for the
+//! boxes under test to pull from (the guest reaches the host's loopback as 10.0.2.2).
+
+use std::path::Path;
+
+use xtask::build::{self, BuildOptions, ReleaseParts};
+use xtask::project::Project;
+use xtask::release;
+
+pub fn release_parts(image: &str) -> ReleaseParts {
+    let _building = crate::common::BUILD_LOCK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let options = BuildOptions {
+        board: crate::common::board_name(),
+        image: image.into(),
+        out_dir: None,
+        cache_dir: None,
+        inputs: Default::default(),
+    };
+    build::build(&Project::locate(), &options)
+        .expect("building the release image")
+        .release
+        .expect("a build has release parts")
+}
+
+/// Publishes `image` into the repository at `repo` (created on first use), signed with
+/// the development keys the test images trust.
+pub fn publish(repo: &Path, image: &str) {
+    let project = Project::locate();
+    if !repo.join("root.json").exists() {
+        release::init_repo(repo, &release::trusted_root(&project).unwrap()).unwrap();
+    }
+    let target = release::write_bundle(repo, &release_parts(image)).unwrap();
+    let keys = release::RoleKeys::load(&project).unwrap();
+    release::publish(repo, target, &keys, release::Lifetimes::default()).unwrap();
+}
