@@ -40,6 +40,8 @@ fn main() {
         Err(e) => info!("cannot record this boot on the data partition: {e}"),
     }
     let cgroup_root = mount_cgroups();
+    // Before any service opens a socket.
+    load_firewall();
     // The system bus's socket directory (see the dbus service).
     let _ = std::fs::create_dir_all("/run/dbus");
     let _ = nix::sys::reboot::set_cad_enabled(false); // ctrl-alt-del becomes SIGINT
@@ -113,6 +115,29 @@ fn report_root_read_only() {
     }
     if !fs::is_read_only(std::path::Path::new("/")) {
         info!("WARNING: / is not mounted read-only");
+    }
+}
+
+/// Loads the default-deny ruleset (docs/privacy.md) with nft. A box whose firewall
+/// cannot load still boots, with the reason on the console: the services themselves
+/// send nothing but update GETs (the egress test), and an unreachable box helps no one.
+fn load_firewall() {
+    const RULESET: &str = "/usr/lib/llamabox/firewall.nft";
+    if !std::path::Path::new(RULESET).exists() {
+        info!("no firewall ruleset in this image");
+        return;
+    }
+    match std::process::Command::new("/usr/sbin/nft")
+        .args(["-f", RULESET])
+        .output()
+    {
+        Ok(out) if out.status.success() => info!("firewall loaded ({RULESET})"),
+        Ok(out) => info!(
+            "WARNING: firewall not loaded: nft {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => info!("WARNING: firewall not loaded: cannot run nft: {e}"),
     }
 }
 

@@ -12,7 +12,8 @@
 //! once it exited, like `exec`), `write <path> <base64>` and `append <path> <base64>`
 //! (the file's size afterwards; send large files in chunks of a few KiB, each answered
 //! before the next, so the serial line never overruns), `read <path>` (the file in
-//! base64, in lines).
+//! base64, in lines), `connect <ip:port>` (opens a TCP connection from the box, as any
+//! root service could: the firewall test expects it refused).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -216,6 +217,14 @@ impl Agent {
                     .map(|l| std::str::from_utf8(l).unwrap())
                     .collect();
                 Ok(lines.join("\n"))
+            }
+            ["connect", address] => {
+                let address: std::net::SocketAddr = address
+                    .parse()
+                    .map_err(|_| format!("bad address {address}"))?;
+                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(10))
+                    .map(|_| format!("connected to {address}"))
+                    .map_err(|e| format!("{address}: {e}"))
             }
             ["signal-pid1", sig] => {
                 kill(Pid::from_raw(1), signal(sig)?).map_err(|e| e.to_string())?;

@@ -162,6 +162,9 @@ impl Fetcher {
     }
 
     fn send(&self, url: &str, range: Option<String>) -> Result<Response, FetchError> {
+        if let Ok(parsed) = reqwest::Url::parse(url) {
+            crate::firewall::open_to(&parsed);
+        }
         let mut request = self.client.get(url);
         if let Some(range) = range {
             request = request.header(reqwest::header::RANGE, range);
@@ -240,6 +243,7 @@ fn redirect_policy(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Ac
             "the mirror redirected to {target}, an address of this box: refused"
         ))
     } else {
+        crate::firewall::open_to(attempt.url());
         attempt.follow()
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod fetch;
+pub mod firewall;
 pub mod install;
 pub mod repository;
 pub mod service;

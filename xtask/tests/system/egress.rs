@@ -2,7 +2,8 @@
 //! the box's LAN NIC while it boots, pairs a phone, answers a chat, transcribes a clip
 //! and checks the configured mirror for updates; every frame the box sent must be ARP,
 //! DHCP, IPv6 neighbour discovery, multicast membership, mDNS, a reply on a connection
-//! a phone opened to the gateway, or a GET to the mirror.
+//! a phone opened to the gateway, or a GET to the mirror. And the firewall stops what
+//! software on the box might try beyond that.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -112,6 +113,30 @@ fn the_box_sends_only_link_housekeeping_replies_and_mirror_gets() {
             .as_str()
             .is_some_and(|r| r.starts_with("up to date")),
         "{check}"
+    );
+
+    // The firewall: even root on the box cannot open a connection to anything but
+    // the mirror (here: another port of the same host). The SYN is dropped on its way
+    // out, so the attempt times out, the host's listener sees nothing, and the
+    // capture below holds no frame of it.
+    let bystander = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    bystander.set_nonblocking(true).unwrap();
+    let port = bystander.local_addr().unwrap().port();
+    let probe = agent.command(
+        &format!("connect {HOST_FROM_GUEST}:{port}"),
+        Duration::from_secs(60),
+    );
+    let refusal = format!("{probe:?}");
+    assert!(
+        probe.is_err() && refusal.contains("timed out"),
+        "a connection from the box to {HOST_FROM_GUEST}:{port}: {refusal}"
+    );
+    assert!(bystander.accept().is_err(), "the connection arrived");
+    // The ruleset is the image's, loaded before the services started.
+    let console = machine.console();
+    assert!(
+        console.contains("firewall loaded"),
+        "no firewall at boot: {console}"
     );
 
     // Let the box's timers run a little more (mDNS announcements, DHCP renewal,
