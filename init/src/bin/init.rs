@@ -42,6 +42,7 @@ fn main() {
     let cgroup_root = mount_cgroups();
     // Before any service opens a socket.
     load_firewall();
+    open_sound_devices_to_audio();
     // The system bus's socket directory (see the dbus service).
     let _ = std::fs::create_dir_all("/run/dbus");
     let _ = nix::sys::reboot::set_cad_enabled(false); // ctrl-alt-del becomes SIGINT
@@ -138,6 +139,34 @@ fn load_firewall() {
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(e) => info!("WARNING: firewall not loaded: cannot run nft: {e}"),
+    }
+}
+
+/// Gives the sound devices to the `audio` group (mode 0660): the voice service runs as its
+/// own user in that group. Without udev, the kernel creates them root's alone; devices
+/// plugged in later stay so until the next boot.
+fn open_sound_devices_to_audio() {
+    const SOUND: &str = "/dev/snd";
+    let Ok(Some(audio)) = nix::unistd::Group::from_name("audio") else {
+        info!("no `audio` group: sound devices stay root's");
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(SOUND) else {
+        return; // no sound card
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let opened = nix::unistd::chown(&path, None, Some(audio.gid)).and_then(|()| {
+            nix::sys::stat::fchmodat(
+                None,
+                &path,
+                nix::sys::stat::Mode::from_bits_truncate(0o660),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+        });
+        if let Err(e) = opened {
+            info!("cannot give {} to the audio group: {e}", path.display());
+        }
     }
 }
 

@@ -62,6 +62,11 @@ fn the_box_sends_only_link_housekeeping_replies_and_mirror_gets() {
             )
             .unwrap();
     }
+    // The services that parse what phones send run as their own users.
+    for (service, user_id) in [("inference", 101), ("voice", 102)] {
+        assert_eq!(uid_of(&mut agent, service), user_id, "{service}'s user");
+    }
+
     // The mirror, as an owner configures it (the data partition's override).
     files::write(
         &mut agent,
@@ -173,6 +178,33 @@ fn the_box_sends_only_link_housekeeping_replies_and_mirror_gets() {
         "{report}"
     );
     drop(server);
+}
+
+/// The real user ID of `service`'s main process, from the supervisor's state.
+fn uid_of(agent: &mut xtask::qemu::Agent, service: &str) -> u32 {
+    let answer = Duration::from_secs(30);
+    let lines = agent.command("state", answer).unwrap();
+    let state: Value = serde_json::from_str(
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .expect("a JSON state line"),
+    )
+    .unwrap();
+    let pid = state["services"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == service))
+        .and_then(|s| s["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no pid for {service} in {state}"));
+    let status = agent
+        .command(&format!("cat /proc/{pid}/status"), answer)
+        .unwrap();
+    status
+        .iter()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no Uid in {status:?}"))
 }
 
 /// A spoken clip sent as the phone's web app sends a recording: OpenAI's multipart
