@@ -22,3 +22,6 @@ pub const TRUSTED_KEYS: &str = "/etc/llamabox/trusted-keys";
 pub fn in_tree(path: &str) -> &str {
     path.trim_start_matches('/')
 }
+/// The default-deny nftables ruleset PID 1 loads; the update client opens its mirror sets
+/// only where it is installed (docs/privacy.md).
+pub const FIREWALL_RULESET: &str = "/usr/lib/llamabox/firewall.nft";

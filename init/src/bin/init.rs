@@ -123,7 +123,7 @@ fn report_root_read_only() {
 /// cannot load still boots, with the reason on the console: the services themselves
 /// send nothing but update GETs (the egress test), and an unreachable box helps no one.
 fn load_firewall() {
-    const RULESET: &str = "/usr/lib/llamabox/firewall.nft";
+    const RULESET: &str = llamabox_format::paths::FIREWALL_RULESET;
     if !std::path::Path::new(RULESET).exists() {
         info!("no firewall ruleset in this image");
         return;

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const RULESET: &str = "/usr/lib/llamabox/firewall.nft";
+use llamabox_format::paths::FIREWALL_RULESET as RULESET;
 const NFT: &str = "/usr/sbin/nft";
 /// How long an opened address stays open: a long download reconnects well within it.
 const OPEN_FOR: Duration = Duration::from_secs(3600);
