@@ -204,6 +204,7 @@ pub fn stage_one(project: &Project, board: &str, recipe: &str) -> Result<PathBuf
         version: String::new(),
         rootfs: vec![recipe.to_string()],
         initramfs: Vec::new(),
+        catalog: Vec::new(),
         health_grace_ms: 0,
         health_deadline_ms: 0,
     };

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use llamabox_format::update::bundle::{uki_file, BundleFile, BundleIndex, ChunkRef, SLOT_FILE};
 use llamabox_format::update::chunk::chunk_bytes;
 use llamabox_format::update::metadata::format_time;
+use llamabox_format::update::models::MODELS_TARGET;
 use llamabox_format::update::{MetaFile, Role, Root, Signed, Snapshot, Target, Targets, Timestamp};
 use llamabox_format::{SecretKey, Slot};
 use sha2::{Digest, Sha256};
@@ -164,6 +165,121 @@ pub fn write_bundle(repo: &Path, parts: &ReleaseParts) -> Result<Target> {
     })
 }
 
+/// A model a release offers: its recipe's `[model]` table and the file it installs.
+pub struct ModelSource {
+    pub model: crate::config::recipe::Model,
+    pub description: String,
+    pub file: PathBuf,
+    /// The chat template's text (the recipe's `template` file, read).
+    pub template: Option<String>,
+}
+
+/// Chunks each model and writes `models/<sha256>.blob` and `models/<sha256>.index`, then
+/// the catalog `models/<sha256>.catalog`. Returns the `models` target that pins it.
+pub fn write_models(repo: &Path, version: &str, sources: &[ModelSource]) -> Result<Target> {
+    use llamabox_format::update::models::{self, ModelCatalog, ModelEntry, ModelIndex, Pin};
+    let dir = repo.join("models");
+    std::fs::create_dir_all(&dir)?;
+    let mut entries = Vec::new();
+    for source in sources {
+        let bytes = std::fs::read(&source.file)
+            .with_context(|| format!("cannot read the model {}", source.file.display()))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let index = ModelIndex {
+            format: models::FORMAT,
+            length: bytes.len() as u64,
+            sha256: sha256.clone(),
+            chunks: chunk_bytes(&bytes)
+                .into_iter()
+                .map(|c| ChunkRef {
+                    offset: c.offset,
+                    length: c.length,
+                    sha256: hex::encode(c.sha256),
+                })
+                .collect(),
+        };
+        let index_bytes = index.to_bytes();
+        let index_sha256 = hex::encode(Sha256::digest(&index_bytes));
+        let blob = repo.join(models::blob_path(&sha256));
+        if !blob.exists() {
+            write_atomically(&blob, &bytes)?;
+        }
+        write_atomically(&repo.join(models::index_path(&index_sha256)), &index_bytes)?;
+        let m = &source.model;
+        let format = match source.file.extension().and_then(|e| e.to_str()) {
+            Some("gguf") => "gguf",
+            _ => "ggml",
+        };
+        let entry = ModelEntry {
+            name: m.name.clone(),
+            kind: m.kind,
+            format: format.into(),
+            family: m.family.clone(),
+            quantization: m.quantization.clone(),
+            parameters: m.parameters.clone(),
+            description: source.description.clone(),
+            license: m.license.clone(),
+            length: bytes.len() as u64,
+            sha256,
+            index: Pin {
+                length: index_bytes.len() as u64,
+                sha256: index_sha256,
+            },
+            template: source.template.clone(),
+            options: m.options.clone(),
+            min_memory_mib: m.min_memory_mib,
+        };
+        entry
+            .validate()
+            .map_err(|e| anyhow::anyhow!("model {}: {e}", m.name))?;
+        entries.push(entry);
+    }
+    let catalog = ModelCatalog {
+        format: models::FORMAT,
+        version: version.to_string(),
+        models: entries,
+    };
+    let bytes = catalog.to_bytes();
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    write_atomically(&repo.join(models::catalog_path(&sha256)), &bytes)?;
+    Ok(Target {
+        board: models::ANY_BOARD.to_string(),
+        version: version.to_string(),
+        length: bytes.len() as u64,
+        sha256,
+    })
+}
+
+/// The models an image's `catalog` names, staged from their recipes.
+pub fn catalog_sources(project: &Project, board: &str, image: &str) -> Result<Vec<ModelSource>> {
+    let recipes = crate::config::recipe::load_all(&project.recipes_dir())?;
+    let def = crate::config::image::load(&project.images_dir(), image, &recipes)?;
+    let mut sources = Vec::new();
+    for name in &def.catalog {
+        let recipe = &recipes[name];
+        let model = recipe.model.clone().expect("checked when the image loaded");
+        let tree = crate::build::stage_one(project, board, name)?;
+        let file = tree.join(crate::build::recipe_file(project, name)?.trim_start_matches('/'));
+        let template = match &model.template {
+            Some(t) => {
+                let path = project.recipes_dir().join(t);
+                Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        sources.push(ModelSource {
+            model,
+            description: recipe.description.clone(),
+            file,
+            template,
+        });
+    }
+    Ok(sources)
+}
+
 /// Creates a repository trusting `root` (the bytes of version 1 of the root metadata).
 pub fn init_repo(repo: &Path, root: &[u8]) -> Result<()> {
     let parsed = Signed::<Root>::parse(root)?;
@@ -214,6 +330,17 @@ fn signers(keys: &[SecretKey]) -> Vec<&SecretKey> {
 /// Adds (or replaces) `target` for its board and signs new targets, snapshot and
 /// timestamp metadata.
 pub fn publish(repo: &Path, target: Target, keys: &RoleKeys, lifetimes: Lifetimes) -> Result<()> {
+    let name = Targets::name_for_board(&target.board);
+    publish_targets(repo, vec![(name, target)], keys, lifetimes)
+}
+
+/// Adds (or replaces) `targets` by name, all in one new targets version.
+pub fn publish_targets(
+    repo: &Path,
+    new: Vec<(String, Target)>,
+    keys: &RoleKeys,
+    lifetimes: Lifetimes,
+) -> Result<()> {
     let now = SystemTime::now();
     let current = current(repo)?;
     let mut targets = current.targets.unwrap_or(Targets {
@@ -224,9 +351,7 @@ pub fn publish(repo: &Path, target: Target, keys: &RoleKeys, lifetimes: Lifetime
     });
     targets.version += 1;
     targets.expires = format_time(now + lifetimes.targets);
-    targets
-        .targets
-        .insert(Targets::name_for_board(&target.board), target);
+    targets.targets.extend(new);
     let targets_bytes = Signed::sign(&targets, &signers(&keys.targets));
     write_atomically(
         &repo.join(format!("{}.targets.json", targets.version)),
@@ -312,7 +437,7 @@ pub fn command(project: &Project, board: String, image: String, repo: &Path) -> 
     let out = crate::build::build(
         project,
         &crate::build::BuildOptions {
-            image,
+            image: image.clone(),
             ..crate::build::BuildOptions::for_board(board)
         },
     )?;
@@ -321,8 +446,14 @@ pub fn command(project: &Project, board: String, image: String, repo: &Path) -> 
         init_repo(repo, &trusted_root(project)?)?;
     }
     let target = write_bundle(repo, &parts)?;
+    let mut targets = vec![(Targets::name_for_board(&target.board), target.clone())];
+    let sources = catalog_sources(project, &parts.board, &image)?;
+    if !sources.is_empty() {
+        let models = write_models(repo, &parts.version, &sources)?;
+        targets.push((MODELS_TARGET.to_string(), models));
+    }
     let keys = RoleKeys::load(project)?;
-    publish(repo, target.clone(), &keys, Lifetimes::default())?;
+    publish_targets(repo, targets, &keys, Lifetimes::default())?;
     println!(
         "published {} {} into {} (bundle index {})",
         target.board,
@@ -330,5 +461,8 @@ pub fn command(project: &Project, board: String, image: String, repo: &Path) -> 
         repo.display(),
         &target.sha256[..16]
     );
+    for source in &sources {
+        println!("  with model {}", source.model.name);
+    }
     Ok(())
 }

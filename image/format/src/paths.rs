@@ -25,3 +25,6 @@ pub fn in_tree(path: &str) -> &str {
 /// The default-deny nftables ruleset PID 1 loads; the update client opens its mirror sets
 /// only where it is installed (docs/privacy.md).
 pub const FIREWALL_RULESET: &str = "/usr/lib/llamabox/firewall.nft";
+/// Models pulled as signed updates, on the data partition: written by the update service
+/// only, read by inference and voice (docs/models.md).
+pub const MODEL_STORE: &str = "/var/lib/llamabox/models";

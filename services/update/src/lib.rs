@@ -6,6 +6,8 @@
 //!   targets, each pinned and checked against what this box has already seen.
 //! - [`install`]: writes the inactive slot (reusing local chunks), then its manifest,
 //!   then its boot entry; never touches the active slot.
+//! - [`models`]: models as signed updates: the catalog, and the store on the data
+//!   partition that pulls land in, chunk by verified chunk.
 //! - [`state`]: what persists across boots: trusted root, versions seen, the
 //!   anti-rollback floor, the last result.
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@ pub mod device;
 pub mod fetch;
 pub mod firewall;
 pub mod install;
+pub mod models;
 pub mod repository;
 pub mod service;
 pub mod state;
@@ -42,6 +45,30 @@ pub enum Error {
     },
     #[error("the inactive slot's partition holds {available} bytes, the bundle needs {needed}")]
     SlotTooSmall { needed: u64, available: u64 },
+    #[error(transparent)]
+    ModelFormat(#[from] llamabox_format::update::models::ModelFormatError),
+    #[error("the model catalog: {0}")]
+    ModelCatalog(String),
+    #[error("no model `{name}` {where_}; {known}")]
+    UnknownModel {
+        name: String,
+        /// "is installed" or "is in the signed catalog".
+        where_: &'static str,
+        /// The names there are.
+        known: String,
+    },
+    #[error("the repository offers no models (its release has no model catalog)")]
+    NoCatalog,
+    #[error("`{model}` needs {} more on the data partition, which has {} free", mib(*needed), mib(*free))]
+    NoSpace {
+        model: String,
+        needed: u64,
+        free: u64,
+    },
+    #[error("the model `{name}` does not match its signed hash as a whole (a wrong index); its partial download was discarded")]
+    TamperedModel { name: String },
+    #[error("the pull of `{name}` was cancelled; the {} verified so far are kept for the next pull", mib(*kept))]
+    Cancelled { name: String, kept: u64 },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -50,6 +77,11 @@ pub enum Error {
     },
     #[error("state file {path}: {reason}")]
     State { path: String, reason: String },
+}
+
+/// Bytes as people read them on a phone: `241.4 MiB`.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -111,6 +143,44 @@ impl Updater {
         state.seen = walk.seen;
         self.store.save(&state)?;
         Ok(walk.check)
+    }
+
+    /// Verifies the repository's metadata, then fetches the model catalog it pins.
+    pub fn catalog(&self) -> Result<llamabox_format::update::models::ModelCatalog, Error> {
+        let mut state = self.store.load()?;
+        let walk = repository::check(
+            &self.fetcher,
+            &self.store,
+            &self.image_root,
+            &self.board,
+            &self.installed,
+            &state.seen,
+            self.clock(),
+        )?;
+        state.seen = walk.seen;
+        self.store.save(&state)?;
+        let target = walk.models.ok_or(Error::NoCatalog)?;
+        models::fetch_catalog(&self.fetcher, &target)
+    }
+
+    /// Pulls the model `name` from the signed catalog into `store`.
+    pub fn pull_model(
+        &self,
+        store: &models::ModelStore,
+        name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<models::Pulled, Error> {
+        let catalog = self.catalog()?;
+        let Some(entry) = catalog.get(name) else {
+            let known: Vec<&str> = catalog.models.iter().map(|m| m.name.as_str()).collect();
+            return Err(Error::UnknownModel {
+                name: name.to_string(),
+                where_: "in the signed catalog",
+                known: format!("it offers {}", known.join(", ")),
+            });
+        };
+        store.pull(&self.fetcher, entry, progress, cancel)
     }
 
     /// Checks, then installs an available update into the inactive slot.

@@ -47,6 +47,26 @@ enum Command {
     Status,
     /// Run the update service (D-Bus org.llamabox.Update1, scheduled checks).
     Serve,
+    /// Models as signed updates: the catalog, and the models on the data partition.
+    Models {
+        /// Where pulled models live.
+        #[arg(long, default_value = llamabox_format::paths::MODEL_STORE)]
+        store: PathBuf,
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the models the repository's signed catalog offers.
+    Catalog,
+    /// List the installed models.
+    List,
+    /// Download a model from the signed catalog, verifying every chunk (resumes).
+    Pull { name: String },
+    /// Remove an installed model.
+    Delete { name: String },
 }
 
 /// Slots and ESP as files (all or none) [default: the box's partitions].
@@ -161,6 +181,66 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Serve => unreachable!("handled above"),
+        Command::Models { store, command } => {
+            let store = llamabox_update::models::ModelStore::new(store);
+            let err = |e: llamabox_update::Error| e.to_string();
+            match command {
+                ModelsCommand::Catalog => {
+                    need_repo()?;
+                    let catalog = updater.catalog().map_err(err)?;
+                    for m in &catalog.models {
+                        println!(
+                            "{:<24} {:<8} {:>10}  {} {}, {} parameters",
+                            m.name,
+                            m.kind.to_string(),
+                            llamabox_update::mib(m.length),
+                            m.format,
+                            m.quantization,
+                            m.parameters
+                        );
+                    }
+                }
+                ModelsCommand::List => {
+                    for m in store.installed().map_err(err)? {
+                        println!(
+                            "{:<24} {:<8} {:>10}  {}",
+                            m.entry.name,
+                            m.entry.kind.to_string(),
+                            llamabox_update::mib(m.entry.length),
+                            m.path.display()
+                        );
+                    }
+                }
+                ModelsCommand::Pull { name } => {
+                    need_repo()?;
+                    let mut last = u64::MAX;
+                    let mut progress = |done: u64, total: u64| {
+                        let percent = done * 100 / total.max(1);
+                        if percent / 10 != last / 10 {
+                            eprintln!("llamabox-update: {name}: {percent}%");
+                            last = percent;
+                        }
+                    };
+                    let cancel = std::sync::atomic::AtomicBool::new(false);
+                    let pulled = updater
+                        .pull_model(&store, &name, &mut progress, &cancel)
+                        .map_err(err)?;
+                    if pulled.already {
+                        println!("{name} is already installed");
+                    } else {
+                        println!(
+                            "pulled {name}: {} downloaded, {} kept from an earlier pull",
+                            llamabox_update::mib(pulled.downloaded),
+                            llamabox_update::mib(pulled.resumed)
+                        );
+                    }
+                }
+                ModelsCommand::Delete { name } => {
+                    store.delete(&name).map_err(err)?;
+                    println!("deleted {name}");
+                }
+            }
+        }
         Command::Status => {
             if let Ok((slot, version)) = device::booted() {
                 let blessed = device::booted_slot_blessed(slot)?;

@@ -36,6 +36,8 @@ pub enum Check {
 pub struct Walk {
     pub check: Check,
     pub seen: Seen,
+    /// The signed target that pins the model catalog, when the release offers models.
+    pub models: Option<Target>,
 }
 
 fn fetch(fetcher: &Fetcher, path: &str, limit: u64) -> Result<Vec<u8>, Error> {
@@ -112,6 +114,11 @@ pub fn check(
     seen.targets_version = targets.signed.version;
     seen.record_time(now);
 
+    let models = targets
+        .signed
+        .targets
+        .get(llamabox_format::update::models::MODELS_TARGET)
+        .cloned();
     let check = match targets.signed.targets.get(&Targets::name_for_board(board)) {
         None => Check::UpToDate { version: None },
         Some(target) => {
@@ -144,7 +151,11 @@ pub fn check(
             }
         }
     };
-    Ok(Walk { check, seen })
+    Ok(Walk {
+        check,
+        seen,
+        models,
+    })
 }
 
 /// Fetches `<version>.<role>.json` as pinned by the `named_by` role's file: at most the

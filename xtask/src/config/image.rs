@@ -21,6 +21,8 @@ struct RawImage {
     rootfs: Vec<String>,
     #[serde(default)]
     initramfs: Vec<String>,
+    /// Recipes with a `[model]` table a release offers as signed model updates.
+    catalog: Option<Vec<String>>,
     health: Option<RawHealth>,
 }
 
@@ -38,6 +40,8 @@ pub struct ImageDef {
     pub version: String,
     pub rootfs: Vec<String>,
     pub initramfs: Vec<String>,
+    /// Model recipes `cargo xtask release` publishes in the signed catalog.
+    pub catalog: Vec<String>,
     /// Health gate: bless after `grace_ms` healthy, reboot if not by `deadline_ms`.
     pub health_grace_ms: u64,
     pub health_deadline_ms: u64,
@@ -130,10 +134,31 @@ fn load_depth(
         (None, Some(p)) => (p.health_grace_ms, p.health_deadline_ms),
         (None, None) => (10_000, 300_000),
     };
+    for recipe in raw.catalog.iter().flatten() {
+        match recipes.get(recipe) {
+            None => problems.add(
+                "catalog",
+                format!(
+                    "no recipe `{recipe}` in recipes/{}",
+                    suggest(recipe, recipes.keys().map(String::as_str))
+                ),
+            ),
+            Some(r) if r.model.is_none() => problems.add(
+                "catalog",
+                format!("recipe `{recipe}` has no [model] table: it is not a model"),
+            ),
+            Some(_) => {}
+        }
+    }
     if deadline <= grace {
         problems.add("health", "deadline-ms must be longer than grace-ms");
     }
     problems.finish(&path)?;
+    // A child's catalog replaces its parent's: a release offers one list.
+    let catalog = raw
+        .catalog
+        .or(parent.as_ref().map(|p| p.catalog.clone()))
+        .unwrap_or_default();
     let (mut rootfs, mut initramfs) = parent.map(|p| (p.rootfs, p.initramfs)).unwrap_or_default();
     rootfs.extend(raw.rootfs);
     initramfs.extend(raw.initramfs);
@@ -142,6 +167,7 @@ fn load_depth(
         version,
         rootfs,
         initramfs,
+        catalog,
         health_grace_ms: grace,
         health_deadline_ms: deadline,
     })

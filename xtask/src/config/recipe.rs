@@ -18,6 +18,22 @@ struct RawRecipe {
     source: RawSource,
     #[serde(default)]
     install: Vec<RawInstall>,
+    model: Option<RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawModel {
+    name: String,
+    kind: String,
+    family: String,
+    quantization: String,
+    parameters: String,
+    license: String,
+    template: Option<String>,
+    #[serde(default)]
+    options: BTreeMap<String, toml::Value>,
+    min_memory_mib: u64,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +182,25 @@ pub struct Recipe {
     pub arch: Vec<Arch>,
     pub source: Source,
     pub install: Vec<Install>,
+    /// Set for a model a release can offer in its signed catalog (`[model]`).
+    pub model: Option<Model>,
+}
+
+/// `[model]`: what the signed catalog says about the one file the recipe installs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// Ollama-style `family:tag`.
+    pub name: String,
+    pub kind: llamabox_format::update::models::ModelKind,
+    pub family: String,
+    pub quantization: String,
+    pub parameters: String,
+    pub license: String,
+    /// A chat template file (relative to `recipes/`) for a model whose file has none.
+    pub template: Option<PathBuf>,
+    /// Default sampling parameters, by Ollama's option names.
+    pub options: BTreeMap<String, serde_json::Value>,
+    pub min_memory_mib: u64,
 }
 
 impl Recipe {
@@ -317,6 +352,7 @@ pub fn load(path: &Path) -> Result<Recipe> {
     if install.is_empty() {
         problems.add("install", "installs nothing; add [[install]] tables");
     }
+    let model = raw.model.and_then(|m| model(m, path, &mut problems));
     problems.finish(path)?;
     Ok(Recipe {
         name,
@@ -325,6 +361,62 @@ pub fn load(path: &Path) -> Result<Recipe> {
         arch,
         source: source.unwrap(),
         install,
+        model,
+    })
+}
+
+fn model(raw: RawModel, recipe: &Path, problems: &mut Problems) -> Option<Model> {
+    use llamabox_format::update::models::{is_model_name, ModelKind};
+    let kind = match raw.kind.as_str() {
+        "llm" => Some(ModelKind::Llm),
+        "whisper" => Some(ModelKind::Whisper),
+        other => {
+            problems.add(
+                "model.kind",
+                format!("`{other}` is not a model kind (llm, whisper)"),
+            );
+            None
+        }
+    };
+    if !is_model_name(&raw.name) {
+        problems.add(
+            "model.name",
+            format!(
+                "`{}` is not `family:tag` in lowercase letters, digits, `.`, `-`, `_`",
+                raw.name
+            ),
+        );
+    }
+    let template = raw.template.map(PathBuf::from);
+    if let Some(t) = &template {
+        let dir = recipe.parent().unwrap_or(Path::new("."));
+        if !is_inside(&t.to_string_lossy()) || !dir.join(t).is_file() {
+            problems.add(
+                "model.template",
+                format!("`{}` is not a file inside recipes/", t.display()),
+            );
+        }
+    }
+    let options = raw
+        .options
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                serde_json::to_value(v).expect("TOML values are JSON values"),
+            )
+        })
+        .collect();
+    Some(Model {
+        name: raw.name,
+        kind: kind?,
+        family: raw.family,
+        quantization: raw.quantization,
+        parameters: raw.parameters,
+        license: raw.license,
+        template,
+        options,
+        min_memory_mib: raw.min_memory_mib,
     })
 }
 

@@ -9,6 +9,7 @@
 //! <v>.targets.json                         per board: image version, bundle index hash and length
 //! bundles/<sha256>.index                   the bundle's chunk list (JSON)
 //! bundles/<sha256>.data                    the chunks' bytes, each stored once
+//! models/<sha256>.catalog, .index, .blob   models as signed updates ([`models`])
 //! ```
 //!
 //! The roles follow TUF: every metadata file is signed by a threshold of its role's
@@ -18,6 +19,7 @@
 pub mod bundle;
 pub mod chunk;
 pub mod metadata;
+pub mod models;
 pub mod version;
 
 pub use bundle::{BundleError, BundleFile, BundleIndex, ChunkRef};

@@ -6,6 +6,7 @@
 //! purpose and logs requests).
 
 mod delta;
+mod models;
 mod protocol;
 
 use std::path::{Path, PathBuf};
