@@ -179,4 +179,62 @@ mod tests {
         }
         assert_eq!(t[4].0, size - SECTOR);
     }
+
+    /// The device's edit (stage 1 growing the data partition onto a larger card) of a
+    /// table the builder wrote: both headers valid, the data partition to the end.
+    #[test]
+    fn the_device_grows_the_last_partition_of_a_built_table() {
+        let parts = [
+            Partition {
+                label: "esp".into(),
+                type_guid: TYPE_ESP,
+                first_lba: 2048,
+                last_lba: 4095,
+            },
+            Partition {
+                label: "llamabox-data".into(),
+                type_guid: TYPE_LINUX_DATA,
+                first_lba: 4096,
+                last_lba: 6143,
+            },
+        ];
+        let small = disk_size_for(6143);
+        let mut disk = vec![0u8; small as usize];
+        for (offset, bytes) in tables(small, &parts, "seed") {
+            disk[offset as usize..offset as usize + bytes.len()].copy_from_slice(&bytes);
+        }
+        let grow = |disk: &mut Vec<u8>, label: &str| {
+            let len = disk.len() as u64;
+            llamabox_format::gpt::grow_to_disk_end(&mut std::io::Cursor::new(disk), len, label)
+        };
+        // Written to the card it was built for: nothing to do.
+        assert_eq!(grow(&mut disk, "llamabox-data"), Ok(None));
+        // Only the last partition grows.
+        disk.resize(64 << 20, 0);
+        assert_eq!(grow(&mut disk, "esp"), Ok(None));
+        let grown = grow(&mut disk, "llamabox-data").unwrap().unwrap();
+        assert_eq!(grown.old_bytes, 1 << 20);
+        assert!(grown.new_bytes > 60 << 20, "{grown:?}");
+
+        let path = std::env::temp_dir().join(format!("gpt-grow-{}.img", std::process::id()));
+        std::fs::write(&path, &disk).unwrap();
+        let table = read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            table[1],
+            ("llamabox-data".into(), 4096 * SECTOR, grown.new_bytes)
+        );
+        let backup = &disk[disk.len() - SECTOR as usize..];
+        assert_eq!(&backup[0..8], b"EFI PART");
+        let mut h = backup[..92].to_vec();
+        let stored = u32::from_le_bytes(h[16..20].try_into().unwrap());
+        h[16..20].fill(0);
+        assert_eq!(crc32fast::hash(&h), stored, "backup header checksum");
+        // Growing again finds nothing to do; a corrupt table is refused.
+        assert_eq!(grow(&mut disk, "llamabox-data"), Ok(None));
+        disk[SECTOR as usize + 50] ^= 1;
+        assert!(grow(&mut disk, "llamabox-data")
+            .unwrap_err()
+            .contains("checksum"));
+    }
 }

@@ -11,6 +11,9 @@ use crate::config;
 use crate::project::Project;
 use crate::{provision, qemu};
 
+/// The size of the card `cargo xtask run` boots from.
+const RUN_DISK_BYTES: u64 = 8 << 30;
+
 /// Boots `image` for `board_name` with the serial console on this terminal.
 pub fn run_in_qemu(project: &Project, board_name: &str, image: &str, fresh: bool) -> Result<()> {
     let output = build::build(
@@ -50,6 +53,12 @@ pub fn run_in_qemu(project: &Project, board_name: &str, image: &str, fresh: bool
                     .arg(&output.image)
                     .arg(&disk),
             )?;
+            // Like a card larger than the image: the box gives its data partition the
+            // rest on first boot. Sparse, so it costs the host only what is written.
+            let card = std::fs::OpenOptions::new().write(true).open(&disk)?;
+            if card.metadata()?.len() < RUN_DISK_BYTES {
+                card.set_len(RUN_DISK_BYTES)?;
+            }
             let identity = provision::new_identity();
             provision::write(&disk, &identity)?;
             std::fs::write(&identity_file, identity.to_json())?;

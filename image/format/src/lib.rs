@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod boot_entry;
+pub mod gpt;
 pub mod keys;
 pub mod manifest;
 pub mod paths;

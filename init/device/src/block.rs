@@ -52,3 +52,20 @@ pub fn wait_for_label(label: &str, timeout: Duration) -> Option<Partition> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The whole disk a partition is on (`/dev/vda5` → `/dev/vda`) and its size, from sysfs
+/// (`/sys/class/block/vda5` lives in the disk's directory).
+pub fn disk_of(partition: &std::path::Path) -> Option<Partition> {
+    let name = partition.file_name()?;
+    let real = std::fs::canonicalize(std::path::Path::new("/sys/class/block").join(name)).ok()?;
+    let disk = real.parent()?;
+    let sectors: u64 = std::fs::read_to_string(disk.join("size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Partition {
+        device: PathBuf::from("/dev").join(disk.file_name()?),
+        size_bytes: sectors * 512,
+    })
+}

@@ -66,6 +66,10 @@ fn run(boot: &mut BootInfo, started: Instant) -> Result<std::convert::Infallible
     let loaded = kmod::load_all().map_err(System)?;
     info!("loaded {loaded} kernel modules");
 
+    // Before anything on the disk is open, so the kernel can re-read its table.
+    if let Err(e) = grow_data_partition(boot) {
+        info!("the data partition keeps its size: {e}");
+    }
     let on_trial = inspect_boot_entry(slot, boot);
     let partition = block::wait_for_label(slot.partition_label(), Duration::from_secs(20))
         .ok_or_else(|| {
@@ -315,6 +319,50 @@ fn switch_root() -> Result<(), String> {
     fs::move_mount(".", "/")?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
+
+/// First boot (the data partition is not formatted yet): gives the data partition the
+/// rest of the card the image was written to, then has the kernel re-read the table.
+fn grow_data_partition(boot: &mut BootInfo) -> Result<(), String> {
+    let data = block::wait_for_label(DATA_LABEL, Duration::from_secs(10))
+        .ok_or_else(|| format!("no partition labelled `{DATA_LABEL}`"))?;
+    if has_ext4_superblock(&data.device.to_string_lossy()) {
+        return Ok(());
+    }
+    let disk = block::disk_of(&data.device)
+        .ok_or_else(|| format!("cannot find the disk of {}", data.device.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk.device)
+        .map_err(|e| format!("cannot open {}: {e}", disk.device.display()))?;
+    let Some(grown) =
+        llamabox_format::gpt::grow_to_disk_end(&mut file, disk.size_bytes, DATA_LABEL)?
+    else {
+        return Ok(());
+    };
+    file.sync_all()
+        .map_err(|e| format!("cannot write {}: {e}", disk.device.display()))?;
+    nix::ioctl_none!(blkrrpart, 0x12, 95);
+    use std::os::fd::AsRawFd;
+    // SAFETY: BLKRRPART takes no argument; the descriptor is an open block device.
+    unsafe { blkrrpart(file.as_raw_fd()) }
+        .map_err(|e| format!("the table grew, but the kernel did not re-read it ({e})"))?;
+    drop(file);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while block::find_by_label(DATA_LABEL).map(|p| p.size_bytes) != Some(grown.new_bytes) {
+        if Instant::now() > deadline {
+            return Err("the kernel did not show the grown partition in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    info!(
+        "first boot: the data partition grew from {} MiB to {} MiB (the rest of the disk)",
+        grown.old_bytes >> 20,
+        grown.new_bytes >> 20
+    );
+    boot.set("data-grown-mib", grown.new_bytes >> 20);
     Ok(())
 }
 

@@ -84,6 +84,14 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
         .route("/v1/device/status", get(device_status))
         .route("/v1/update/check", post(update_check))
         .route("/v1/update/apply", post(update_apply))
+        .route("/v1/device/models", get(crate::models::list))
+        .route(
+            "/v1/device/models/catalog",
+            post(crate::models::refresh_catalog),
+        )
+        .route("/v1/device/models/cancel", post(crate::models::cancel))
+        .route("/api/pull", post(crate::models::pull))
+        .route("/api/delete", delete(crate::models::delete))
         .route("/v1/{*rest}", any(forward))
         .route("/api/{*rest}", any(forward))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_phone));

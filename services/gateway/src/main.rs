@@ -5,6 +5,7 @@ mod device;
 mod error;
 mod files;
 mod mdns;
+mod models;
 mod net;
 mod pairing;
 mod phones;

@@ -6,6 +6,7 @@
 mod api;
 mod engine;
 mod metrics;
+mod models;
 mod template;
 
 use std::net::SocketAddr;
@@ -58,6 +59,10 @@ struct Cli {
     /// Most tokens decoded in one step (prompt chunks and generated tokens together).
     #[arg(long, short = 'b', default_value_t = 2048)]
     batch_size: u32,
+    /// The model store the update service pulls models into (read only here): its LLMs
+    /// can be named in requests beside --model (docs/models.md).
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
 }
 
 fn main() {
@@ -116,6 +121,7 @@ fn run(cli: Cli) -> Result<()> {
         parallel: cli.parallel,
         batch_size: cli.batch_size.max(cli.parallel),
         queue_limit: cli.queue,
+        exit_on_load_failure: true,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -129,11 +135,13 @@ fn run(cli: Cli) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cli.listen))?;
         tracing::info!(address = %cli.listen, "listening");
-        let engine = Arc::new(Engine::start(config, || {
+        let metrics = Arc::new(metrics::Metrics::default());
+        let engine = Arc::new(Engine::start(config.clone(), metrics.clone(), || {
             // Readiness for the supervisor: only now can requests be answered.
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         }));
-        axum::serve(listener, api::router(engine))
+        let models = Arc::new(models::Models::new(config, cli.models_dir, engine, metrics));
+        axum::serve(listener, api::router(models))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("the HTTP server failed")

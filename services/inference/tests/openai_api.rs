@@ -92,3 +92,65 @@ fn official_clients_against_the_real_model() {
         "openai_api.py or ollama_api.py failed (see above)"
     );
 }
+
+/// A model store as the update service leaves it, holding the test model again as a
+/// pulled model `smollm2:copy` (docs/models.md has the layout).
+fn model_store(model: &Path) -> PathBuf {
+    use llamabox_format::update::models::{store, ModelEntry, ModelKind, Pin};
+    use sha2::Digest;
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("model-store");
+    let _ = std::fs::remove_dir_all(&root);
+    let bytes = std::fs::read(model).unwrap();
+    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    let entry = ModelEntry {
+        name: "smollm2:copy".into(),
+        kind: ModelKind::Llm,
+        format: "gguf".into(),
+        family: "llama".into(),
+        quantization: "Q4_1".into(),
+        parameters: "135M".into(),
+        description: "the test model, as pulled".into(),
+        license: "Apache-2.0".into(),
+        length: bytes.len() as u64,
+        sha256: sha256.clone(),
+        index: Pin {
+            length: 1,
+            sha256: sha256.clone(),
+        },
+        template: None,
+        options: [("temperature".to_string(), serde_json::json!(0.7))].into(),
+        min_memory_mib: 192,
+    };
+    let blob = store::blob_path(&root, &sha256);
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    let path = store::entry_path(&root, &entry.name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_vec(&entry).unwrap()).unwrap();
+    root
+}
+
+#[test]
+fn models_switch_at_run_time_and_wait_for_each_other() {
+    let model = required_env("LLAMABOX_TEST_MODEL");
+    let python = required_env("LLAMABOX_PYTHON");
+    let store = model_store(&model);
+    let server = Server::start(
+        &model,
+        &[
+            "--parallel",
+            "2",
+            "--ctx-size",
+            "2048",
+            "--models-dir",
+            store.to_str().unwrap(),
+        ],
+    );
+    let status = Command::new(python)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests"))
+        .args(["-m", "unittest", "-v", "models_api"])
+        .env("LLAMABOX_URL", &server.url)
+        .status()
+        .expect("running python");
+    assert!(status.success(), "models_api.py failed (see above)");
+}

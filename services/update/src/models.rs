@@ -1,15 +1,10 @@
 //! Models as signed updates on the box (docs/models.md): the catalog the verified
 //! metadata walk pins, and the store on the data partition that pulls land in.
 //!
-//! The store's layout; a model is listed only once its entry is written, and the entry
-//! is written only after its blob is complete, verified and renamed into place, so a
-//! power cut at any point never lists half a model:
-//!
-//! ```text
-//! <store>/blobs/<sha256>          complete, verified model files, named by their hash
-//! <store>/partial/<sha256>        a pull in progress: its verified chunks, in order
-//! <store>/installed/<name>.json   the catalog entry of an installed model
-//! ```
+//! The store's layout is `llamabox_format::update::models::store`. A model is listed
+//! only once its entry is written, and the entry is written only after its blob is
+//! complete, verified and renamed into place, so a power cut at any point never lists
+//! half a model.
 //!
 //! A pull resumes where it stopped: the partial file is checked chunk by chunk against
 //! the signed index, cut at the first chunk that is not whole and right, and the rest
@@ -23,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use llamabox_format::update::metadata::check_pinned;
 use llamabox_format::update::models::{
-    blob_path, catalog_path, index_path, ModelCatalog, ModelEntry, ModelIndex, MAX_CATALOG_LEN,
+    blob_path, catalog_path, index_path, store, ModelCatalog, ModelEntry, ModelIndex,
+    MAX_CATALOG_LEN,
 };
 use llamabox_format::update::Target;
 use sha2::{Digest, Sha256};
@@ -68,14 +64,7 @@ pub struct Pulled {
     pub already: bool,
 }
 
-/// An installed model: its catalog entry and where its file is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Installed {
-    pub entry: ModelEntry,
-    pub path: PathBuf,
-    /// When the pull finished (the entry file's time).
-    pub modified: std::time::SystemTime,
-}
+pub use llamabox_format::update::models::store::Installed;
 
 /// The models on the data partition.
 pub struct ModelStore {
@@ -103,53 +92,19 @@ impl ModelStore {
     }
 
     fn entry_path(&self, name: &str) -> PathBuf {
-        self.dir("installed").join(format!("{name}.json"))
+        store::entry_path(&self.root, name)
     }
 
     fn blob(&self, sha256: &str) -> PathBuf {
-        self.dir("blobs").join(sha256)
+        store::blob_path(&self.root, sha256)
     }
 
-    /// Installed models, by name. An entry whose blob is missing or has the wrong length
-    /// is not listed (it cannot happen in the order pulls write, but a disk can fail).
+    /// Installed models, by name.
     pub fn installed(&self) -> Result<Vec<Installed>, Error> {
-        let dir = self.dir("installed");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
-        };
-        let mut models = Vec::new();
-        for file in entries.flatten() {
-            let path = file.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            let Ok(entry) = serde_json::from_slice::<ModelEntry>(&bytes) else {
-                continue;
-            };
-            if entry.validate().is_err() || path != self.entry_path(&entry.name) {
-                continue;
-            }
-            let blob = self.blob(&entry.sha256);
-            if std::fs::metadata(&blob).map(|m| m.len()).ok() != Some(entry.length) {
-                continue;
-            }
-            let modified = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::UNIX_EPOCH);
-            models.push(Installed {
-                entry,
-                path: blob,
-                modified,
-            });
-        }
-        models.sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
-        Ok(models)
+        store::installed(&self.root).map_err(io(format!(
+            "reading {}",
+            self.root.join("installed").display()
+        )))
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Installed>, Error> {

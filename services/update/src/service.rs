@@ -3,6 +3,8 @@
 //! - `org.llamabox.Update1` on the system bus, at `/org/llamabox/Update1`: `Check() → s`,
 //!   `Apply()` (starts an install in the background), `Status() → s` (JSON: phase,
 //!   progress, running version and slot, pending install, last result).
+//!   Models (docs/models.md): `Catalog() → s`, `Models() → s`, `PullModel(s)`,
+//!   `CancelPull() → b`, `DeleteModel(s)`.
 //! - A schedule: every `check-interval-minutes` (config), a check, and with
 //!   `auto-install` an install; `reboot = "after-install"` then asks the supervisor to
 //!   reboot, `"manual"` (the default) leaves that to the user.
@@ -18,6 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::fetch::Fetcher;
+use crate::models::ModelStore;
 use crate::state::{Pending, Store};
 use crate::{device, repository, Applied, Updater};
 
@@ -39,8 +42,34 @@ pub struct Status {
     pub last_result: Option<String>,
 }
 
+/// A model pull the service runs or ran last (`Models()`'s `pull`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PullStatus {
+    pub name: String,
+    /// `pulling`, `done`, `failed` or `cancelled`.
+    pub phase: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// SHA-256 of the model file, once the catalog named it.
+    pub sha256: Option<String>,
+    pub error: Option<String>,
+    /// What went wrong, for callers that answer by kind: `unknown-model`, `no-space`,
+    /// `cancelled`, `failed`.
+    pub error_kind: Option<String>,
+}
+
+#[derive(Default)]
+struct ModelsState {
+    /// The signed catalog as last fetched.
+    catalog: Option<llamabox_format::update::models::ModelCatalog>,
+    pull: Option<PullStatus>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
 struct Service {
     status: Mutex<Status>,
+    models: Mutex<ModelsState>,
     /// What is using the repository and the update state right now, if anything: a
     /// check, an install and settling never overlap (each writes the seen versions and
     /// the anti-rollback floor).
@@ -199,6 +228,159 @@ impl Service {
     }
 }
 
+impl Service {
+    fn model_store() -> ModelStore {
+        ModelStore::new(llamabox_format::paths::MODEL_STORE)
+    }
+
+    /// Verifies the repository and fetches its model catalog (kept for `Models()`).
+    fn catalog(self: &Arc<Self>) -> Result<String, String> {
+        let _busy = self.begin("fetching the model catalog")?;
+        let updater = updater()?;
+        if updater.fetcher.mirror_count() == 0 {
+            return Err(format!(
+                "no repository configured (`mirrors` in {})",
+                device::CONFIG_FILES[0]
+            ));
+        }
+        let catalog = updater.catalog().map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&catalog).expect("a catalog serializes");
+        self.models.lock().unwrap().catalog = Some(catalog);
+        Ok(json)
+    }
+
+    /// Installed models, the last catalog, the pull in progress and the space left.
+    fn models_json(&self) -> Result<String, String> {
+        let store = Self::model_store();
+        let installed: Vec<serde_json::Value> = store
+            .installed()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|m| {
+                let mut value = serde_json::to_value(&m.entry).expect("an entry serializes");
+                value["path"] = m.path.to_string_lossy().into();
+                value["modified-at"] =
+                    llamabox_format::update::metadata::format_time(m.modified).into();
+                value
+            })
+            .collect();
+        let state = self.models.lock().unwrap();
+        Ok(serde_json::json!({
+            "installed": installed,
+            "catalog": state.catalog.as_ref().map(|c| &c.models),
+            "pull": state.pull,
+            "free-bytes": store.free_bytes().ok(),
+        })
+        .to_string())
+    }
+
+    /// Starts pulling `name` from the signed catalog in the background.
+    fn start_pull(self: &Arc<Self>, name: String) -> Result<(), String> {
+        let busy = self.begin("a model pull")?;
+        let updater = updater()?;
+        if updater.fetcher.mirror_count() == 0 {
+            return Err(format!(
+                "no repository configured (`mirrors` in {})",
+                device::CONFIG_FILES[0]
+            ));
+        }
+        let cancel = {
+            let mut models = self.models.lock().unwrap();
+            models.cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            models.pull = Some(PullStatus {
+                name: name.clone(),
+                phase: "pulling".into(),
+                done_bytes: 0,
+                total_bytes: 0,
+                sha256: None,
+                error: None,
+                error_kind: None,
+            });
+            models.cancel.clone()
+        };
+        let service = self.clone();
+        std::thread::spawn(move || {
+            let _busy = busy;
+            let store = Self::model_store();
+            let result = (|| {
+                let catalog = updater.catalog()?;
+                let sha256 = catalog.get(&name).map(|m| m.sha256.clone());
+                service.models.lock().unwrap().catalog = Some(catalog);
+                if let Some(pull) = &mut service.models.lock().unwrap().pull {
+                    pull.sha256 = sha256;
+                }
+                let progress_to = service.clone();
+                let mut progress = move |done: u64, total: u64| {
+                    if let Some(pull) = &mut progress_to.models.lock().unwrap().pull {
+                        pull.done_bytes = done;
+                        pull.total_bytes = total;
+                    }
+                };
+                updater.pull_model(&store, &name, &mut progress, &cancel)
+            })();
+            let mut models = service.models.lock().unwrap();
+            let pull = models.pull.as_mut().expect("set when the pull started");
+            match result {
+                Ok(pulled) => {
+                    log(&format!(
+                        "pulled the model {name} ({} downloaded, {} kept from an earlier pull)",
+                        crate::mib(pulled.downloaded),
+                        crate::mib(pulled.resumed)
+                    ));
+                    pull.phase = "done".into();
+                }
+                Err(e @ crate::Error::Cancelled { .. }) => {
+                    log(&e.to_string());
+                    pull.phase = "cancelled".into();
+                    pull.error = Some(e.to_string());
+                    pull.error_kind = Some("cancelled".into());
+                }
+                Err(e) => {
+                    log(&format!("the pull of {name} failed: {e}"));
+                    pull.phase = "failed".into();
+                    pull.error_kind = Some(
+                        match e {
+                            crate::Error::UnknownModel { .. } => "unknown-model",
+                            crate::Error::NoSpace { .. } => "no-space",
+                            _ => "failed",
+                        }
+                        .into(),
+                    );
+                    pull.error = Some(e.to_string());
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn cancel_pull(&self) -> bool {
+        let models = self.models.lock().unwrap();
+        let pulling = models.pull.as_ref().is_some_and(|p| p.phase == "pulling");
+        if pulling {
+            models
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        pulling
+    }
+
+    fn delete_model(&self, name: &str) -> Result<(), String> {
+        {
+            let models = self.models.lock().unwrap();
+            if let Some(pull) = models.pull.as_ref().filter(|p| p.phase == "pulling") {
+                if pull.name == name {
+                    return Err(format!("`{name}` is being pulled: cancel the pull first"));
+                }
+            }
+        }
+        Self::model_store()
+            .delete(name)
+            .map_err(|e| e.to_string())?;
+        log(&format!("deleted the model {name}"));
+        Ok(())
+    }
+}
+
 fn ask_supervisor_to_reboot() -> Result<(), String> {
     bus::proxy(SUPERVISOR, None)?
         .call_method("Reboot", &())
@@ -234,6 +416,45 @@ impl Interface {
             .map_err(zbus::fdo::Error::Failed)
     }
 
+    /// Verifies the repository and returns its signed model catalog (JSON).
+    async fn catalog(&self) -> zbus::fdo::Result<String> {
+        let (reply, result) = futures_channel::oneshot::channel();
+        let service = self.service.clone();
+        std::thread::spawn(move || {
+            let _ = reply.send(service.catalog());
+        });
+        result
+            .await
+            .unwrap_or_else(|_| Err("fetching the catalog stopped without a result".into()))
+            .map_err(zbus::fdo::Error::Failed)
+    }
+
+    /// Installed models, the catalog last fetched, the current or last pull and the
+    /// space left for models (JSON; docs/models.md).
+    fn models(&self) -> zbus::fdo::Result<String> {
+        self.service.models_json().map_err(zbus::fdo::Error::Failed)
+    }
+
+    /// Starts pulling a model from the signed catalog; progress shows in `Models()`.
+    fn pull_model(&self, name: String) -> zbus::fdo::Result<()> {
+        self.service
+            .start_pull(name)
+            .map_err(zbus::fdo::Error::Failed)
+    }
+
+    /// Stops the pull in progress after its current chunk (what it has is kept); false
+    /// if nothing was being pulled.
+    fn cancel_pull(&self) -> bool {
+        self.service.cancel_pull()
+    }
+
+    /// Removes an installed model from the data partition.
+    fn delete_model(&self, name: String) -> zbus::fdo::Result<()> {
+        self.service
+            .delete_model(&name)
+            .map_err(zbus::fdo::Error::Failed)
+    }
+
     /// The service's state as JSON.
     fn status(&self) -> zbus::fdo::Result<String> {
         self.service.refresh();
@@ -253,6 +474,7 @@ pub fn run() -> ! {
             ..Status::default()
         }),
         busy: Mutex::new(None),
+        models: Mutex::new(ModelsState::default()),
     });
     service.refresh();
 

@@ -90,11 +90,27 @@ fn root_hash_signed_by_an_untrusted_key_is_refused() {
 #[test]
 fn data_partition_is_created_on_first_boot_and_survives_a_reboot() {
     let mut vm = TestMachine::new("data-partition");
+    // Written to a card larger than the image: the data partition takes the rest.
+    let (offset, built) = vm.partition("llamabox-data");
+    vm.grow_disk(1 << 30);
     let mut first = vm.boot();
     let console = first.wait_for("slot a blessed", BOOT_TIMEOUT).unwrap();
+    let grown = (1u64 << 30) - offset - (1 << 20); // aligned, before the backup table
     assert!(
-        console.contains("first boot: formatting the data partition"),
+        console.contains(&format!(
+            "first boot: the data partition grew from {} MiB to {} MiB",
+            built >> 20,
+            grown >> 20
+        )),
         "{console}"
+    );
+    let formatting = console
+        .lines()
+        .find(|l| l.contains("first boot: formatting the data partition"))
+        .unwrap_or_else(|| panic!("{console}"));
+    assert!(
+        formatting.contains(&format!("({} MiB)", grown >> 20)),
+        "{formatting}"
     );
     assert!(console.contains("boot number 1 recorded"), "{console}");
     assert!(
@@ -120,4 +136,6 @@ fn data_partition_is_created_on_first_boot_and_survives_a_reboot() {
         console.contains("boot entry llamabox-2-a.efi (blessed)"),
         "{console}"
     );
+    assert!(!console.contains("data partition grew"), "{console}");
+    assert_eq!(vm.partition("llamabox-data"), (offset, grown));
 }

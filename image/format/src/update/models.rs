@@ -294,6 +294,81 @@ impl ModelIndex {
     }
 }
 
+/// The model store on the box (`paths::MODEL_STORE`): the update service writes it,
+/// inference and voice read it. A model is listed once its entry exists; the entry is
+/// written only after its blob is complete and verified.
+///
+/// ```text
+/// <store>/blobs/<sha256>          complete, verified model files, named by their hash
+/// <store>/partial/<sha256>        a pull in progress: its verified chunks, in order
+/// <store>/installed/<name>.json   the catalog entry of an installed model
+/// ```
+pub mod store {
+    use std::path::{Path, PathBuf};
+    use std::time::SystemTime;
+
+    use super::ModelEntry;
+
+    pub fn entry_path(root: &Path, name: &str) -> PathBuf {
+        root.join("installed").join(format!("{name}.json"))
+    }
+
+    pub fn blob_path(root: &Path, sha256: &str) -> PathBuf {
+        root.join("blobs").join(sha256)
+    }
+
+    /// An installed model: its catalog entry and where its file is.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Installed {
+        pub entry: ModelEntry,
+        pub path: PathBuf,
+        /// When its pull finished (the entry file's time).
+        pub modified: SystemTime,
+    }
+
+    /// Installed models, by name. An entry that does not parse, or whose blob is missing
+    /// or has the wrong length, is not listed (pulls never leave one; a disk can fail).
+    pub fn installed(root: &Path) -> std::io::Result<Vec<Installed>> {
+        let dir = root.join("installed");
+        let files = match std::fs::read_dir(&dir) {
+            Ok(files) => files,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut models = Vec::new();
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Some(entry) = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<ModelEntry>(&bytes).ok())
+            else {
+                continue;
+            };
+            if entry.validate().is_err() || path != entry_path(root, &entry.name) {
+                continue;
+            }
+            let blob = blob_path(root, &entry.sha256);
+            if std::fs::metadata(&blob).map(|m| m.len()).ok() != Some(entry.length) {
+                continue;
+            }
+            let modified = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            models.push(Installed {
+                entry,
+                path: blob,
+                modified,
+            });
+        }
+        models.sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
+        Ok(models)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

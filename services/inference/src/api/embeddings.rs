@@ -15,6 +15,7 @@ use serde_json::json;
 use super::{parse_json, resolve_model, respond, ApiError};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::models::Models;
 
 /// Inputs per request (OpenAI's limit).
 const MAX_INPUTS: usize = 2048;
@@ -39,7 +40,14 @@ enum Input {
     TokenLists(Vec<Vec<i32>>),
 }
 
-pub async fn embeddings(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+pub async fn embeddings(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return super::respond_models(&models, Err(e)),
+    };
     Metrics::add(&engine.metrics.embedding_requests, 1);
     respond(&engine, run(&engine, &body).await)
 }

@@ -19,6 +19,7 @@ use super::tools::{CallParser, Convention, ToolCall, ToolChoice, Tools};
 use super::{new_id, parse_json, resolve_model, respond, unix_now, ApiError};
 use crate::engine::{Engine, Event, GenerateJob, SubmitError, TokenLogprob, Usage};
 use crate::metrics::Metrics;
+use crate::models::Models;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -26,12 +27,26 @@ pub(super) enum Kind {
     Completion,
 }
 
-pub async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+pub async fn chat(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return super::respond_models(&models, Err(e)),
+    };
     Metrics::add(&engine.metrics.chat_requests, 1);
     respond(&engine, run(&engine, &body, Kind::Chat).await)
 }
 
-pub async fn completions(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+pub async fn completions(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return super::respond_models(&models, Err(e)),
+    };
     Metrics::add(&engine.metrics.completion_requests, 1);
     respond(&engine, run(&engine, &body, Kind::Completion).await)
 }

@@ -27,24 +27,43 @@ pub use error::ApiError;
 
 use crate::engine::{Engine, LoadedModel, ModelCard, SubmitError};
 use crate::metrics::Metrics;
+use crate::models::{Model, Models};
 
 /// Largest request body accepted (a long conversation is a few hundred KiB).
 const MAX_BODY_BYTES: usize = 8 << 20;
 
-pub fn router(engine: Arc<Engine>) -> Router {
+pub fn router(models: Arc<Models>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
-        .route("/v1/models", get(models))
+        .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(ollama::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(engine)
+        .with_state(models)
+}
+
+/// The `model` a request body names (Ollama's older clients: `name`), read before the
+/// request is parsed for real: it decides which engine parses and runs it.
+fn requested_model(body: &Bytes) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<String>,
+        name: Option<String>,
+    }
+    serde_json::from_slice::<Named>(body)
+        .ok()
+        .and_then(|n| n.model.filter(|m| !m.is_empty()).or(n.name))
+}
+
+/// [`respond`] before an engine was chosen.
+fn respond_models(models: &Models, result: Result<Response, ApiError>) -> Response {
+    respond_metrics(&models.metrics, result)
 }
 
 /// Parses a JSON body, answering 400 with serde's description (what and where) on failure.
@@ -66,11 +85,15 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 
 /// The handler's result as a response; client errors are counted in `/metrics`.
 fn respond(engine: &Engine, result: Result<Response, ApiError>) -> Response {
+    respond_metrics(&engine.metrics, result)
+}
+
+fn respond_metrics(metrics: &Metrics, result: Result<Response, ApiError>) -> Response {
     match result {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_client_error() {
-                Metrics::add(&engine.metrics.invalid_requests, 1);
+                Metrics::add(&metrics.invalid_requests, 1);
             }
             e.into_response()
         }
@@ -149,28 +172,69 @@ fn model_object(card: &ModelCard) -> serde_json::Value {
     })
 }
 
-async fn models(State(engine): State<Arc<Engine>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let card = engine.card().ok_or_else(loading)?;
-    Ok(Json(
-        json!({"object": "list", "data": [model_object(card)]}),
-    ))
+/// A pulled model that has not been loaded yet: what its catalog entry says.
+fn pulled_object(models: &Models, model: &Model) -> serde_json::Value {
+    let Model::Pulled(m) = model else {
+        unreachable!("only pulled models are listed from their entry")
+    };
+    let created = models
+        .modified(model)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({
+        "id": m.entry.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "llamabox",
+        "meta": {"size": m.entry.length},
+    })
+}
+
+/// Every model the box can run: the factory model first, then the pulled ones.
+async fn list_models(
+    State(models): State<Arc<Models>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let factory = models.factory_card().ok_or_else(loading)?;
+    let mut data = vec![model_object(&factory)];
+    for m in models.pulled() {
+        data.push(match models.card(&m.entry.name) {
+            Some(card) => model_object(&card),
+            None => pulled_object(&models, &Model::Pulled(m)),
+        });
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 async fn model(
-    State(engine): State<Arc<Engine>>,
+    State(models): State<Arc<Models>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let card = resolve_card(&engine, Some(&id))?;
-    Ok(Json(model_object(&card)))
+    models.factory_card().ok_or_else(loading)?;
+    match models.find(&id) {
+        Some((id, model)) => Ok(Json(match models.card(&id) {
+            Some(card) => model_object(&card),
+            None => pulled_object(&models, &model),
+        })),
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "the model `{id}` does not exist; this box has {}",
+                models.names()
+            ),
+            param: Some("model"),
+            code: Some("model_not_found"),
+        }),
+    }
 }
 
-/// Ready once the model has loaded the first time; a model freed by `keep_alive` is
-/// loaded again by the next request, so the service stays healthy meanwhile.
-async fn health(State(engine): State<Arc<Engine>>) -> Response {
-    match engine.card() {
-        Some(card) => Json(json!({
+/// Ready once the factory model has loaded the first time; a model freed by
+/// `keep_alive` is loaded again by the next request, so the service stays healthy.
+async fn health(State(models): State<Arc<Models>>) -> Response {
+    let engine = models.resident();
+    match models.factory_card() {
+        Some(_) => Json(json!({
             "status": "ok",
-            "model": card.id,
+            "model": engine.id(),
             "loaded": engine.model().is_some(),
         }))
         .into_response(),
@@ -182,10 +246,10 @@ async fn health(State(engine): State<Arc<Engine>>) -> Response {
     }
 }
 
-async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+async fn metrics(State(models): State<Arc<Models>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        engine.metrics.render(),
+        models.metrics.render(),
     )
         .into_response()
 }

@@ -34,11 +34,12 @@ use super::tools::ToolDef;
 use super::{loading, parse_json, resolve_model, ApiError};
 use crate::engine::{Engine, KeepAlive, ModelCard, TokenLogprob, Usage};
 use crate::metrics::Metrics;
+use crate::models::{self, Model, Models};
 
 /// The Ollama release whose API this follows; clients read it from `/api/version`.
 pub const OLLAMA_VERSION: &str = "0.13.0";
 
-pub fn routes() -> Router<Arc<Engine>> {
+pub fn routes() -> Router<Arc<Models>> {
     Router::new()
         .route("/", get(|| async { "Ollama is running" }))
         .route("/api/version", get(version))
@@ -58,15 +59,50 @@ pub fn routes() -> Router<Arc<Engine>> {
 
 /// A handler's result in Ollama's shape; client errors are counted in `/metrics`.
 fn reply(engine: &Engine, result: Result<Response, ApiError>) -> Response {
+    reply_metrics(&engine.metrics, result)
+}
+
+fn reply_metrics(metrics: &Metrics, result: Result<Response, ApiError>) -> Response {
     match result {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_client_error() {
-                Metrics::add(&engine.metrics.invalid_requests, 1);
+                Metrics::add(&metrics.invalid_requests, 1);
             }
             e.into_ollama_response()
         }
     }
+}
+
+/// `/api/show` of a pulled model that has not been loaded: from its signed entry.
+fn show_pulled(models: &Models, model: &Model) -> Response {
+    let Model::Pulled(m) = model else {
+        unreachable!("only pulled models are shown from their entry")
+    };
+    let e = &m.entry;
+    let mut capabilities = vec!["completion"];
+    if e.template.is_some() {
+        capabilities.push("tools");
+    }
+    let parameters: Vec<String> = e
+        .options
+        .iter()
+        .map(|(k, v)| format!("{k:<20}{v}"))
+        .collect();
+    Json(json!({
+        "license": e.license,
+        "modelfile": format!("# {}\nFROM {}\n", e.description, m.path.display()),
+        "parameters": parameters.join("\n"),
+        "template": e.template.as_deref().unwrap_or_default(),
+        "details": pulled_details(m),
+        "model_info": {
+            "general.architecture": e.family,
+            "general.quantization": e.quantization,
+        },
+        "capabilities": capabilities,
+        "modified_at": humantime::format_rfc3339_nanos(models.modified(model)).to_string(),
+    }))
+    .into_response()
 }
 
 async fn version() -> Json<Value> {
@@ -209,28 +245,66 @@ fn file_type_name(file_type: u32) -> &'static str {
     }
 }
 
-async fn tags(State(engine): State<Arc<Engine>>) -> Response {
+/// A pulled model as Ollama lists it, from its signed catalog entry (no need to load
+/// or hash it: the entry carries its size and SHA-256).
+fn pulled_listing(models: &Models, model: &Model) -> Value {
+    let Model::Pulled(m) = model else {
+        unreachable!("only pulled models are listed from their entry")
+    };
+    let e = &m.entry;
+    let name = if e.name.contains(':') {
+        e.name.clone()
+    } else {
+        format!("{}:latest", e.name)
+    };
+    json!({
+        "name": name,
+        "model": name,
+        "modified_at": humantime::format_rfc3339_nanos(models.modified(model)).to_string(),
+        "size": e.length,
+        "digest": e.sha256,
+        "details": pulled_details(m),
+    })
+}
+
+fn pulled_details(m: &models::Installed) -> Value {
+    let e = &m.entry;
+    json!({
+        "parent_model": "",
+        "format": e.format,
+        "family": e.family,
+        "families": [e.family],
+        "parameter_size": e.parameters,
+        "quantization_level": e.quantization,
+    })
+}
+
+async fn tags(State(models): State<Arc<Models>>) -> Response {
     let result = async {
-        let Some(model) = engine.card() else {
+        let Some(model) = models.factory_card() else {
             // Still loading: nothing to list yet.
             return Ok(Json(json!({"models": []})).into_response());
         };
-        let (size, modified_at) = file_facts(model);
-        Ok(Json(json!({"models": [{
-            "name": ollama_name(model),
-            "model": ollama_name(model),
+        let (size, modified_at) = file_facts(&model);
+        let mut list = vec![json!({
+            "name": ollama_name(&model),
+            "model": ollama_name(&model),
             "modified_at": modified_at,
             "size": size,
-            "digest": digest(model).await?,
-            "details": details(model),
-        }]}))
-        .into_response())
+            "digest": digest(&model).await?,
+            "details": details(&model),
+        })];
+        for m in models.pulled() {
+            list.push(pulled_listing(&models, &Model::Pulled(m)));
+        }
+        Ok(Json(json!({ "models": list })).into_response())
     }
     .await;
-    reply(&engine, result)
+    reply_metrics(&models.metrics, result)
 }
 
-async fn ps(State(engine): State<Arc<Engine>>) -> Response {
+async fn ps(State(models): State<Arc<Models>>) -> Response {
+    let engine = models.resident();
     let result = async {
         // Only a loaded model is listed: one freed by `keep_alive` is not.
         let Some(loaded) = engine.model() else {
@@ -276,7 +350,21 @@ impl NameBody {
     }
 }
 
-async fn show(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn show(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let request: NameBody = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_ollama_response(),
+    };
+    // A pulled model not loaded since the service started: its signed entry answers.
+    if let Some((id, model @ Model::Pulled(_))) = models.find(request.name()) {
+        if models.card(&id).is_none() {
+            return show_pulled(&models, &model);
+        }
+    }
+    let engine = match models.engine_for(Some(request.name())).await {
+        Ok(engine) => engine,
+        Err(e) => return e.into_ollama_response(),
+    };
     let result = async {
         let request: NameBody = parse_json(&body)?;
         let model = find_model(&engine, request.name())?;
@@ -550,7 +638,14 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
     Ok(out)
 }
 
-async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn chat(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return e.into_ollama_response(),
+    };
     Metrics::add(&engine.metrics.chat_requests, 1);
     let result = async {
         let received = Instant::now();
@@ -585,7 +680,14 @@ async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
     reply(&engine, result)
 }
 
-async fn generate_route(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn generate_route(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return e.into_ollama_response(),
+    };
     Metrics::add(&engine.metrics.completion_requests, 1);
     let result = async {
         let received = Instant::now();
@@ -901,7 +1003,14 @@ async fn embed_texts(
     Ok((vectors, counted))
 }
 
-async fn embed(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn embed(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return e.into_ollama_response(),
+    };
     Metrics::add(&engine.metrics.embedding_requests, 1);
     let result = async {
         let received = Instant::now();
@@ -942,7 +1051,14 @@ struct LegacyEmbedBody {
 }
 
 /// The older single-input route: `{"embedding": [...]}`.
-async fn embeddings_legacy(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn embeddings_legacy(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return e.into_ollama_response(),
+    };
     Metrics::add(&engine.metrics.embedding_requests, 1);
     let result = async {
         let request: LegacyEmbedBody = parse_json(&body)?;
@@ -960,10 +1076,26 @@ async fn embeddings_legacy(State(engine): State<Arc<Engine>>, body: Bytes) -> Re
 }
 
 /// The box's own model is part of its signed image: it cannot be deleted.
-async fn delete_model(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn delete_model(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = models.resident();
     let result = async {
         let request: NameBody = parse_json(&body)?;
-        let model = find_model(&engine, request.name())?;
+        let Some(factory) = models.factory_card() else {
+            return Err(loading());
+        };
+        if !models::same_name(request.name(), &factory.id) {
+            // Pulled models are deleted through the update service (the gateway sends
+            // their deletes there); anything else is not on this box.
+            return Err(ApiError::status(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "model '{}' not found; this box has {}",
+                    request.name(),
+                    models.names()
+                ),
+            ));
+        }
+        let model = factory;
         Err(ApiError::status(
             StatusCode::FORBIDDEN,
             format!(

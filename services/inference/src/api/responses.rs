@@ -27,6 +27,7 @@ use super::tools::{FunctionDef, ToolCall, ToolDef};
 use super::{new_id, parse_json, respond, unix_now, ApiError};
 use crate::engine::{Engine, Usage};
 use crate::metrics::Metrics;
+use crate::models::Models;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -59,7 +60,14 @@ struct TextConfig {
     format: Option<Value>,
 }
 
-pub async fn responses(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+pub async fn responses(State(models): State<Arc<Models>>, body: Bytes) -> Response {
+    let engine = match models
+        .engine_for(super::requested_model(&body).as_deref())
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return super::respond_models(&models, Err(e)),
+    };
     Metrics::add(&engine.metrics.responses_requests, 1);
     respond(&engine, run(&engine, &body).await)
 }

@@ -44,6 +44,9 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Requests that may wait for a free sequence before new ones are refused.
     pub queue_limit: usize,
+    /// A model that fails to load ends the process (the factory model: the supervisor
+    /// restarts the service); otherwise the engine reports why ([`Engine::first_load`]).
+    pub exit_on_load_failure: bool,
 }
 
 /// What is known about the model from its first load on, loaded or not: what model
@@ -217,17 +220,23 @@ pub struct Engine {
     /// Generations submitted and not yet finished (running or queued).
     in_flight: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
+    failed: Arc<OnceLock<String>>,
 }
 
 impl Engine {
     /// Starts the engine thread, which loads the model. `on_ready` runs once it is loaded.
-    pub fn start(config: EngineConfig, on_ready: impl FnOnce() + Send + 'static) -> Engine {
+    /// The thread ends, freeing the model, once the `Engine` is dropped.
+    pub fn start(
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+        on_ready: impl FnOnce() + Send + 'static,
+    ) -> Engine {
         let (jobs, rx) = mpsc::channel();
         let (publish, loaded) = watch::channel(None);
         let card = Arc::new(OnceLock::new());
         let expires = Arc::new(Mutex::new(None));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let metrics = Arc::new(Metrics::default());
+        let failed = Arc::new(OnceLock::new());
         let worker = worker::Worker {
             config: config.clone(),
             jobs: rx,
@@ -237,6 +246,7 @@ impl Engine {
             expires: expires.clone(),
             in_flight: in_flight.clone(),
             metrics: metrics.clone(),
+            failed: failed.clone(),
         };
         std::thread::Builder::new()
             .name("engine".into())
@@ -250,6 +260,30 @@ impl Engine {
             expires,
             in_flight,
             metrics,
+            failed,
+        }
+    }
+
+    /// The name clients use for this engine's model.
+    pub fn id(&self) -> &str {
+        &self.config.model_id
+    }
+
+    /// Generations submitted and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Waits for the first load to finish: Err with the reason if it failed.
+    pub async fn first_load(&self) -> Result<(), String> {
+        loop {
+            if self.card.get().is_some() {
+                return Ok(());
+            }
+            if let Some(reason) = self.failed.get() {
+                return Err(reason.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -45,6 +45,19 @@ pub(super) struct Worker {
     pub expires: Arc<Mutex<Option<SystemTime>>>,
     pub in_flight: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
+    /// Why the model could not be loaded, for an engine that does not exit on it.
+    pub failed: Arc<OnceLock<String>>,
+}
+
+/// llama.cpp's backend: one per process (it refuses a second while one lives), shared
+/// by the engines of every model the service switches between.
+fn backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    if let Some(backend) = BACKEND.get() {
+        return Ok(backend);
+    }
+    let backend = LlamaBackend::init().context("cannot initialize llama.cpp")?;
+    Ok(BACKEND.get_or_init(|| backend))
 }
 
 /// Why the decode loop returned.
@@ -58,30 +71,31 @@ enum Stop {
 
 impl Worker {
     pub fn run(self, on_ready: impl FnOnce()) {
+        let failed = self.failed.clone();
+        let exit = self.config.exit_on_load_failure;
         if let Err(e) = self.serve(on_ready) {
-            // Without a model the service has no purpose: exit, so the supervisor restarts it
-            // (with backoff) and its log says why.
             tracing::error!("{e:#}");
-            std::process::exit(1);
+            if exit {
+                // Without its factory model the service has no purpose: exit, so the
+                // supervisor restarts it (with backoff) and its log says why.
+                std::process::exit(1);
+            }
+            // A model switched to at run time: the request that asked for it hears why.
+            let _ = failed.set(format!("{e:#}"));
         }
     }
 
     /// Loads the model, decodes until told to free it, waits for work, and again.
     fn serve(self, on_ready: impl FnOnce()) -> Result<()> {
-        let backend = LlamaBackend::init().context("cannot initialize llama.cpp")?;
+        let backend = backend()?;
         // Started once and kept: decoding contexts come and go with the model.
         let threadpool = Threadpool::new(self.config.threads)?;
         let mut on_ready = Some(on_ready);
         let mut waiting: Option<Job> = None;
         loop {
-            let loaded = self.load(&backend)?;
-            if self.decode(
-                &backend,
-                &threadpool,
-                &loaded,
-                waiting.take(),
-                &mut on_ready,
-            )? == Stop::Exit
+            let loaded = self.load(backend)?;
+            if self.decode(backend, &threadpool, &loaded, waiting.take(), &mut on_ready)?
+                == Stop::Exit
             {
                 return Ok(());
             }

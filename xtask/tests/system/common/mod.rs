@@ -180,6 +180,19 @@ impl TestMachine {
         agent
     }
 
+    /// The disk becomes `bytes` long (sparse), as an image written to a larger card.
+    pub fn grow_disk(&self, bytes: u64) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.disk)
+            .unwrap();
+        assert!(
+            file.metadata().unwrap().len() <= bytes,
+            "the disk would shrink"
+        );
+        file.set_len(bytes).unwrap();
+    }
+
     /// (byte offset, size) of the partition labelled `label`.
     pub fn partition(&self, label: &str) -> (u64, u64) {
         let table = llamabox_image::gpt::read(&self.disk).unwrap();
