@@ -31,7 +31,7 @@ pub enum Model {
     /// The model in the root filesystem: always there, never deleted.
     Factory,
     /// Pulled into the model store as a signed update.
-    Pulled(Installed),
+    Pulled(Box<Installed>),
 }
 
 pub struct Models {
@@ -118,7 +118,7 @@ impl Models {
         self.pulled()
             .into_iter()
             .find(|m| m.entry.name == name || same_name(name, &m.entry.name))
-            .map(|m| (m.entry.name.clone(), Model::Pulled(m)))
+            .map(|m| (m.entry.name.clone(), Model::Pulled(Box::new(m))))
     }
 
     /// Every model's id, for messages.

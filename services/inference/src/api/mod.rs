@@ -199,7 +199,7 @@ async fn list_models(
     for m in models.pulled() {
         data.push(match models.card(&m.entry.name) {
             Some(card) => model_object(&card),
-            None => pulled_object(&models, &Model::Pulled(m)),
+            None => pulled_object(&models, &Model::Pulled(Box::new(m))),
         });
     }
     Ok(Json(json!({"object": "list", "data": data})))

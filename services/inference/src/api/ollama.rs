@@ -295,7 +295,7 @@ async fn tags(State(models): State<Arc<Models>>) -> Response {
             "details": details(&model),
         })];
         for m in models.pulled() {
-            list.push(pulled_listing(&models, &Model::Pulled(m)));
+            list.push(pulled_listing(&models, &Model::Pulled(Box::new(m))));
         }
         Ok(Json(json!({ "models": list })).into_response())
     }
