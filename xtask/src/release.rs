@@ -254,10 +254,20 @@ pub fn write_models(repo: &Path, version: &str, sources: &[ModelSource]) -> Resu
 pub fn catalog_sources(project: &Project, board: &str, image: &str) -> Result<Vec<ModelSource>> {
     let recipes = crate::config::recipe::load_all(&project.recipes_dir())?;
     let def = crate::config::image::load(&project.images_dir(), image, &recipes)?;
+    model_sources(project, board, &def.catalog)
+}
+
+/// The model recipes `names`, staged.
+pub fn model_sources(project: &Project, board: &str, names: &[String]) -> Result<Vec<ModelSource>> {
+    let recipes = crate::config::recipe::load_all(&project.recipes_dir())?;
     let mut sources = Vec::new();
-    for name in &def.catalog {
-        let recipe = &recipes[name];
-        let model = recipe.model.clone().expect("checked when the image loaded");
+    for name in names {
+        let Some(recipe) = recipes.get(name) else {
+            bail!("no recipe `{name}`");
+        };
+        let Some(model) = recipe.model.clone() else {
+            bail!("recipe `{name}` has no [model] table: it is not a model");
+        };
         let tree = crate::build::stage_one(project, board, name)?;
         let file = tree.join(crate::build::recipe_file(project, name)?.trim_start_matches('/'));
         let template = match &model.template {

@@ -18,6 +18,7 @@ mod egress;
 mod flash;
 mod inference;
 mod load;
+mod models;
 mod phone_link;
 mod reproducible;
 mod supervision;

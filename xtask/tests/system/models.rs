@@ -1,0 +1,119 @@
+//! Models as signed updates on a booted box (issue 13, docs/models.md): the image's
+//! release published with a model catalog of both LLMs, a box at that release on a card
+//! larger than the image (the data partition grows to hold a model), and an app's view
+//! of it through the gateway with the official `ollama` and `openai` clients
+//! (`models_client.py`): pull with progress, list, chat, delete; the factory model
+//! answers throughout.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::phone::pair;
+use crate::common::repository::publish_with_models;
+use crate::common::{files, free_port, TestMachine};
+use llamabox_format::provisioning::DeviceIdentity;
+use xtask::serve::Server;
+
+const TEST_IMAGE: &str = "llamabox-test";
+const CODE: &str = "27182818";
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How QEMU's user-mode network shows the host's loopback to the guest.
+const HOST_FROM_GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// Gemma 3 270M Q4_K_M (recipes/gemma3-270m.toml): the model the box pulls.
+const PULLED: &str = "gemma3:270m";
+const PULLED_LENGTH: u64 = 253_113_024;
+
+#[test]
+fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_api() {
+    let mut vm = TestMachine::with_image("models", TEST_IMAGE);
+    // A 2 GiB card: the data partition grows to hold the model on first boot.
+    vm.grow_disk(2 << 30);
+    let repo = vm.dir.join("repo");
+    publish_with_models(&repo, TEST_IMAGE, &["smollm2", "gemma3-270m"]);
+    let server = Server::start(&repo);
+    let mirror = SocketAddr::new(IpAddr::V4(HOST_FROM_GUEST), server.port());
+
+    xtask::provision::write(
+        &vm.disk,
+        &DeviceIdentity {
+            id: "00e9e55000000002".into(),
+            setup_code: CODE.into(),
+        },
+    )
+    .unwrap();
+    let https_port = free_port();
+    let mut machine = vm.boot_forwarding(&[(https_port, 443)]);
+    let mut agent = vm.agent(&mut machine);
+    for service in ["gateway", "inference", "update"] {
+        machine
+            .wait_for(
+                &format!("llamabox-supervisor: {service}: ready"),
+                READY_TIMEOUT,
+            )
+            .unwrap();
+    }
+    files::write(
+        &mut agent,
+        "/etc/llamabox/local/update.toml",
+        format!("mirrors = [\"http://{mirror}\"]\ncheck-interval-minutes = 0\n").as_bytes(),
+    );
+
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{https_port}");
+    let token = pair(&http, &base, CODE)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/system/models_client.py");
+    let output = std::process::Command::new(crate::common::python())
+        .arg(&script)
+        .env("LLAMABOX_URL", &base)
+        .env("LLAMABOX_TOKEN", &token)
+        .env("LLAMABOX_MODEL", PULLED)
+        .env("LLAMABOX_MODEL_LENGTH", PULLED_LENGTH.to_string())
+        .env("PYTHONWARNINGS", "ignore")
+        .output()
+        .unwrap();
+    eprint!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "models_client.py failed (above)");
+
+    // The web app's view (the update service's): nothing installed any more, the
+    // pull recorded as done, and the grown data partition's space.
+    let models: serde_json::Value = http
+        .get(format!("{base}/v1/device/models"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    eprintln!(
+        "models after the delete: installed {}, pull {}, free {}",
+        models["installed"], models["pull"], models["free-bytes"]
+    );
+    assert_eq!(models["installed"], serde_json::json!([]), "{models}");
+    assert_eq!(
+        models["pull"]["phase"], "failed",
+        "the last pull (of an unknown name)"
+    );
+    let catalog: Vec<&str> = models["catalog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(catalog, ["smollm2:135m", PULLED], "{models}");
+    assert!(
+        models["free-bytes"].as_u64().unwrap() > 1 << 30,
+        "the data partition did not grow: {models}"
+    );
+}
