@@ -21,6 +21,7 @@ const TARGETS: &[&str] = &[
     "service_file",
     "update_metadata",
     "bundle_index",
+    "model_catalog",
     "pairing_message",
     "wav",
 ];

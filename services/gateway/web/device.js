@@ -2,6 +2,7 @@
 // another phone, and the box's status when the box reports one.
 
 import { apiJson, formatFingerprint, loadCredential } from "./api.js";
+import { initModels, loadModels } from "./models.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -146,9 +147,11 @@ export function showDevice(onSelfRevoked) {
   }
   loadPhones(onSelfRevoked);
   loadStatus();
+  loadModels();
 }
 
 export function initDevice(onForget) {
+  initModels();
   $("update-check").addEventListener("click", async () => {
     const state = $("update-state");
     state.textContent = "Checking…";

@@ -1,5 +1,5 @@
 // The service worker: keeps the app shell so the app opens without the box (offline
-// once loaded). The API (/v1/…, /health) is never cached: answers, phones and pairing
+// once loaded). The API (/v1/…, /api/…, /health) is never cached: answers, phones and pairing
 // always come from the box, or fail.
 //
 // VERSION is replaced with a hash of the app's files when the web folder is assembled
@@ -16,6 +16,7 @@ const SHELL = [
   "/chat.js",
   "/device.js",
   "/markdown.js",
+  "/models.js",
   "/pairing.js",
   "/voice.js",
   "/pairing.wasm",
@@ -42,7 +43,7 @@ self.addEventListener("activate", (event) => {
 });
 
 function isApi(url) {
-  return url.pathname.startsWith("/v1/") || url.pathname === "/v1" || url.pathname === "/health";
+  return url.pathname.startsWith("/v1/") || url.pathname === "/v1" || url.pathname.startsWith("/api/") || url.pathname === "/health";
 }
 
 self.addEventListener("fetch", (event) => {

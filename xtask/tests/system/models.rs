@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::browser;
 use crate::common::phone::pair;
 use crate::common::repository::publish_with_models;
 use crate::common::{files, free_port, TestMachine};
@@ -27,7 +28,8 @@ const PULLED_LENGTH: u64 = 253_113_024;
 #[test]
 fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_api() {
     let mut vm = TestMachine::with_image("models", TEST_IMAGE);
-    // A 2 GiB card: the data partition grows to hold the model on first boot.
+    // A card 2 GiB larger than the image: the data partition grows to hold the model
+    // on first boot.
     vm.grow_disk(2 << 30);
     let repo = vm.dir.join("repo");
     publish_with_models(&repo, TEST_IMAGE, &["smollm2", "gemma3-270m"]);
@@ -115,5 +117,81 @@ fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_ap
     assert!(
         models["free-bytes"].as_u64().unwrap() > 1 << 30,
         "the data partition did not grow: {models}"
+    );
+
+    web_app_pulls_and_deletes_a_model(&http, &base, &token);
+}
+
+/// The web app's Models section (device tab), in Chromium against the box: a second
+/// phone pairs, pulls the catalog's SmolLM2 with the progress bar moving, then deletes it.
+fn web_app_pulls_and_deletes_a_model(http: &reqwest::blocking::Client, base: &str, token: &str) {
+    let (chromium, chromedriver) = browser::find_browser()
+        .expect("Chromium and chromedriver (cargo xtask setup installs them)");
+    let opened = http
+        .post(format!("{base}/v1/pairing/window"))
+        .bearer_auth(token)
+        .send()
+        .unwrap();
+    assert!(opened.status().is_success(), "{}", opened.status());
+    let web =
+        browser::Browser::start_with(&chromium, &chromedriver, &["--ignore-certificate-errors"]);
+    web.goto(&format!("{base}/#pair={CODE}"));
+    web.wait(
+        "the pairing screen",
+        "return document.querySelector('#pair-state').textContent.includes('Pairing is open');",
+        READY_TIMEOUT,
+    );
+    web.click("#pair-button");
+    web.wait(
+        "pairing to finish",
+        &web.visible("#pair-done"),
+        READY_TIMEOUT,
+    );
+    web.click("#pair-continue");
+    web.click(".tabs button[data-tab=device]");
+    let pull = "smollm2:135m";
+    let row = format!(
+        "[...document.querySelectorAll('#models-available li')].find(li => li.querySelector('.who span')?.textContent === {pull:?})"
+    );
+    web.wait(
+        "the catalog's models in the Models section",
+        &format!("return !!({row});"),
+        READY_TIMEOUT,
+    );
+    // Confirmations are answered yes; the progress bar is watched while the pull runs.
+    web.exec(
+        "window.confirm = () => true; window.seenProgress = 0;
+         setInterval(() => { const b = document.querySelector('#models-progress');
+           if (!b.hidden && b.value > 0) window.seenProgress = Math.max(window.seenProgress, b.value); }, 20);",
+    );
+    web.exec(&format!("({row}).querySelector('button').click();"));
+    let state = web.wait(
+        "the pull to finish",
+        "const t = document.querySelector('#models-state').textContent;
+         return (t.includes('is installed') || t.includes('failed')) && t;",
+        READY_TIMEOUT,
+    );
+    assert!(state.as_str().unwrap().contains("is installed"), "{state}");
+    let seen = web.exec("return window.seenProgress;");
+    assert!(
+        seen.as_f64().unwrap_or(0.0) > 0.0,
+        "the progress bar never moved: {seen}"
+    );
+    let installed = format!(
+        "[...document.querySelectorAll('#models-installed li')].find(li => li.querySelector('.who span')?.textContent === {pull:?})"
+    );
+    web.wait(
+        "the pulled model among the installed ones",
+        &format!("const r = {installed}; return !!r && !!r.querySelector('button.danger');"),
+        READY_TIMEOUT,
+    );
+    web.screenshot("models-pulled");
+    web.exec(&format!(
+        "({installed}).querySelector('button.danger').click();"
+    ));
+    web.wait(
+        "the deleted model to leave the list",
+        &format!("return !({installed}) && document.querySelector('#models-state').textContent.includes('Deleted');"),
+        READY_TIMEOUT,
     );
 }

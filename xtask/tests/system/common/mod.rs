@@ -180,17 +180,16 @@ impl TestMachine {
         agent
     }
 
-    /// The disk becomes `bytes` long (sparse), as an image written to a larger card.
-    pub fn grow_disk(&self, bytes: u64) {
+    /// The disk grows by `extra` bytes (sparse), as an image written to a larger card.
+    /// Returns its new size.
+    pub fn grow_disk(&self, extra: u64) -> u64 {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&self.disk)
             .unwrap();
-        assert!(
-            file.metadata().unwrap().len() <= bytes,
-            "the disk would shrink"
-        );
-        file.set_len(bytes).unwrap();
+        let size = file.metadata().unwrap().len() + extra;
+        file.set_len(size).unwrap();
+        size
     }
 
     /// (byte offset, size) of the partition labelled `label`.
