@@ -140,7 +140,7 @@ export async function loadModels() {
   );
   if (!device.catalog) available.replaceChildren(text("li", "Check the catalog to see what the update server offers.", "muted"));
   else if (!available.children.length) available.replaceChildren(text("li", "Every model the catalog offers is on the box.", "muted"));
-  if (!pulling && device["free-bytes"] != null) setState(`${megabytes(device["free-bytes"])} free for models.`);
+  $("models-free").textContent = device["free-bytes"] != null ? `${megabytes(device["free-bytes"])} free for models.` : "";
 }
 
 export function initModels() {

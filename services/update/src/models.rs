@@ -432,6 +432,11 @@ impl<'a> Partial<'a> {
                 Ok(())
             };
             let result = fetcher.get_range(attempt, blob, start, run_end - start, &mut sink);
+            // What is verified is made durable range by range, so a power cut costs at
+            // most the range in flight, not the whole pull.
+            self.file
+                .sync_data()
+                .map_err(io(format!("writing the model `{name}`")))?;
             match result {
                 Ok(()) => attempt = 0,
                 // Wrong bytes, oversized answers and local failures are not a flaky link.

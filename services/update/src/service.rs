@@ -57,6 +57,8 @@ pub struct PullStatus {
     /// What went wrong, for callers that answer by kind: `unknown-model`, `no-space`,
     /// `cancelled`, `failed`.
     pub error_kind: Option<String>,
+    /// Bytes an earlier, interrupted pull had verified and this one kept.
+    pub resumed_bytes: u64,
 }
 
 #[derive(Default)]
@@ -295,6 +297,7 @@ impl Service {
                 sha256: None,
                 error: None,
                 error_kind: None,
+                resumed_bytes: 0,
             });
             models.cancel.clone()
         };
@@ -328,6 +331,7 @@ impl Service {
                         crate::mib(pulled.resumed)
                     ));
                     pull.phase = "done".into();
+                    pull.resumed_bytes = pulled.resumed;
                 }
                 Err(e @ crate::Error::Cancelled { .. }) => {
                     log(&e.to_string());

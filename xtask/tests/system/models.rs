@@ -120,6 +120,92 @@ fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_ap
     );
 
     web_app_pulls_and_deletes_a_model(&http, &base, &token);
+
+    // A power cut in the middle of a pull.
+    drop(agent);
+    let seed = std::env::var("LLAMABOX_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_207u64);
+    let fraction =
+        0.1 + 0.8 * ((seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64);
+    eprintln!(
+        "the power fails {:.0}% into the pull (seed {seed}; LLAMABOX_TEST_SEED picks another)",
+        fraction * 100.0
+    );
+    let slow = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(1200))
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let pull = slow
+        .post(format!("{base}/api/pull"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "model": PULLED }))
+        .send()
+        .unwrap();
+    let mut reached = 0;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(pull)) {
+        let line: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        reached = line["completed"].as_u64().unwrap_or(reached);
+        if reached as f64 >= fraction * PULLED_LENGTH as f64 {
+            break;
+        }
+    }
+    assert!(reached > 0 && reached < PULLED_LENGTH, "cut at {reached}");
+    machine.kill();
+
+    let mut machine = vm.boot_forwarding(&[(https_port, 443)]);
+    for service in ["gateway", "inference", "update"] {
+        machine
+            .wait_for(
+                &format!("llamabox-supervisor: {service}: ready"),
+                READY_TIMEOUT,
+            )
+            .unwrap();
+    }
+    let tags: serde_json::Value = slow
+        .get(format!("{base}/api/tags"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["model"].as_str())
+        .collect();
+    assert_eq!(names.len(), 1, "only the factory model is whole: {names:?}");
+    assert!(!names.contains(&PULLED), "{names:?}");
+
+    let pulled = slow
+        .post(format!("{base}/api/pull"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "model": PULLED, "stream": false }))
+        .send()
+        .unwrap();
+    let status = pulled.status();
+    let pulled: serde_json::Value = pulled.json().unwrap();
+    assert_eq!(status, 200, "{pulled}");
+    let models: serde_json::Value = slow
+        .get(format!("{base}/v1/device/models"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let resumed = models["pull"]["resumed-bytes"].as_u64().unwrap_or(0);
+    eprintln!("after the power cut at {reached} bytes, the pull kept {resumed} bytes");
+    assert!(resumed > 0, "the pull started over: {models}");
+    let installed: Vec<&str> = models["installed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(installed, [PULLED], "{models}");
 }
 
 /// The web app's Models section (device tab), in Chromium against the box: a second
