@@ -271,6 +271,7 @@ fn web_app_pulls_and_deletes_a_model(http: &reqwest::blocking::Client, base: &st
         &format!("const r = {installed}; return !!r && !!r.querySelector('button.danger');"),
         READY_TIMEOUT,
     );
+    web.exec("document.querySelector('#models').scrollIntoView();");
     web.screenshot("models-pulled");
     web.exec(&format!(
         "({installed}).querySelector('button.danger').click();"
