@@ -90,6 +90,10 @@ pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
             post(crate::models::refresh_catalog),
         )
         .route("/v1/device/models/cancel", post(crate::models::cancel))
+        .route(
+            "/v1/device/models/default",
+            post(crate::models::set_default),
+        )
         .route("/api/pull", post(crate::models::pull))
         .route("/api/delete", delete(crate::models::delete))
         .route("/v1/{*rest}", any(forward))

@@ -297,3 +297,30 @@ pub async fn cancel() -> Result<Json<Value>, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "update_unavailable", e))?;
     Ok(Json(json!({ "cancelled": cancelled })))
 }
+
+/// `POST /v1/device/models/default` `{"model": "gemma3:270m"}` (or `""`: the factory
+/// model): the model the box loads at start, kept across reboots.
+pub async fn set_default(body: Bytes) -> Result<Json<Value>, ApiError> {
+    #[derive(Deserialize)]
+    struct DefaultRequest {
+        model: String,
+    }
+    let request: DefaultRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the request body is not valid: {e}"),
+        )
+    })?;
+    let name = if request.model.trim().is_empty() {
+        String::new()
+    } else {
+        normalize(&request.model)
+    };
+    call::<()>("SetDefaultModel", (name.clone(),))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "default_failed", e))?;
+    Ok(Json(
+        json!({ "default": (!name.is_empty()).then_some(name) }),
+    ))
+}

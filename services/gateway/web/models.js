@@ -34,6 +34,16 @@ function button(label, className, onClick) {
   return b;
 }
 
+async function makeDefault(name, label) {
+  try {
+    await apiJson("/v1/device/models/default", { method: "POST", json: { model: name } });
+    setState(`${label} is loaded when the box starts.`);
+  } catch (e) {
+    if (e.status !== 401) setState(`Could not change the default model: ${e.message}`, true);
+  }
+  loadModels();
+}
+
 async function remove(name) {
   if (!confirm(`Delete ${name} from the box? It can be pulled again from the catalog.`)) return;
   try {
@@ -122,11 +132,15 @@ export async function loadModels() {
     return;
   }
   const pulled = new Set((device.installed || []).map((m) => m.name));
+  const chosen = device.default;
   installed.replaceChildren(
     ...tags.models.map((m) => {
-      const details = `${megabytes(m.size)} · ${m.details?.quantization_level ?? "?"} · ${m.details?.parameter_size ?? "?"} parameters`;
-      if (!pulled.has(m.model)) return row(m.model, `${details} · built in`, []);
-      return row(m.model, details, [button("Delete", "danger", () => remove(m.model))]);
+      const builtIn = !pulled.has(m.model);
+      const isDefault = builtIn ? !chosen : chosen === m.model;
+      const details = `${megabytes(m.size)} · ${m.details?.quantization_level ?? "?"} · ${m.details?.parameter_size ?? "?"} parameters${builtIn ? " · built in" : ""}${isDefault ? " · default" : ""}`;
+      const actions = isDefault ? [] : [button("Make default", "", () => makeDefault(builtIn ? "" : m.model, m.model))];
+      if (!builtIn) actions.push(button("Delete", "danger", () => remove(m.model)));
+      return row(m.model, details, actions);
     }),
   );
   const offered = (device.catalog || []).filter((m) => m.kind === "llm" && !pulled.has(m.name));

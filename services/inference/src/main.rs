@@ -122,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
         batch_size: cli.batch_size.max(cli.parallel),
         queue_limit: cli.queue,
         exit_on_load_failure: true,
+        sampling_defaults: Default::default(),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -141,6 +142,11 @@ fn run(cli: Cli) -> Result<()> {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         }));
         let models = Arc::new(models::Models::new(config, cli.models_dir, engine, metrics));
+        // The owner's choice of model (docs/models.md), once the factory model answers.
+        tokio::spawn({
+            let models = models.clone();
+            async move { models.load_default().await }
+        });
         axum::serve(listener, api::router(models))
             .with_graceful_shutdown(shutdown_signal())
             .await

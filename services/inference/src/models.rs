@@ -18,7 +18,7 @@ pub use llamabox_format::update::models::store::Installed;
 use llamabox_format::update::models::ModelKind;
 
 use crate::api::ApiError;
-use crate::engine::{Engine, EngineConfig, ModelCard};
+use crate::engine::{Engine, EngineConfig, ModelCard, SamplingParams};
 use crate::metrics::Metrics;
 
 /// How long a request waits for the resident model's requests to finish before a
@@ -91,6 +91,32 @@ impl Models {
             .into_iter()
             .filter(|m| m.entry.kind == ModelKind::Llm)
             .collect()
+    }
+
+    /// The pulled model set to load at start (the update service's `SetDefaultModel`),
+    /// if it is installed; None: the factory model.
+    pub fn default_model(&self) -> Option<String> {
+        let name = store::read_default(self.store.as_ref()?)?;
+        self.pulled()
+            .iter()
+            .any(|m| m.entry.name == name)
+            .then_some(name)
+    }
+
+    /// Makes the default model resident, once the factory model has loaded (so the
+    /// box answers meanwhile, and keeps answering if the default cannot load).
+    pub async fn load_default(&self) {
+        let Some(name) = self.default_model() else {
+            return;
+        };
+        if let Err(e) = self.resident().first_load().await {
+            tracing::error!("{e}");
+            return;
+        }
+        match self.engine_for(Some(&name)).await {
+            Ok(_) => tracing::info!(model = %name, "the default model is resident"),
+            Err(e) => tracing::error!(model = %name, "the default model: {}", e.message),
+        }
     }
 
     /// The card of `id` from its first load, if it has been loaded.
@@ -188,6 +214,7 @@ impl Models {
                 model_id: m.entry.name.clone(),
                 chat_template: m.entry.template.clone(),
                 exit_on_load_failure: false,
+                sampling_defaults: sampling_defaults(&m.entry.options),
                 ..self.factory.clone()
             },
         };
@@ -217,6 +244,7 @@ impl Models {
                         Model::Pulled(m) => EngineConfig {
                             model_path: m.path,
                             model_id: prev_id,
+                            sampling_defaults: sampling_defaults(&m.entry.options),
                             chat_template: m.entry.template,
                             exit_on_load_failure: false,
                             ..self.factory.clone()
@@ -243,6 +271,30 @@ impl Models {
             Model::Pulled(m) => m.modified,
         }
     }
+}
+
+/// A catalog entry's default options (Ollama's names) over the service's defaults;
+/// what a request gives still wins. Unknown or non-numeric options are ignored, as
+/// Ollama ignores options it does not have.
+fn sampling_defaults(
+    options: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> SamplingParams {
+    let mut s = SamplingParams::default();
+    for (key, value) in options {
+        let Some(v) = value.as_f64() else { continue };
+        match key.as_str() {
+            "temperature" => s.temperature = v as f32,
+            "top_k" => s.top_k = v as i32,
+            "top_p" => s.top_p = v as f32,
+            "min_p" => s.min_p = v as f32,
+            "repeat_penalty" => s.repeat_penalty = v as f32,
+            "presence_penalty" => s.presence_penalty = v as f32,
+            "frequency_penalty" => s.frequency_penalty = v as f32,
+            "repeat_last_n" => s.penalty_last_n = v as i32,
+            _ => {}
+        }
+    }
+    s
 }
 
 fn busy(id: &str) -> ApiError {

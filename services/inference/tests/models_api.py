@@ -32,6 +32,13 @@ def resident():
 
 
 class Models(unittest.TestCase):
+    def test_0_the_default_model_is_loaded_at_start_and_listed_first(self):
+        deadline = time.monotonic() + 60
+        while resident() != [PULLED] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(resident(), [PULLED])
+        self.assertEqual(OPENAI.models.list().data[0].id, PULLED)
+
     def test_1_both_models_are_listed_by_both_apis(self):
         names = [m.model for m in OLLAMA.list().models]
         self.assertEqual(len(names), 2, names)

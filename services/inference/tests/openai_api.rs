@@ -127,6 +127,8 @@ fn model_store(model: &Path) -> PathBuf {
     let path = store::entry_path(&root, &entry.name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_vec(&entry).unwrap()).unwrap();
+    // The owner made it the default: the service loads it once the factory model is up.
+    std::fs::write(store::default_path(&root), "smollm2:copy\n").unwrap();
     root
 }
 

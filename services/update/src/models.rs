@@ -111,7 +111,40 @@ impl ModelStore {
         Ok(self.installed()?.into_iter().find(|m| m.entry.name == name))
     }
 
+    /// The model loaded at start; None: the factory model.
+    pub fn default_model(&self) -> Option<String> {
+        store::read_default(&self.root).filter(|name| self.entry_path(name).exists())
+    }
+
+    /// Makes an installed model the one loaded at start (None: the factory model).
+    pub fn set_default(&self, name: Option<&str>) -> Result<(), Error> {
+        let path = store::default_path(&self.root);
+        let Some(name) = name else {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io(format!("removing {}", path.display()))(e))
+                }
+                _ => sync_dir(&self.root),
+            };
+        };
+        if self.get(name)?.is_none() {
+            return Err(Error::UnknownModel {
+                name: name.to_string(),
+                where_: "is installed",
+                known: format!("installed: {}", self.names()?),
+            });
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{name}\n"))
+            .and_then(|()| File::open(&tmp)?.sync_all())
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        set_readable(&tmp)?;
+        std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
+        sync_dir(&self.root)
+    }
+
     /// Removes a model: first from the list, then its blob unless another entry uses it.
+    /// The default falls back to the factory model if it was this one.
     pub fn delete(&self, name: &str) -> Result<ModelEntry, Error> {
         let Some(model) = self.get(name)? else {
             return Err(Error::UnknownModel {

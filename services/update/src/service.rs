@@ -4,7 +4,7 @@
 //!   `Apply()` (starts an install in the background), `Status() → s` (JSON: phase,
 //!   progress, running version and slot, pending install, last result).
 //!   Models (docs/models.md): `Catalog() → s`, `Models() → s`, `PullModel(s)`,
-//!   `CancelPull() → b`, `DeleteModel(s)`.
+//!   `CancelPull() → b`, `DeleteModel(s)`, `SetDefaultModel(s)`.
 //! - A schedule: every `check-interval-minutes` (config), a check, and with
 //!   `auto-install` an install; `reboot = "after-install"` then asks the supervisor to
 //!   reboot, `"manual"` (the default) leaves that to the user.
@@ -269,6 +269,7 @@ impl Service {
         let state = self.models.lock().unwrap();
         Ok(serde_json::json!({
             "installed": installed,
+            "default": store.default_model(),
             "catalog": state.catalog.as_ref().map(|c| &c.models),
             "pull": state.pull,
             "free-bytes": store.free_bytes().ok(),
@@ -368,6 +369,18 @@ impl Service {
         pulling
     }
 
+    fn set_default_model(&self, name: &str) -> Result<(), String> {
+        let name = (!name.is_empty()).then_some(name);
+        Self::model_store()
+            .set_default(name)
+            .map_err(|e| e.to_string())?;
+        log(&format!(
+            "the default model is now {}",
+            name.unwrap_or("the factory model")
+        ));
+        Ok(())
+    }
+
     fn delete_model(&self, name: &str) -> Result<(), String> {
         {
             let models = self.models.lock().unwrap();
@@ -450,6 +463,13 @@ impl Interface {
     /// if nothing was being pulled.
     fn cancel_pull(&self) -> bool {
         self.service.cancel_pull()
+    }
+
+    /// Makes an installed model the one the box loads at start ("": the factory model).
+    fn set_default_model(&self, name: String) -> zbus::fdo::Result<()> {
+        self.service
+            .set_default_model(&name)
+            .map_err(zbus::fdo::Error::Failed)
     }
 
     /// Removes an installed model from the data partition.

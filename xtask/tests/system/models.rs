@@ -271,6 +271,15 @@ fn web_app_pulls_and_deletes_a_model(http: &reqwest::blocking::Client, base: &st
         &format!("const r = {installed}; return !!r && !!r.querySelector('button.danger');"),
         READY_TIMEOUT,
     );
+    // Made the default (loaded at start), then deleted: the built-in model is again.
+    web.exec(&format!(
+        "[...({installed}).querySelectorAll('button')].find(b => b.textContent === 'Make default').click();"
+    ));
+    web.wait(
+        "the pulled model marked as the default",
+        &format!("return ({installed}).querySelector('.since').textContent.includes('default');"),
+        READY_TIMEOUT,
+    );
     web.exec("document.querySelector('#models').scrollIntoView();");
     web.screenshot("models-pulled");
     web.exec(&format!(
@@ -279,6 +288,11 @@ fn web_app_pulls_and_deletes_a_model(http: &reqwest::blocking::Client, base: &st
     web.wait(
         "the deleted model to leave the list",
         &format!("return !({installed}) && document.querySelector('#models-state').textContent.includes('Deleted');"),
+        READY_TIMEOUT,
+    );
+    web.wait(
+        "the built-in model as the default again",
+        "return document.querySelector('#models-installed li .since').textContent.includes('built in · default');",
         READY_TIMEOUT,
     );
 }

@@ -302,6 +302,7 @@ impl ModelIndex {
 /// <store>/blobs/<sha256>          complete, verified model files, named by their hash
 /// <store>/partial/<sha256>        a pull in progress: its verified chunks, in order
 /// <store>/installed/<name>.json   the catalog entry of an installed model
+/// <store>/default                 the model loaded at start, when not the factory one
 /// ```
 pub mod store {
     use std::path::{Path, PathBuf};
@@ -315,6 +316,18 @@ pub mod store {
 
     pub fn blob_path(root: &Path, sha256: &str) -> PathBuf {
         root.join("blobs").join(sha256)
+    }
+
+    /// The model the box loads at start (one line: its name); absent: the factory model.
+    pub fn default_path(root: &Path) -> PathBuf {
+        root.join("default")
+    }
+
+    /// The default model's name, if one is set and it is a valid name.
+    pub fn read_default(root: &Path) -> Option<String> {
+        let name = std::fs::read_to_string(default_path(root)).ok()?;
+        let name = name.trim();
+        super::is_model_name(name).then(|| name.to_string())
     }
 
     /// An installed model: its catalog entry and where its file is.

@@ -94,7 +94,7 @@ pub(super) async fn start(
     kind: Kind,
 ) -> Result<Started, ApiError> {
     let model = resolve_model(engine, request.model.as_deref()).await?;
-    let mut generation = request.generation(engine.parallel())?;
+    let mut generation = request.generation_from(engine.parallel(), engine.sampling_defaults())?;
     let input_param = match kind {
         Kind::Chat => "messages",
         Kind::Completion => "prompt",

@@ -202,6 +202,13 @@ async fn list_models(
             None => pulled_object(&models, &Model::Pulled(Box::new(m))),
         });
     }
+    // The default model first: clients that take the first model take the owner's.
+    if let Some(default) = models.default_model() {
+        if let Some(at) = data.iter().position(|m| m["id"] == default.as_str()) {
+            let model = data.remove(at);
+            data.insert(0, model);
+        }
+    }
     Ok(Json(json!({"object": "list", "data": data})))
 }
 

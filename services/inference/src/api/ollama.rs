@@ -74,6 +74,17 @@ fn reply_metrics(metrics: &Metrics, result: Result<Response, ApiError>) -> Respo
     }
 }
 
+/// A catalog entry's default options as Ollama's `parameters` text (a Modelfile's
+/// PARAMETER lines without the keyword).
+fn parameters_text(entry: &llamabox_format::update::models::ModelEntry) -> String {
+    let lines: Vec<String> = entry
+        .options
+        .iter()
+        .map(|(k, v)| format!("{k:<30}{v}"))
+        .collect();
+    lines.join("\n")
+}
+
 /// `/api/show` of a pulled model that has not been loaded: from its signed entry.
 fn show_pulled(models: &Models, model: &Model) -> Response {
     let Model::Pulled(m) = model else {
@@ -84,15 +95,10 @@ fn show_pulled(models: &Models, model: &Model) -> Response {
     if e.template.is_some() {
         capabilities.push("tools");
     }
-    let parameters: Vec<String> = e
-        .options
-        .iter()
-        .map(|(k, v)| format!("{k:<20}{v}"))
-        .collect();
     Json(json!({
         "license": e.license,
         "modelfile": format!("# {}\nFROM {}\n", e.description, m.path.display()),
-        "parameters": parameters.join("\n"),
+        "parameters": parameters_text(e),
         "template": e.template.as_deref().unwrap_or_default(),
         "details": pulled_details(m),
         "model_info": {
@@ -356,9 +362,14 @@ async fn show(State(models): State<Arc<Models>>, body: Bytes) -> Response {
         Err(e) => return e.into_ollama_response(),
     };
     // A pulled model not loaded since the service started: its signed entry answers.
+    // Loaded or not, its default parameters are the catalog's.
+    let mut parameters = String::new();
     if let Some((id, model @ Model::Pulled(_))) = models.find(request.name()) {
         if models.card(&id).is_none() {
             return show_pulled(&models, &model);
+        }
+        if let Model::Pulled(m) = &model {
+            parameters = parameters_text(&m.entry);
         }
     }
     let engine = match models.engine_for(Some(request.name())).await {
@@ -376,7 +387,7 @@ async fn show(State(models): State<Arc<Models>>, body: Bytes) -> Response {
         Ok(Json(json!({
             "license": model.meta("general.license").unwrap_or_default(),
             "modelfile": format!("# The box's model\nFROM {}\n", model.path.display()),
-            "parameters": "",
+            "parameters": parameters,
             "template": model.template.as_deref().unwrap_or_default(),
             "details": details(&model),
             "model_info": model_info(&model),

@@ -140,8 +140,18 @@ pub struct Generation {
 
 impl GenerateRequest {
     /// The checked parameters; `max_choices` is the most `n` may be (the engine's sequences).
+    #[cfg(test)]
     pub fn generation(&self, max_choices: u32) -> Result<Generation, ApiError> {
-        let mut s = SamplingParams::default();
+        self.generation_from(max_choices, &SamplingParams::default())
+    }
+
+    /// The same, with what the request leaves out taken from `defaults` (the model's).
+    pub fn generation_from(
+        &self,
+        max_choices: u32,
+        defaults: &SamplingParams,
+    ) -> Result<Generation, ApiError> {
+        let mut s = defaults.clone();
         if let Some(t) = self.temperature {
             range("temperature", t, 0.0, 2.0)?;
             s.temperature = t;

@@ -44,6 +44,8 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Requests that may wait for a free sequence before new ones are refused.
     pub queue_limit: usize,
+    /// Sampling for what a request leaves out (a pulled model's catalog options).
+    pub sampling_defaults: SamplingParams,
     /// A model that fails to load ends the process (the factory model: the supervisor
     /// restarts the service); otherwise the engine reports why ([`Engine::first_load`]).
     pub exit_on_load_failure: bool,
@@ -267,6 +269,11 @@ impl Engine {
     /// The name clients use for this engine's model.
     pub fn id(&self) -> &str {
         &self.config.model_id
+    }
+
+    /// Sampling for what a request leaves out.
+    pub fn sampling_defaults(&self) -> &SamplingParams {
+        &self.config.sampling_defaults
     }
 
     /// Generations submitted and not finished.

@@ -175,7 +175,18 @@ fn a_model_is_pulled_listed_and_deleted() {
     assert!(matches!(err, Error::UnknownModel { .. }), "{err}");
     assert!(err.to_string().contains("tiny:a, tiny:b"), "{err}");
 
+    // The default model: only an installed one; deleting it brings back the factory's.
+    assert_eq!(w.store.default_model(), None);
+    let err = w.store.set_default(Some(B)).unwrap_err();
+    assert!(
+        err.to_string().contains("no model `tiny:b` is installed"),
+        "{err}"
+    );
+    w.store.set_default(Some(A)).unwrap();
+    assert_eq!(w.store.default_model().as_deref(), Some(A));
+
     w.store.delete(A).unwrap();
+    assert_eq!(w.store.default_model(), None);
     assert!(w.listed().is_empty());
     assert!(!installed.path.exists(), "the blob was left behind");
     let err = w.store.delete(A).unwrap_err();
