@@ -3,15 +3,7 @@
 
 import { apiJson, formatFingerprint, loadCredential } from "./api.js";
 import { initModels, loadModels } from "./models.js";
-
-const $ = (id) => document.getElementById(id);
-
-function text(tag, content, className) {
-  const element = document.createElement(tag);
-  element.textContent = content;
-  if (className) element.className = className;
-  return element;
-}
+import { $, text } from "./dom.js";
 
 async function loadPhones(onSelfRevoked) {
   const list = $("phone-list");

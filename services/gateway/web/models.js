@@ -4,15 +4,7 @@
 // catalog, the pull in progress and the free space from `/v1/device/models`.
 
 import { apiFetch, apiJson } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
-
-function text(tag, content, className) {
-  const element = document.createElement(tag);
-  element.textContent = content;
-  if (className) element.className = className;
-  return element;
-}
+import { $, text } from "./dom.js";
 
 function megabytes(bytes) {
   return bytes >= 1e9 ? `${(bytes / 1e9).toFixed(1)} GB` : `${Math.round(bytes / 1e6)} MB`;

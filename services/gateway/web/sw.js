@@ -15,6 +15,7 @@ const SHELL = [
   "/api.js",
   "/chat.js",
   "/device.js",
+  "/dom.js",
   "/markdown.js",
   "/models.js",
   "/pairing.js",

@@ -130,6 +130,11 @@ impl Updater {
 
     /// Verifies the repository's metadata; remembers the versions and time it saw.
     pub fn check(&self) -> Result<repository::Check, Error> {
+        self.walk().map(|(check, _)| check)
+    }
+
+    /// The metadata walk, remembered; also the signed target of the model catalog.
+    fn walk(&self) -> Result<(repository::Check, Option<llamabox_format::update::Target>), Error> {
         let mut state = self.store.load()?;
         let walk = repository::check(
             &self.fetcher,
@@ -142,24 +147,12 @@ impl Updater {
         )?;
         state.seen = walk.seen;
         self.store.save(&state)?;
-        Ok(walk.check)
+        Ok((walk.check, walk.models))
     }
 
     /// Verifies the repository's metadata, then fetches the model catalog it pins.
     pub fn catalog(&self) -> Result<llamabox_format::update::models::ModelCatalog, Error> {
-        let mut state = self.store.load()?;
-        let walk = repository::check(
-            &self.fetcher,
-            &self.store,
-            &self.image_root,
-            &self.board,
-            &self.installed,
-            &state.seen,
-            self.clock(),
-        )?;
-        state.seen = walk.seen;
-        self.store.save(&state)?;
-        let target = walk.models.ok_or(Error::NoCatalog)?;
+        let target = self.walk()?.1.ok_or(Error::NoCatalog)?;
         models::fetch_catalog(&self.fetcher, &target)
     }
 

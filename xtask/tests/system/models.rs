@@ -47,14 +47,7 @@ fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_ap
     let https_port = free_port();
     let mut machine = vm.boot_forwarding(&[(https_port, 443)]);
     let mut agent = vm.agent(&mut machine);
-    for service in ["gateway", "inference", "update"] {
-        machine
-            .wait_for(
-                &format!("llamabox-supervisor: {service}: ready"),
-                READY_TIMEOUT,
-            )
-            .unwrap();
-    }
+    wait_for_services(&mut machine);
     files::write(
         &mut agent,
         "/etc/llamabox/local/update.toml",
@@ -91,13 +84,7 @@ fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_ap
 
     // The web app's view (the update service's): nothing installed any more, the
     // pull recorded as done, and the grown data partition's space.
-    let models: serde_json::Value = http
-        .get(format!("{base}/v1/device/models"))
-        .bearer_auth(&token)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let models = get_json(&http, &base, &token, "/v1/device/models");
     eprintln!(
         "models after the delete: installed {}, pull {}, free {}",
         models["installed"], models["pull"], models["free-bytes"]
@@ -156,21 +143,8 @@ fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_ap
     machine.kill();
 
     let mut machine = vm.boot_forwarding(&[(https_port, 443)]);
-    for service in ["gateway", "inference", "update"] {
-        machine
-            .wait_for(
-                &format!("llamabox-supervisor: {service}: ready"),
-                READY_TIMEOUT,
-            )
-            .unwrap();
-    }
-    let tags: serde_json::Value = slow
-        .get(format!("{base}/api/tags"))
-        .bearer_auth(&token)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    wait_for_services(&mut machine);
+    let tags = get_json(&slow, &base, &token, "/api/tags");
     let names: Vec<&str> = tags["models"]
         .as_array()
         .unwrap()
@@ -189,13 +163,7 @@ fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_ap
     let status = pulled.status();
     let pulled: serde_json::Value = pulled.json().unwrap();
     assert_eq!(status, 200, "{pulled}");
-    let models: serde_json::Value = slow
-        .get(format!("{base}/v1/device/models"))
-        .bearer_auth(&token)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let models = get_json(&slow, &base, &token, "/v1/device/models");
     let resumed = models["pull"]["resumed-bytes"].as_u64().unwrap_or(0);
     eprintln!("after the power cut at {reached} bytes, the pull kept {resumed} bytes");
     assert!(resumed > 0, "the pull started over: {models}");
@@ -206,6 +174,33 @@ fn a_box_pulls_lists_chats_with_and_deletes_a_signed_model_through_the_ollama_ap
         .filter_map(|m| m["name"].as_str())
         .collect();
     assert_eq!(installed, [PULLED], "{models}");
+}
+
+/// The services a phone's model requests go through.
+fn wait_for_services(machine: &mut xtask::qemu::Machine) {
+    for service in ["gateway", "inference", "update"] {
+        machine
+            .wait_for(
+                &format!("llamabox-supervisor: {service}: ready"),
+                READY_TIMEOUT,
+            )
+            .unwrap();
+    }
+}
+
+/// `GET base + path` with the phone's token, as JSON.
+fn get_json(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+) -> serde_json::Value {
+    http.get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
 }
 
 /// The web app's Models section (device tab), in Chromium against the box: a second

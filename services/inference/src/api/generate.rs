@@ -28,24 +28,18 @@ pub(super) enum Kind {
 }
 
 pub async fn chat(State(models): State<Arc<Models>>, body: Bytes) -> Response {
-    let engine = match models
-        .engine_for(super::requested_model(&body).as_deref())
-        .await
-    {
+    let engine = match super::engine_for_body(&models, &body).await {
         Ok(engine) => engine,
-        Err(e) => return super::respond_models(&models, Err(e)),
+        Err(response) => return response,
     };
     Metrics::add(&engine.metrics.chat_requests, 1);
     respond(&engine, run(&engine, &body, Kind::Chat).await)
 }
 
 pub async fn completions(State(models): State<Arc<Models>>, body: Bytes) -> Response {
-    let engine = match models
-        .engine_for(super::requested_model(&body).as_deref())
-        .await
-    {
+    let engine = match super::engine_for_body(&models, &body).await {
         Ok(engine) => engine,
-        Err(e) => return super::respond_models(&models, Err(e)),
+        Err(response) => return response,
     };
     Metrics::add(&engine.metrics.completion_requests, 1);
     respond(&engine, run(&engine, &body, Kind::Completion).await)

@@ -61,9 +61,13 @@ fn requested_model(body: &Bytes) -> Option<String> {
         .and_then(|n| n.model.filter(|m| !m.is_empty()).or(n.name))
 }
 
-/// [`respond`] before an engine was chosen.
-fn respond_models(models: &Models, result: Result<Response, ApiError>) -> Response {
-    respond_metrics(&models.metrics, result)
+/// The engine of the model a request's body names, or the (OpenAI-shaped) answer that
+/// it has none.
+async fn engine_for_body(models: &Models, body: &Bytes) -> Result<Arc<Engine>, Response> {
+    models
+        .engine_for(requested_model(body).as_deref())
+        .await
+        .map_err(|e| respond_metrics(&models.metrics, Err(e)))
 }
 
 /// Parses a JSON body, answering 400 with serde's description (what and where) on failure.

@@ -111,6 +111,14 @@ fn show_pulled(models: &Models, model: &Model) -> Response {
     .into_response()
 }
 
+/// The engine of the model a request's body names, or the answer that it has none.
+async fn engine_for_body(models: &Models, body: &Bytes) -> Result<Arc<Engine>, Response> {
+    models
+        .engine_for(super::requested_model(body).as_deref())
+        .await
+        .map_err(ApiError::into_ollama_response)
+}
+
 async fn version() -> Json<Value> {
     Json(json!({"version": OLLAMA_VERSION}))
 }
@@ -650,12 +658,9 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 async fn chat(State(models): State<Arc<Models>>, body: Bytes) -> Response {
-    let engine = match models
-        .engine_for(super::requested_model(&body).as_deref())
-        .await
-    {
+    let engine = match engine_for_body(&models, &body).await {
         Ok(engine) => engine,
-        Err(e) => return e.into_ollama_response(),
+        Err(response) => return response,
     };
     Metrics::add(&engine.metrics.chat_requests, 1);
     let result = async {
@@ -692,12 +697,9 @@ async fn chat(State(models): State<Arc<Models>>, body: Bytes) -> Response {
 }
 
 async fn generate_route(State(models): State<Arc<Models>>, body: Bytes) -> Response {
-    let engine = match models
-        .engine_for(super::requested_model(&body).as_deref())
-        .await
-    {
+    let engine = match engine_for_body(&models, &body).await {
         Ok(engine) => engine,
-        Err(e) => return e.into_ollama_response(),
+        Err(response) => return response,
     };
     Metrics::add(&engine.metrics.completion_requests, 1);
     let result = async {
@@ -1015,12 +1017,9 @@ async fn embed_texts(
 }
 
 async fn embed(State(models): State<Arc<Models>>, body: Bytes) -> Response {
-    let engine = match models
-        .engine_for(super::requested_model(&body).as_deref())
-        .await
-    {
+    let engine = match engine_for_body(&models, &body).await {
         Ok(engine) => engine,
-        Err(e) => return e.into_ollama_response(),
+        Err(response) => return response,
     };
     Metrics::add(&engine.metrics.embedding_requests, 1);
     let result = async {
@@ -1063,12 +1062,9 @@ struct LegacyEmbedBody {
 
 /// The older single-input route: `{"embedding": [...]}`.
 async fn embeddings_legacy(State(models): State<Arc<Models>>, body: Bytes) -> Response {
-    let engine = match models
-        .engine_for(super::requested_model(&body).as_deref())
-        .await
-    {
+    let engine = match engine_for_body(&models, &body).await {
         Ok(engine) => engine,
-        Err(e) => return e.into_ollama_response(),
+        Err(response) => return response,
     };
     Metrics::add(&engine.metrics.embedding_requests, 1);
     let result = async {

@@ -61,12 +61,9 @@ struct TextConfig {
 }
 
 pub async fn responses(State(models): State<Arc<Models>>, body: Bytes) -> Response {
-    let engine = match models
-        .engine_for(super::requested_model(&body).as_deref())
-        .await
-    {
+    let engine = match super::engine_for_body(&models, &body).await {
         Ok(engine) => engine,
-        Err(e) => return super::respond_models(&models, Err(e)),
+        Err(response) => return response,
     };
     Metrics::add(&engine.metrics.responses_requests, 1);
     respond(&engine, run(&engine, &body).await)
