@@ -26,13 +26,6 @@ const BUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a pull's progress is read from the update service.
 const POLL: Duration = Duration::from_millis(250);
 
-fn bus_error(e: zbus::Error) -> String {
-    match e {
-        zbus::Error::MethodError(_, Some(message), _) => message,
-        other => other.to_string(),
-    }
-}
-
 async fn call<R>(
     method: &'static str,
     args: impl serde::Serialize + zbus::zvariant::DynamicType + Send + 'static,
@@ -43,7 +36,7 @@ where
     tokio::task::spawn_blocking(move || {
         bus::proxy(UPDATE, Some(BUS_TIMEOUT))?
             .call(method, &args)
-            .map_err(bus_error)
+            .map_err(crate::status::bus_message)
     })
     .await
     .map_err(|e| format!("the update service call stopped: {e}"))?

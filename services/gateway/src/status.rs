@@ -90,8 +90,13 @@ pub fn update_apply() -> Result<(), String> {
 
 /// The service's own message from a D-Bus error, without zbus's wrapping.
 fn bus_error(what: &str, e: zbus::Error) -> String {
+    format!("{what}: {}", bus_message(e))
+}
+
+/// A D-Bus error as the service worded it (zbus's own description otherwise).
+pub fn bus_message(e: zbus::Error) -> String {
     match e {
-        zbus::Error::MethodError(_, Some(message), _) => format!("{what}: {message}"),
-        other => format!("{what}: {other}"),
+        zbus::Error::MethodError(_, Some(message), _) => message,
+        other => other.to_string(),
     }
 }

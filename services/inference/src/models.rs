@@ -204,20 +204,7 @@ impl Models {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(card.id.clone(), card.clone());
         }
-        let config = match &model {
-            Model::Factory => EngineConfig {
-                exit_on_load_failure: false,
-                ..self.factory.clone()
-            },
-            Model::Pulled(m) => EngineConfig {
-                model_path: m.path.clone(),
-                model_id: m.entry.name.clone(),
-                chat_template: m.entry.template.clone(),
-                exit_on_load_failure: false,
-                sampling_defaults: sampling_defaults(&m.entry.options),
-                ..self.factory.clone()
-            },
-        };
+        let config = self.config_for(&model);
         tracing::info!(from = resident.id(), to = %id, "switching models");
         // Freed before the next is loaded: one resident model (the engine thread ends
         // once the last request holding it is done).
@@ -235,21 +222,8 @@ impl Models {
             Ok(Err(reason)) => {
                 // Back to the model that was there, so the box keeps answering.
                 tracing::error!(model = %id, "cannot load: {reason}; back to {previous}");
-                if let Some((prev_id, prev)) = self.find(&previous) {
-                    let config = match prev {
-                        Model::Factory => EngineConfig {
-                            exit_on_load_failure: false,
-                            ..self.factory.clone()
-                        },
-                        Model::Pulled(m) => EngineConfig {
-                            model_path: m.path,
-                            model_id: prev_id,
-                            sampling_defaults: sampling_defaults(&m.entry.options),
-                            chat_template: m.entry.template,
-                            exit_on_load_failure: false,
-                            ..self.factory.clone()
-                        },
-                    };
+                if let Some((_, prev)) = self.find(&previous) {
+                    let config = self.config_for(&prev);
                     *self.resident.lock().unwrap_or_else(|e| e.into_inner()) =
                         Arc::new(Engine::start(config, self.metrics.clone(), || {}));
                 }
@@ -259,6 +233,25 @@ impl Models {
                 ))
             }
             Err(_) => Err(busy(&id)),
+        }
+    }
+
+    /// The engine settings of `model`: the factory model's, with a pulled model's file,
+    /// name, template and default options. A load failure never ends the process here.
+    fn config_for(&self, model: &Model) -> EngineConfig {
+        let base = EngineConfig {
+            exit_on_load_failure: false,
+            ..self.factory.clone()
+        };
+        match model {
+            Model::Factory => base,
+            Model::Pulled(m) => EngineConfig {
+                model_path: m.path.clone(),
+                model_id: m.entry.name.clone(),
+                chat_template: m.entry.template.clone(),
+                sampling_defaults: sampling_defaults(&m.entry.options),
+                ..base
+            },
         }
     }
 

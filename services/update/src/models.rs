@@ -11,7 +11,7 @@
 //! is fetched by range, each chunk hashed before it is written.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,8 @@ use llamabox_format::update::Target;
 use sha2::{Digest, Sha256};
 
 use crate::fetch::Fetcher;
+use crate::repository::fetch;
+use crate::state::write_atomically;
 use crate::{io, Error};
 
 /// Bytes fetched in one range request at most (several chunks, end to end).
@@ -38,18 +40,9 @@ pub const RESERVE_BYTES: u64 = 32 << 20;
 /// Fetches the catalog the signed `models` target pins.
 pub fn fetch_catalog(fetcher: &Fetcher, target: &Target) -> Result<ModelCatalog, Error> {
     let name = catalog_path(&target.sha256);
-    let bytes = fetcher
-        .get(&name, target.length.min(MAX_CATALOG_LEN))?
-        .ok_or_else(|| not_found(&name))?;
+    let bytes = fetch(fetcher, &name, target.length.min(MAX_CATALOG_LEN))?;
     check_pinned(&name, target.length, &target.sha256, &bytes)?;
     Ok(ModelCatalog::parse(&bytes)?)
-}
-
-fn not_found(path: &str) -> Error {
-    Error::Fetch(crate::fetch::FetchError::Http {
-        url: path.to_string(),
-        reason: "not found in the repository".into(),
-    })
 }
 
 /// What a pull did.
@@ -134,13 +127,8 @@ impl ModelStore {
                 known: format!("installed: {}", self.names()?),
             });
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{name}\n"))
-            .and_then(|()| File::open(&tmp)?.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        set_readable(&tmp)?;
-        std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
-        sync_dir(&self.root)
+        write_atomically(&path, format!("{name}\n").as_bytes())?;
+        set_readable(&path)
     }
 
     /// Removes a model: first from the list, then its blob unless another entry uses it.
@@ -264,9 +252,7 @@ impl ModelStore {
         }
 
         let index_name = index_path(&entry.index.sha256);
-        let index_bytes = fetcher
-            .get(&index_name, entry.index.length)?
-            .ok_or_else(|| not_found(&index_name))?;
+        let index_bytes = fetch(fetcher, &index_name, entry.index.length)?;
         check_pinned(
             &index_name,
             entry.index.length,
@@ -316,16 +302,10 @@ impl ModelStore {
     /// Lists the model: its entry written next to, then renamed over, the old one.
     fn write_entry(&self, entry: &ModelEntry) -> Result<(), Error> {
         let path = self.entry_path(&entry.name);
-        let tmp = path.with_extension("json.tmp");
         let mut bytes = serde_json::to_vec_pretty(entry).expect("an entry serializes");
         bytes.push(b'\n');
-        let mut file = File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        set_readable(&tmp)?;
-        std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
-        sync_dir(&self.dir("installed"))
+        write_atomically(&path, &bytes)?;
+        set_readable(&path)
     }
 }
 

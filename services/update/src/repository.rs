@@ -40,7 +40,8 @@ pub struct Walk {
     pub models: Option<Target>,
 }
 
-fn fetch(fetcher: &Fetcher, path: &str, limit: u64) -> Result<Vec<u8>, Error> {
+/// The whole file at `path`, at most `limit` bytes; a 404 from every mirror is an error.
+pub(crate) fn fetch(fetcher: &Fetcher, path: &str, limit: u64) -> Result<Vec<u8>, Error> {
     fetcher.get(path, limit)?.ok_or_else(|| {
         Error::Fetch(FetchError::Http {
             url: path.to_string(),

@@ -148,8 +148,7 @@ fn find_model(engine: &Engine, name: &str) -> Result<Arc<ModelCard>, ApiError> {
     if name.is_empty() {
         return Err(ApiError::invalid("model", "model is required"));
     }
-    let base = |n: &str| n.strip_suffix(":latest").unwrap_or(n).to_ascii_lowercase();
-    if base(name) == base(&model.id) {
+    if models::same_name(name, &model.id) {
         Ok(model.clone())
     } else {
         Err(ApiError::status(
