@@ -40,12 +40,13 @@ pub fn device_name(identity: &DeviceIdentity) -> String {
 }
 
 /// What goes on the device's label: its name, its setup code, and a QR code that opens
-/// the web app with the code filled in. The code rides in the URL's fragment, which a
-/// browser never sends over the network.
+/// the web app's pairing screen over HTTPS. The code is printed for the user to type,
+/// never put in the link: whoever answers `<name>.local` first on a LAN would be handed
+/// it (docs/pairing.md).
 pub fn label(identity: &DeviceIdentity) -> String {
     let name = device_name(identity);
     let code = &identity.setup_code;
-    let url = format!("http://{name}.local/#pair={code}");
+    let url = pairing_link(&name);
     let qr = qrcode::QrCode::new(url.as_bytes())
         .map(|qr| {
             qr.render::<qrcode::render::unicode::Dense1x2>()
@@ -60,6 +61,11 @@ pub fn label(identity: &DeviceIdentity) -> String {
     )
 }
 
+/// The label's QR link: the box's HTTPS origin and the pairing screen, no secret.
+pub fn pairing_link(name: &str) -> String {
+    format!("https://{name}.local/#pair")
+}
+
 /// `cargo xtask provision`: a new identity written onto `disk`; prints its label.
 pub fn command(disk: &Path) -> Result<()> {
     let identity = new_identity();
@@ -70,4 +76,24 @@ pub fn command(disk: &Path) -> Result<()> {
         disk.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_prints_the_code_but_keeps_it_out_of_its_link() {
+        let identity = new_identity();
+        let code = identity.setup_code.clone();
+        let label = label(&identity);
+        let link = pairing_link(&device_name(&identity));
+        assert!(link.starts_with("https://"), "{link}");
+        assert!(!link.contains(&code), "{link}");
+        assert!(
+            label.contains(&format!("{}-{}", &code[..4], &code[4..])),
+            "{label}"
+        );
+        assert!(!label.contains(&code), "{label}");
+    }
 }

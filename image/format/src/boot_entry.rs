@@ -123,9 +123,11 @@ impl BootEntry {
         format!("{DIRECTORY}/{}", self.file_name())
     }
 
-    /// On trial: the bootloader is still counting attempts.
+    /// On trial: not blessed yet, so the bootloader counts its attempts. That includes
+    /// `+0-N`: the last try boots under that name (systemd-boot decrements before it
+    /// boots), and an entry with no tries left still boots when nothing else can.
     pub fn is_on_trial(&self) -> bool {
-        matches!(self.counter, Some(c) if c.left > 0)
+        self.counter.is_some()
     }
 
     /// The entry once the running system has been judged healthy.
@@ -186,7 +188,9 @@ mod tests {
         assert!(e.is_on_trial());
         assert_eq!(e.blessed().file_name(), "llamabox-2-a.efi");
         assert_eq!(e.marked_bad().file_name(), "llamabox-2-a+0-2.efi");
-        assert!(!e.marked_bad().is_on_trial());
+        // The last try boots as +0-N: still to be judged, like the earlier ones.
+        assert!(e.marked_bad().is_on_trial());
+        assert!(!e.blessed().is_on_trial());
         assert_eq!(
             BootEntry::parse("llamabox-2-a.efi")
                 .unwrap()

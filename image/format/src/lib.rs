@@ -8,6 +8,7 @@
 
 pub mod boot_entry;
 pub mod gpt;
+pub mod health;
 pub mod keys;
 pub mod manifest;
 pub mod paths;

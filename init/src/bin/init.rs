@@ -72,10 +72,12 @@ fn main() {
     });
     if let Some(slot) = slot {
         let (grace, deadline) = health_timing();
+        let version = boot.get("version").unwrap_or("unknown").to_string();
         supervisor.set_health_gate(HealthGate {
             grace,
             deadline,
             on_healthy: Box::new(move || bless(slot)),
+            on_refused: Box::new(move |reason| record_refusal(slot, &version, reason)),
         });
     }
     let exit = supervisor.run();
@@ -233,6 +235,31 @@ fn bless(slot: Slot) -> Result<String, String> {
     };
     esp.unmount();
     result
+}
+
+/// Keeps why this slot was refused on the data partition, durably, before the reboot:
+/// the update service reads it after the fallback (`llamabox update status`, the phone).
+fn record_refusal(slot: Slot, version: &str, reason: &str) {
+    let verdict = llamabox_format::health::Verdict {
+        slot: slot.name().to_string(),
+        version: version.to_string(),
+        reason: reason.to_string(),
+    };
+    let path = std::path::Path::new(llamabox_format::health::VERDICT);
+    let tmp = path.with_extension("tmp");
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(verdict.to_json().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(path.parent().unwrap_or(std::path::Path::new("/")))?.sync_all()
+    })();
+    if let Err(e) = written {
+        info!(
+            "cannot record why slot {slot} was refused in {}: {e}",
+            path.display()
+        );
+    }
 }
 
 fn shutdown(exit: Exit) -> ! {

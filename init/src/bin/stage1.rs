@@ -153,6 +153,15 @@ fn inspect_boot_entry(slot: Slot, boot: &mut BootInfo) -> bool {
         }
     };
     let entry = esp.entry(slot);
+    // Whether a known-good release waits in the other slot: the release check (a
+    // critical service) tests a slot on trial only then, as a factory image's first
+    // boot has nothing better to fall back to.
+    let fallback = match esp.entry(slot.other()) {
+        Some(e) if e.is_on_trial() => "unblessed",
+        Some(_) => "blessed",
+        None => "none",
+    };
+    boot.set("fallback", fallback);
     copy_device_identity(&esp);
     esp.unmount();
     match entry {
@@ -164,6 +173,7 @@ fn inspect_boot_entry(slot: Slot, boot: &mut BootInfo) -> bool {
                 if trial { "on trial" } else { "blessed" }
             );
             boot.set("entry", entry.file_name());
+            boot.set("trial", if trial { "yes" } else { "no" });
             trial
         }
         None => {

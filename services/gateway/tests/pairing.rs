@@ -715,8 +715,9 @@ fn the_window_closes_and_a_paired_phone_can_reopen_it() {
     pair_ok(&gateway, "Second");
 }
 
-/// Plain HTTP is for loopback and USB links only: from another interface of this
-/// machine the gateway redirects to HTTPS and answers nothing protected in the clear.
+/// Plain HTTP is for loopback and the phone link (usblink0) only: from another interface
+/// of this machine the gateway redirects to HTTPS and answers nothing protected in the
+/// clear.
 #[test]
 fn plain_http_on_a_lan_address_redirects_to_https() {
     let Some(lan) = lan_address_or_skip() else {

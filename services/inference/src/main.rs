@@ -63,6 +63,10 @@ struct Cli {
     /// can be named in requests beside --model (docs/models.md).
     #[arg(long, value_name = "DIR")]
     models_dir: Option<PathBuf>,
+    /// Replaces a value of the model's GGUF metadata, as llama-server's option of that
+    /// name: KEY=TYPE:VALUE, TYPE one of int, float, bool, str (repeatable).
+    #[arg(long, value_name = "KEY=TYPE:VALUE", value_parser = engine::KvOverride::parse)]
+    override_kv: Vec<engine::KvOverride>,
 }
 
 fn main() {
@@ -123,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
         queue_limit: cli.queue,
         exit_on_load_failure: true,
         sampling_defaults: Default::default(),
+        kv_overrides: cli.override_kv.clone(),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

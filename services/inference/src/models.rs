@@ -250,6 +250,8 @@ impl Models {
                 model_id: m.entry.name.clone(),
                 chat_template: m.entry.template.clone(),
                 sampling_defaults: sampling_defaults(&m.entry.options),
+                // The factory model's overrides are about its file, not this one.
+                kv_overrides: Vec::new(),
                 ..base
             },
         }

@@ -151,6 +151,11 @@ impl Drop for EspGuard {
 }
 
 /// Whether the booted slot's boot entry has lost its counter (the health gate passed).
+/// Why the health gate last refused a slot, as PID 1 recorded it.
+pub fn refusal() -> Option<llamabox_format::health::Verdict> {
+    llamabox_format::health::Verdict::read(std::path::Path::new(llamabox_format::health::VERDICT))
+}
+
 pub fn booted_slot_blessed(slot: Slot) -> Result<bool, String> {
     std::fs::create_dir_all(ESP_MOUNT).map_err(|e| format!("{ESP_MOUNT}: {e}"))?;
     let esp = MountedEsp::mount(ESP_MOUNT)?;

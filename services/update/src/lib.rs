@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod firewall;
 pub mod install;
 pub mod models;
+pub mod release_check;
 pub mod repository;
 pub mod service;
 pub mod state;
@@ -229,11 +230,15 @@ impl Updater {
     /// was blessed (success: the anti-rollback floor rises to its version), or the box
     /// runs the other slot (the bootloader fell back). While the new slot is still on
     /// trial nothing is decided. Returns the sentence recorded as the last result.
+    ///
+    /// `refusal` is why the health gate refused a slot (PID 1's record): when it is about
+    /// the pending install, the failure says so.
     pub fn reconcile(
         &self,
         booted: llamabox_format::Slot,
         version: &str,
         blessed: bool,
+        refusal: Option<&llamabox_format::health::Verdict>,
     ) -> Result<Option<String>, Error> {
         let mut state = self.store.load()?;
         let Some(pending) = state.pending.clone() else {
@@ -246,8 +251,12 @@ impl Updater {
             state.seen.version_floor = Some(version.to_string());
             format!("updated to {version}: slot {booted} booted and was blessed")
         } else {
+            let why = refusal
+                .filter(|r| r.slot == pending.slot && r.version == pending.version)
+                .map(|r| format!(" ({})", r.reason))
+                .unwrap_or_default();
             format!(
-                "update to {} failed: slot {} never became healthy, so the box fell back to slot {booted} ({version})",
+                "update to {} failed: slot {} never became healthy{why}, so the box fell back to slot {booted} ({version})",
                 pending.version, pending.slot
             )
         };

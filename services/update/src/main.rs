@@ -47,6 +47,16 @@ enum Command {
     Status,
     /// Run the update service (D-Bus org.llamabox.Update1, scheduled checks).
     Serve,
+    /// Run the release check of the health gate: on a slot on trial, the model must
+    /// answer a golden prompt and Whisper transcribe a golden clip before the slot is
+    /// blessed (READY=1); a wrong answer exits with the reason (docs/updates.md).
+    CheckRelease {
+        #[arg(long, default_value = "/usr/share/llamabox/release-check/check.toml")]
+        config: PathBuf,
+        /// Check even when the slot is not on trial (diagnosis).
+        #[arg(long)]
+        always: bool,
+    },
     /// Models as signed updates: the catalog, and the models on the data partition.
     Models {
         /// Where pulled models live.
@@ -98,8 +108,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    if let Command::Serve = cli.command {
-        llamabox_update::service::run();
+    match &cli.command {
+        Command::Serve => llamabox_update::service::run(),
+        Command::CheckRelease { config, always } => {
+            llamabox_update::release_check::serve(config, *always)
+        }
+        _ => {}
     }
     let repos = if cli.repos.is_empty() {
         device::config()?.mirrors
@@ -180,7 +194,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 ),
             }
         }
-        Command::Serve => unreachable!("handled above"),
+        Command::Serve | Command::CheckRelease { .. } => unreachable!("handled above"),
         Command::Models { store, command } => {
             let store = llamabox_update::models::ModelStore::new(store);
             let err = |e: llamabox_update::Error| e.to_string();
@@ -245,7 +259,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Ok((slot, version)) = device::booted() {
                 let blessed = device::booted_slot_blessed(slot)?;
                 updater
-                    .reconcile(slot, &version, blessed)
+                    .reconcile(slot, &version, blessed, device::refusal().as_ref())
                     .map_err(|e| e.to_string())?;
                 println!(
                     "running {version} from slot {slot}{}",

@@ -209,7 +209,7 @@ impl Service {
             let blessed = device::booted_slot_blessed(slot)?;
             let updater = updater()?;
             if let Some(message) = updater
-                .reconcile(slot, &version, blessed)
+                .reconcile(slot, &version, blessed, device::refusal().as_ref())
                 .map_err(|e| e.to_string())?
             {
                 log(&message);
@@ -524,7 +524,7 @@ pub fn run() -> ! {
         }
     };
     log(&format!("serving {BUS_NAME}"));
-    notify_ready();
+    crate::release_check::notify("READY=1");
 
     // Settle the last install: at once, then until the booted slot is blessed.
     let settler = service.clone();
@@ -558,14 +558,6 @@ pub fn run() -> ! {
             Err(e) => log(&format!("scheduled check failed: {e}")),
         }
         let _ = &connection;
-    }
-}
-
-fn notify_ready() {
-    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-        if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
-            let _ = socket.send_to(b"READY=1", path);
-        }
     }
 }
 

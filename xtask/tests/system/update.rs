@@ -129,6 +129,115 @@ fn a_release_that_never_becomes_healthy_is_rolled_back() {
     );
 }
 
+/// The semantic health gate: v0.2.0 starts every service, but its model answers
+/// garbage (its inference service overrides the GGUF's rope base, like a broken
+/// conversion). The release check refuses each try at once, the bootloader falls back,
+/// and the status (the phone shows the same `last-result`) says why.
+#[test]
+fn a_release_whose_model_answers_wrongly_is_rolled_back() {
+    let mut vm = TestMachine::with_image("update-wrong-answers", TEST_IMAGE);
+    let repo = vm.dir.join("repo");
+    publish(&repo, "llamabox-test-wrong-answers-v2");
+    let server = Server::start(&repo);
+
+    let (mut machine, mut agent) = boot_expecting(&mut vm, "a", "0.1.0");
+    // This time through the update service on the system bus, as the phone does: while
+    // its install runs, a check and a second install are refused, naming what runs.
+    crate::common::files::write(
+        &mut agent,
+        "/etc/llamabox/local/update.toml",
+        format!(
+            "mirrors = [\"http://10.0.2.2:{}\"]\ncheck-interval-minutes = 0\n",
+            server.port()
+        )
+        .as_bytes(),
+    );
+    let apply = agent
+        .command(
+            "spawn /usr/bin/llamabox update apply",
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        .join("\n");
+    assert!(apply.starts_with("pid "), "{apply}");
+    let status = |agent: &mut Agent| {
+        agent
+            .command(
+                "exec /usr/bin/llamabox update status",
+                Duration::from_secs(60),
+            )
+            .unwrap()
+            .join("\n")
+    };
+    let started = std::time::Instant::now();
+    while !status(&mut agent).contains("phase: installing") {
+        assert!(
+            started.elapsed() < APPLY_TIMEOUT,
+            "the install never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (verb, refusal) in [
+        ("check", "cannot start a check: an install is running"),
+        ("apply", "cannot start an install: an install is running"),
+    ] {
+        // Refused: the command fails, with the service's reason.
+        let answer = match agent.command(
+            &format!("exec /usr/bin/llamabox update {verb}"),
+            Duration::from_secs(60),
+        ) {
+            Ok(lines) => lines.join("\n"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            answer.contains(refusal),
+            "{verb} during an install: {answer}"
+        );
+    }
+    let mut last = String::new();
+    while !last.contains("pending: 0.2.0 in slot b") {
+        assert!(
+            started.elapsed() < APPLY_TIMEOUT,
+            "the install never ended: {last}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        last = status(&mut agent);
+    }
+    eprintln!("{last}\ninstall took {:.1?}", started.elapsed());
+    power_off(&mut agent, &mut machine);
+
+    let mut machine = vm.boot();
+    let console = machine
+        .wait_for("slot a already blessed", BOOT_TIMEOUT * 4)
+        .unwrap();
+    assert!(
+        console.contains("stage 2 reached: slot b, version 0.2.0"),
+        "{console}"
+    );
+    assert!(
+        console.contains("the language model answered the golden prompt wrongly"),
+        "{console}"
+    );
+    let mut agent = xtask::qemu::Agent::connect(&vm.agent_socket()).unwrap();
+    let status = agent
+        .command(
+            "exec /usr/bin/llamabox update status",
+            Duration::from_secs(60),
+        )
+        .unwrap()
+        .join("\n");
+    eprintln!("{status}");
+    assert!(status.contains("running 0.1.0 from slot a"), "{status}");
+    assert!(
+        status.contains("update to 0.2.0 failed")
+            && status
+                .contains("release-check: the language model answered the golden prompt wrongly")
+            && status.contains("expected \"Paris\"")
+            && status.contains("fell back to slot a"),
+        "{status}"
+    );
+}
+
 /// Power cuts during an update: QEMU is killed at a random moment of `apply` (metadata,
 /// indexing, writing the slot, its manifest, the boot entry); the next boot must reach a
 /// good slot, and a retried update must complete. Three points by default, twenty with

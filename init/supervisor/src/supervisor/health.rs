@@ -2,16 +2,67 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Exit, Supervisor};
+use super::{Exit, Phase, Supervisor};
 
 /// Judges a freshly booted slot: once every critical service has been ready for
-/// `grace`, `on_healthy` runs (it blesses the slot); if that has not happened
-/// `deadline` after the supervisor started, the machine reboots so the bootloader's
-/// boot counting can fall back to the other slot.
+/// `grace`, `on_healthy` runs (it blesses the slot). If that has not happened
+/// `deadline` after the supervisor started, or a critical service has failed for good
+/// (it exited and its policy does not restart it: the release check saying the model
+/// answers wrongly), `on_refused` gets the reason (which services, in their own words)
+/// and the machine reboots so the bootloader's boot counting can fall back to the other
+/// slot.
 pub struct HealthGate {
     pub grace: Duration,
     pub deadline: Duration,
     pub on_healthy: Box<dyn FnMut() -> Result<String, String>>,
+    pub on_refused: Box<dyn FnMut(&str)>,
+}
+
+/// A critical service as the gate sees it.
+pub(super) struct Critical<'a> {
+    pub name: &'a str,
+    pub ready: bool,
+    /// Exited and not restarted (policy `never`, or `on-failure` after a failure).
+    pub failed: bool,
+    /// Its last `STATUS=` line, else how it last exited.
+    pub said: Option<&'a str>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Judgement {
+    Healthy,
+    Pending,
+    Refused(String),
+}
+
+/// What the critical services say about the slot right now.
+pub(super) fn judge(critical: &[Critical]) -> Judgement {
+    let describe = |c: &Critical| match c.said {
+        Some(said) => format!("{}: {said}", c.name),
+        None => c.name.to_string(),
+    };
+    let failed: Vec<String> = critical.iter().filter(|c| c.failed).map(describe).collect();
+    if !failed.is_empty() {
+        return Judgement::Refused(failed.join("; "));
+    }
+    if critical.iter().all(|c| c.ready) {
+        Judgement::Healthy
+    } else {
+        Judgement::Pending
+    }
+}
+
+/// The critical services that are not ready, with what they last said.
+pub(super) fn not_ready(critical: &[Critical]) -> String {
+    critical
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| match c.said {
+            Some(said) => format!("{}: {said}", c.name),
+            None => c.name.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub(super) struct GateState {
@@ -66,11 +117,20 @@ impl Supervisor {
     }
 
     pub(super) fn check_health(&mut self) {
-        let healthy = self
+        let critical: Vec<Critical> = self
             .services
-            .values()
-            .filter(|s| s.def.critical)
-            .all(|s| s.ready);
+            .iter()
+            .filter(|(_, s)| s.def.critical)
+            .map(|(name, s)| Critical {
+                name,
+                ready: s.ready,
+                failed: s.phase == Phase::Failed,
+                said: s.status.as_deref().or(s.last_exit.as_deref()),
+            })
+            .collect();
+        let judgement = judge(&critical);
+        let waiting_for = not_ready(&critical);
+        let healthy = judgement == Judgement::Healthy;
         let now = Instant::now();
         let elapsed = self.epoch.elapsed();
         let Some(g) = &mut self.gate else { return };
@@ -82,7 +142,14 @@ impl Supervisor {
             (false, Some(_)) => g.healthy_since = None,
             _ => {}
         }
-        let message = if g
+        let message = if let Judgement::Refused(reason) = judgement {
+            g.done = true;
+            self.shutting_down = Some(Exit::Reboot);
+            (g.gate.on_refused)(&reason);
+            Some(format!(
+                "not healthy: a critical service failed ({reason}); rebooting so the bootloader can fall back"
+            ))
+        } else if g
             .healthy_since
             .is_some_and(|t| now.duration_since(t) >= g.gate.grace)
         {
@@ -97,9 +164,12 @@ impl Supervisor {
         } else if elapsed >= g.gate.deadline {
             g.done = true;
             self.shutting_down = Some(Exit::Reboot);
+            let seconds = g.gate.deadline.as_secs_f32();
+            (g.gate.on_refused)(&format!(
+                "not ready {seconds:.0} s after start: {waiting_for}"
+            ));
             Some(format!(
-                "not healthy {:.0} s after start (critical services not ready); rebooting so the bootloader can fall back",
-                g.gate.deadline.as_secs_f32()
+                "not healthy {seconds:.0} s after start (critical services not ready: {waiting_for}); rebooting so the bootloader can fall back"
             ))
         } else {
             None
@@ -124,5 +194,63 @@ impl Supervisor {
             .as_ref()
             .map(|(_, last)| *last + WATCHDOG_INTERVAL);
         [gate, dog].into_iter().flatten().min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service<'a>(
+        name: &'a str,
+        ready: bool,
+        failed: bool,
+        said: Option<&'a str>,
+    ) -> Critical<'a> {
+        Critical {
+            name,
+            ready,
+            failed,
+            said,
+        }
+    }
+
+    #[test]
+    fn a_critical_service_that_failed_for_good_refuses_the_slot_at_once_with_its_words() {
+        let check = service(
+            "release-check",
+            false,
+            true,
+            Some("the language model answered the golden prompt wrongly"),
+        );
+        let judgement = judge(&[service("dbus", true, false, None), check]);
+        assert_eq!(
+            judgement,
+            Judgement::Refused(
+                "release-check: the language model answered the golden prompt wrongly".into()
+            )
+        );
+    }
+
+    #[test]
+    fn ready_is_healthy_and_starting_is_pending_with_what_it_says() {
+        assert_eq!(
+            judge(&[service("dbus", true, false, None)]),
+            Judgement::Healthy
+        );
+        let waiting = [
+            service("dbus", true, false, None),
+            service(
+                "release-check",
+                false,
+                false,
+                Some("waiting for the inference service"),
+            ),
+        ];
+        assert_eq!(judge(&waiting), Judgement::Pending);
+        assert_eq!(
+            not_ready(&waiting),
+            "release-check: waiting for the inference service"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! that long, and loads it again for the next request that needs it ([`Engine::ready`]).
 //! What is known about the model ([`ModelCard`]) outlives the unloading.
 
+mod kv_override;
 pub mod sampling;
 pub mod text;
 mod threadpool;
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::template::ChatTemplate;
+pub use kv_override::KvOverride;
 pub use sampling::SamplingParams;
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct EngineConfig {
     pub queue_limit: usize,
     /// Sampling for what a request leaves out (a pulled model's catalog options).
     pub sampling_defaults: SamplingParams,
+    /// GGUF metadata replaced at load time (`--override-kv`).
+    pub kv_overrides: Vec<KvOverride>,
     /// A model that fails to load ends the process (the factory model: the supervisor
     /// restarts the service); otherwise the engine reports why ([`Engine::first_load`]).
     pub exit_on_load_failure: bool,

@@ -122,7 +122,11 @@ impl Worker {
     fn load(&self, backend: &LlamaBackend) -> Result<Arc<LoadedModel>> {
         let path = &self.config.model_path;
         let started = Instant::now();
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        let mut params = std::pin::pin!(LlamaModelParams::default());
+        for kv in &self.config.kv_overrides {
+            kv.apply(params.as_mut());
+        }
+        let model = LlamaModel::load_from_file(backend, path, &params)
             .with_context(|| format!("cannot load the model {}", path.display()))?;
         let template_source = match (&self.config.chat_template, model.chat_template(None)) {
             (Some(given), _) => Some(given.clone()),
