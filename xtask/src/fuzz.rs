@@ -24,6 +24,7 @@ const TARGETS: &[&str] = &[
     "model_catalog",
     "pairing_message",
     "wav",
+    "transcription_upload",
 ];
 
 fn have_cargo_fuzz() -> bool {

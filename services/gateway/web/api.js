@@ -1,11 +1,63 @@
 // Talking to the box: the stored credential, authenticated fetch, and server-sent
 // events read from a fetch body (EventSource cannot send the Authorization header).
 
-const CREDENTIAL_KEY = "llamabox.credential";
+// ---- per-box storage -------------------------------------------------------------------
+//
+// What this app keeps (the credential, conversations, settings) is kept per box. Every
+// box's USB link is the same origin (http://10.55.0.1), so another box must never be
+// sent this box's token nor see its conversations: keys carry the box's certificate
+// fingerprint, as the box states it (GET /v1/pairing) and as pairing confirmed it.
+
+const LAST_BOX_KEY = "llamabox.last-box";
+/** Keys of versions that kept one box's data at fixed names. */
+const UNKEYED = ["credential", "conversations", "current", "settings"];
+let box = null;
+
+const normalFingerprint = (hex) => String(hex || "").replace(/[^0-9a-f]/gi, "").toLowerCase();
+
+/** Asks the box who it is; offline, the box this app talked to last. */
+export async function identifyBox() {
+  let fingerprint = "";
+  try {
+    const response = await fetch("/v1/pairing", { cache: "no-store" });
+    if (response.ok) fingerprint = normalFingerprint((await response.json()).fingerprint);
+  } catch {
+    // offline: the service worker serves the app
+  }
+  if (fingerprint) localStorage.setItem(LAST_BOX_KEY, fingerprint);
+  else fingerprint = localStorage.getItem(LAST_BOX_KEY) || "unknown";
+  box = fingerprint;
+  adoptUnkeyed();
+  return box;
+}
+
+/** The storage key of `name` for this box. */
+export function boxKey(name) {
+  return `llamabox.${box || "unknown"}.${name}`;
+}
+
+// Data an earlier version kept at fixed names goes to the box its credential names (or
+// to this box when there is no credential), once.
+function adoptUnkeyed() {
+  let owner = box;
+  try {
+    const old = JSON.parse(localStorage.getItem("llamabox.credential") || "null");
+    if (old && old.fingerprint) owner = normalFingerprint(old.fingerprint);
+  } catch {
+    // unreadable: treated as this box's
+  }
+  for (const name of UNKEYED) {
+    const value = localStorage.getItem(`llamabox.${name}`);
+    if (value === null) continue;
+    const key = `llamabox.${owner}.${name}`;
+    if (localStorage.getItem(key) === null) localStorage.setItem(key, value);
+    localStorage.removeItem(`llamabox.${name}`);
+  }
+}
 
 export function loadCredential() {
   try {
-    const credential = JSON.parse(localStorage.getItem(CREDENTIAL_KEY) || "null");
+    const credential = JSON.parse(localStorage.getItem(boxKey("credential")) || "null");
     return credential && typeof credential.token === "string" ? credential : null;
   } catch {
     return null;
@@ -13,11 +65,11 @@ export function loadCredential() {
 }
 
 export function saveCredential(credential) {
-  localStorage.setItem(CREDENTIAL_KEY, JSON.stringify(credential));
+  localStorage.setItem(boxKey("credential"), JSON.stringify(credential));
 }
 
 export function forgetCredential() {
-  localStorage.removeItem(CREDENTIAL_KEY);
+  localStorage.removeItem(boxKey("credential"));
 }
 
 /** A SHA-256 fingerprint the way browsers show certificates: AB:CD:… */

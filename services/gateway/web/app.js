@@ -1,6 +1,6 @@
 // Llama Box web app: pairing, then chat, voice and device tabs.
 
-import { forgetCredential, formatFingerprint, loadCredential, saveCredential, setUnauthorizedHandler } from "./api.js";
+import { forgetCredential, formatFingerprint, identifyBox, loadCredential, saveCredential, setUnauthorizedHandler } from "./api.js";
 import { initChat, loadModels, overlay, stopChat } from "./chat.js";
 import { initDevice, showDevice } from "./device.js";
 import { pair } from "./pairing.js";
@@ -166,9 +166,15 @@ setUnauthorizedHandler(() => {
 
 // ---- start -----------------------------------------------------------------------------
 
-// The label's QR code opens `/#pair=<code>`: the fragment never leaves the phone. The
-// code fills the form and is taken out of the address bar and history at once.
+// The label's QR code opens `/#pair` (the code is typed from the label, never carried by
+// a link a spoofed name could serve). A `#pair=<code>` someone typed themselves fills the
+// form; the fragment never leaves the phone and is taken out of the address bar and
+// history at once.
 function codeFromLink() {
+  if (location.hash === "#pair") {
+    history.replaceState(null, "", location.pathname);
+    return;
+  }
   const match = /^#pair=([0-9 -]{8,12})$/.exec(location.hash);
   if (!match) return;
   history.replaceState(null, "", location.pathname);
@@ -177,5 +183,8 @@ function codeFromLink() {
 
 codeFromLink();
 initPairing();
-if (loadCredential()) showApp();
-else showPairing();
+// Which box this is decides whose credential and conversations the app may use.
+identifyBox().then(() => {
+  if (loadCredential()) showApp();
+  else showPairing();
+});

@@ -1,12 +1,9 @@
 // The chat screen: conversations kept on this phone (localStorage), answers streamed
 // from the box's OpenAI-compatible API, rendered as Markdown while they arrive.
 
-import { apiFetch, apiJson, ApiError, serverSentEvents } from "./api.js";
+import { apiFetch, apiJson, ApiError, boxKey, serverSentEvents } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 
-const CONVERSATIONS_KEY = "llamabox.conversations";
-const CURRENT_KEY = "llamabox.current";
-const SETTINGS_KEY = "llamabox.settings";
 
 const $ = (id) => document.getElementById(id);
 
@@ -20,22 +17,29 @@ function load(key, fallback) {
   }
 }
 
-let conversations = load(CONVERSATIONS_KEY, []);
-let currentId = localStorage.getItem(CURRENT_KEY);
-let settings = load(SETTINGS_KEY, {});
+// This box's (api.js: identifyBox), loaded by initChat.
+let conversations = [];
+let currentId = null;
+let settings = {};
+
+function loadStore() {
+  conversations = load(boxKey("conversations"), []);
+  currentId = localStorage.getItem(boxKey("current"));
+  settings = load(boxKey("settings"), {});
+}
 
 function save() {
   try {
-    localStorage.setItem(CONVERSATIONS_KEY, JSON.stringify(conversations));
-    if (currentId) localStorage.setItem(CURRENT_KEY, currentId);
-    else localStorage.removeItem(CURRENT_KEY);
+    localStorage.setItem(boxKey("conversations"), JSON.stringify(conversations));
+    if (currentId) localStorage.setItem(boxKey("current"), currentId);
+    else localStorage.removeItem(boxKey("current"));
   } catch (e) {
     showError(`Could not save the conversation on this phone: ${e.message}`);
   }
 }
 
 function saveSettings() {
-  localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
+  localStorage.setItem(boxKey("settings"), JSON.stringify(settings));
 }
 
 function current() {
@@ -343,6 +347,7 @@ function readSettings() {
 // ---- wiring ----------------------------------------------------------------------------
 
 export function initChat() {
+  loadStore();
   // An answer cut off by a reload is kept as it was, marked stopped.
   for (const conversation of conversations) {
     for (const message of conversation.messages) {

@@ -6,8 +6,10 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, Multipart, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +19,8 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 use tokio_stream::StreamExt as _;
 
-use crate::audio::{decode_wav, to_whisper_rate};
+use crate::audio::to_whisper_rate;
+use crate::audio::upload::{read_multipart, Format, Transcription, UploadError};
 use crate::events::Events;
 use crate::pipeline::Stats;
 use crate::transcribe::{Options, Transcriber};
@@ -80,60 +83,30 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Default)]
-struct Upload {
-    file: Option<Vec<u8>>,
-    model: Option<String>,
-    language: Option<String>,
-    prompt: Option<String>,
-    response_format: Option<String>,
-    temperature: Option<String>,
-}
-
-async fn read_upload(mut form: Multipart) -> Result<Upload, ApiError> {
-    let mut upload = Upload::default();
-    let bad = |e: axum::extract::multipart::MultipartError| {
-        let status = e.status();
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> ApiError {
         ApiError {
-            status,
-            message: format!("the multipart body is malformed: {}", e.body_text()),
-            param: None,
+            status: StatusCode::BAD_REQUEST,
+            message: e.message,
+            param: e.param,
             code: None,
         }
-    };
-    while let Some(field) = form.next_field().await.map_err(bad)? {
-        let name = field.name().unwrap_or_default().to_string();
-        match name.as_str() {
-            "file" => upload.file = Some(field.bytes().await.map_err(bad)?.to_vec()),
-            "model" | "language" | "prompt" | "response_format" | "temperature" => {
-                let value = field.text().await.map_err(bad)?;
-                let slot = match name.as_str() {
-                    "model" => &mut upload.model,
-                    "language" => &mut upload.language,
-                    "prompt" => &mut upload.prompt,
-                    "response_format" => &mut upload.response_format,
-                    _ => &mut upload.temperature,
-                };
-                *slot = Some(value);
-            }
-            // Accepted and ignored, as optional OpenAI fields we do not support yet
-            // change nothing about the text.
-            "timestamp_granularities[]" | "stream" | "chunking_strategy" | "include[]" => {}
-            other => {
-                return Err(ApiError::invalid(
-                    "file",
-                    format!("unknown form field `{other}`"),
-                ))
-            }
-        }
     }
-    Ok(upload)
 }
 
-async fn transcriptions(State(api): State<Api>, form: Multipart) -> Result<Response, ApiError> {
-    let upload = read_upload(form).await?;
+async fn transcriptions(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let upload = read_multipart(content_type, &body)?;
     let model = upload
         .model
+        .clone()
         .ok_or_else(|| ApiError::invalid("model", "`model` is required"))?;
     if model != api.model && model != OPENAI_MODEL {
         return Err(ApiError {
@@ -146,37 +119,17 @@ async fn transcriptions(State(api): State<Api>, form: Multipart) -> Result<Respo
             code: Some("model_not_found"),
         });
     }
-    let format = upload.response_format.unwrap_or_else(|| "json".into());
-    if !matches!(format.as_str(), "json" | "text" | "verbose_json") {
-        return Err(ApiError::invalid(
-            "response_format",
-            format!("`{format}` is not supported: use json, text or verbose_json"),
-        ));
-    }
-    let temperature = match upload.temperature.as_deref() {
-        None => None,
-        Some(t) => match t.parse::<f32>() {
-            Ok(t) if (0.0..=1.0).contains(&t) => Some(t),
-            _ => {
-                return Err(ApiError::invalid(
-                    "temperature",
-                    format!("`{t}` is not a temperature between 0 and 1"),
-                ))
-            }
-        },
-    };
-    let file = upload
-        .file
-        .ok_or_else(|| ApiError::invalid("file", "`file` is required"))?;
-    let (samples, rate) = decode_wav(&file[..]).map_err(|e| {
-        ApiError::invalid(
-            "file",
-            format!("the file is not audio this box reads ({e:#}); send WAV (PCM or float)"),
-        )
-    })?;
+    let Transcription {
+        samples,
+        rate,
+        format,
+        temperature,
+        language,
+        prompt,
+    } = upload.check()?;
     let options = Options {
-        language: upload.language.filter(|l| !l.is_empty()),
-        prompt: upload.prompt.filter(|p| !p.is_empty()),
+        language,
+        prompt,
         temperature,
     };
     let transcriber = api.transcriber.clone();
@@ -202,9 +155,9 @@ async fn transcriptions(State(api): State<Api>, form: Multipart) -> Result<Respo
             }
         }
     })?;
-    Ok(match format.as_str() {
-        "text" => format!("{}\n", transcript.text).into_response(),
-        "verbose_json" => {
+    Ok(match format {
+        Format::Text => format!("{}\n", transcript.text).into_response(),
+        Format::VerboseJson => {
             let segments: Vec<Value> = transcript
                 .segments
                 .iter()
@@ -223,7 +176,7 @@ async fn transcriptions(State(api): State<Api>, form: Multipart) -> Result<Respo
             }))
             .into_response()
         }
-        _ => Json(json!({"text": transcript.text})).into_response(),
+        Format::Json => Json(json!({"text": transcript.text})).into_response(),
     })
 }
 

@@ -159,6 +159,13 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
         .unwrap();
     let device = pairing["device"].as_str().unwrap().to_string();
     let fingerprint = pairing["fingerprint"].as_str().unwrap().to_uppercase();
+    // What the app keeps for this box (api.js: per-box storage).
+    let stored = |name: &str| {
+        format!(
+            "return localStorage.getItem('llamabox.{}.{name}');",
+            fingerprint.to_lowercase()
+        )
+    };
 
     let browser = Browser::start(&chromium, &chromedriver);
     browser.goto(&format!("{origin}/"));
@@ -207,8 +214,8 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     let shown = browser.text_of("#paired-fingerprint");
     assert_eq!(shown.replace(':', ""), fingerprint, "fingerprint shown");
     assert_eq!(browser.text_of("#paired-device"), device);
-    let credential =
-        browser.exec("return JSON.parse(localStorage.getItem('llamabox.credential'));");
+    let credential: Value =
+        serde_json::from_str(browser.exec(&stored("credential")).as_str().unwrap()).unwrap();
     let token = credential["token"].as_str().unwrap().to_string();
     let phone_id = credential["phoneId"].as_str().unwrap().to_string();
     let phones: Value = client()
@@ -232,7 +239,8 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     browser.type_into("#set-max-tokens", "200");
     browser.type_into("#set-temperature", "0");
     browser.click("#settings-close");
-    let settings = browser.exec("return JSON.parse(localStorage.getItem('llamabox.settings'));");
+    let settings: Value =
+        serde_json::from_str(browser.exec(&stored("settings")).as_str().unwrap()).unwrap();
     assert_eq!(settings["max_tokens"], "200", "{settings}");
     assert_eq!(settings["temperature"], "0", "{settings}");
 
@@ -389,23 +397,15 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
         Duration::from_secs(30),
     );
     assert_eq!(browser.exec(&browser.visible("#pairing")), false);
-    assert!(browser
-        .exec("return localStorage.getItem('llamabox.credential');")
-        .is_string());
+    assert!(browser.exec(&stored("credential")).is_string());
 
     // The box is back, now with a voice service: live transcripts and answers.
     let (_voice_process, voice, _voice_audio) = voice_service(&inference_url);
-    let _gateway = start_gateway(
-        state.path(),
-        &web,
-        LOOPBACK,
-        (http, https),
-        CODE,
-        &Services {
-            inference: &inference_url,
-            voice: &voice,
-        },
-    );
+    let services = Services {
+        inference: &inference_url,
+        voice: &voice,
+    };
+    let gateway = start_gateway(state.path(), &web, LOOPBACK, (http, https), CODE, &services);
     browser.click(".tabs button[data-tab=voice]");
     browser.wait(
         "the transcript and its answer",
@@ -416,6 +416,73 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     );
     assert!(browser.text_of("#voice-state").contains("Listening"));
     browser.screenshot("voice");
+
+    // Another box at the same origin (every box's USB link is http://10.55.0.1): the app
+    // sends it neither this box's token nor shows it this box's conversations; pairing
+    // with it leaves this box's credential alone, and the first box gets its own back.
+    drop(gateway);
+    let other_state = tempfile::tempdir().unwrap();
+    let other = start_gateway(
+        other_state.path(),
+        &web,
+        LOOPBACK,
+        (http, https),
+        CODE,
+        &services,
+    );
+    let other_pairing: Value = client()
+        .get(format!("{origin}/v1/pairing"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_ne!(
+        other_pairing["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_uppercase(),
+        fingerprint,
+        "two boxes, two certificates"
+    );
+    browser.goto(&format!("{origin}/"));
+    browser.wait(
+        "the other box's pairing screen",
+        &browser.visible("#pair-code"),
+        Duration::from_secs(30),
+    );
+    // Had the token been sent, the other box's 401 would read "no longer paired" and the
+    // app would have forgotten this box's credential.
+    assert_eq!(browser.text_of("#pair-error"), "", "no token was refused");
+    assert!(browser.exec(&stored("credential")).is_string());
+    browser.type_into("#pair-code", CODE);
+    browser.click("#pair-button");
+    browser.wait(
+        "pairing with the other box",
+        &browser.visible("#pair-done"),
+        Duration::from_secs(30),
+    );
+    browser.click("#pair-continue");
+    browser.wait(
+        "the other box's empty chat",
+        &browser.visible("#prompt"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        browser.exec("return document.querySelectorAll('#messages .msg').length;"),
+        0,
+        "the first box's conversation shown for another box"
+    );
+    drop(other);
+    let _gateway = start_gateway(state.path(), &web, LOOPBACK, (http, https), CODE, &services);
+    browser.goto(&format!("{origin}/"));
+    browser.wait(
+        "the first box's conversation, back with its box",
+        &format!(
+            "const u = document.querySelector('#messages .msg.user .body');
+             return !!u && u.textContent === {QUESTION:?};"
+        ),
+        Duration::from_secs(30),
+    );
 
     // Revoked: this phone is not paired any more; its next request leads to pairing.
     let revoked = client()
@@ -431,8 +498,6 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
         Duration::from_secs(30),
     );
     assert!(browser.text_of("#pair-error").contains("no longer paired"));
-    assert!(browser
-        .exec("return localStorage.getItem('llamabox.credential');")
-        .is_null());
+    assert!(browser.exec(&stored("credential")).is_null());
     eprintln!("web app test done in {:?}", started.elapsed());
 }

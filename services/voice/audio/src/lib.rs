@@ -1,9 +1,11 @@
 //! Where sound comes from: a capture device (the box's microphone, through ALSA) or a WAV
 //! file (tests, benchmarks, uploads). Every source hands out mono `f32` samples at its own
 //! rate; [`Resampler`] brings them to the 16 kHz Whisper and the voice detector expect.
+//! [`upload`] reads what phones upload for a transcription.
 
 mod device;
 mod resample;
+pub mod upload;
 mod wav;
 
 pub use device::DeviceSource;
