@@ -58,6 +58,10 @@ pub struct VoiceCheck {
     /// Every one of these words must be in the transcript (letter case and punctuation
     /// aside).
     pub words: String,
+    /// Boards (`/etc/llamabox/board`) where this part is not run, each for a stated
+    /// reason in the file: the model's answer is still checked there.
+    #[serde(default)]
+    pub skip_boards: Vec<String>,
 }
 
 impl Config {
@@ -93,7 +97,12 @@ pub fn run(config: &Config, say: &mut dyn FnMut(&str)) -> Result<String, String>
     }
     let mut heard = format!("the model answered {answer:?}");
 
-    if let Some(voice) = &config.voice {
+    let board = std::fs::read_to_string(llamabox_format::paths::BOARD).unwrap_or_default();
+    let voice = config
+        .voice
+        .as_ref()
+        .filter(|v| !v.skip_boards.iter().any(|b| b == board.trim()));
+    if let Some(voice) = voice {
         say("waiting for the voice service");
         wait_for_health(&client, &voice.url, "the voice service", wait)?;
         say("transcribing the golden clip");

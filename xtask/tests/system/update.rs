@@ -105,6 +105,12 @@ fn a_release_that_never_becomes_healthy_is_rolled_back() {
 
     // Slot b gets the board's tries, each ending at the health gate's deadline; then
     // the bootloader falls back to slot a.
+    fell_back_from_0_2_0(&mut vm);
+}
+
+/// Boots a box whose slot b holds a refused 0.2.0: waits until the bootloader has fallen
+/// back to slot a (0.1.0) and its status says so. Returns the console and the status.
+fn fell_back_from_0_2_0(vm: &mut TestMachine) -> (String, String) {
     let mut machine = vm.boot();
     let console = machine
         .wait_for("slot a already blessed", BOOT_TIMEOUT * 4)
@@ -127,6 +133,7 @@ fn a_release_that_never_becomes_healthy_is_rolled_back() {
         status.contains("update to 0.2.0 failed") && status.contains("fell back to slot a"),
         "{status}"
     );
+    (console, status)
 }
 
 /// The semantic health gate: v0.2.0 starts every service, but its model answers
@@ -206,32 +213,13 @@ fn a_release_whose_model_answers_wrongly_is_rolled_back() {
     eprintln!("{last}\ninstall took {:.1?}", started.elapsed());
     power_off(&mut agent, &mut machine);
 
-    let mut machine = vm.boot();
-    let console = machine
-        .wait_for("slot a already blessed", BOOT_TIMEOUT * 4)
-        .unwrap();
-    assert!(
-        console.contains("stage 2 reached: slot b, version 0.2.0"),
-        "{console}"
-    );
+    let (console, status) = fell_back_from_0_2_0(&mut vm);
     assert!(
         console.contains("the language model answered the golden prompt wrongly"),
         "{console}"
     );
-    let mut agent = xtask::qemu::Agent::connect(&vm.agent_socket()).unwrap();
-    let status = agent
-        .command(
-            "exec /usr/bin/llamabox update status",
-            Duration::from_secs(60),
-        )
-        .unwrap()
-        .join("\n");
-    eprintln!("{status}");
-    assert!(status.contains("running 0.1.0 from slot a"), "{status}");
     assert!(
-        status.contains("update to 0.2.0 failed")
-            && status
-                .contains("release-check: the language model answered the golden prompt wrongly")
+        status.contains("release-check: the language model answered the golden prompt wrongly")
             && status.contains("expected \"Paris\"")
             && status.contains("fell back to slot a"),
         "{status}"

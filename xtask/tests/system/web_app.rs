@@ -77,6 +77,14 @@ fn voice_service(inference_url: &str) -> (Process, String, tempfile::TempDir) {
     (process, url, dir)
 }
 
+/// A script true once the conversation that asked `QUESTION` is on screen.
+fn first_question_shown() -> String {
+    format!(
+        "const u = document.querySelector('#messages .msg.user .body');
+         return !!u && u.textContent === {QUESTION:?};"
+    )
+}
+
 /// The last assistant bubble: its text, state and how often it was repainted.
 const LAST_ANSWER: &str = "const all = document.querySelectorAll('#messages .msg.assistant');
     const e = all[all.length - 1];
@@ -390,10 +398,7 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     browser.refresh();
     browser.wait(
         "the app from the offline cache",
-        &format!(
-            "const u = document.querySelector('#messages .msg.user .body');
-             return !!u && u.textContent === {QUESTION:?};"
-        ),
+        &first_question_shown(),
         Duration::from_secs(30),
     );
     assert_eq!(browser.exec(&browser.visible("#pairing")), false);
@@ -477,10 +482,7 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     browser.goto(&format!("{origin}/"));
     browser.wait(
         "the first box's conversation, back with its box",
-        &format!(
-            "const u = document.querySelector('#messages .msg.user .body');
-             return !!u && u.textContent === {QUESTION:?};"
-        ),
+        &first_question_shown(),
         Duration::from_secs(30),
     );
 
