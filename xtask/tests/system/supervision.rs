@@ -57,6 +57,7 @@ fn services_come_up_and_a_killed_service_comes_back() {
             "gateway",
             "inference",
             "network",
+            "release-check",
             "test-agent",
             "test-idle",
             "update",
@@ -66,6 +67,17 @@ fn services_come_up_and_a_killed_service_comes_back() {
         ]
     );
     assert!(!s.service("inference").unwrap().critical);
+    // A factory image's first boot has no blessed release to fall back to: nothing to
+    // check, ready at once.
+    let check = s.service("release-check").unwrap();
+    assert!(check.critical && check.ready, "{check:?}");
+    assert!(
+        check
+            .status
+            .as_deref()
+            .is_some_and(|s| s.contains("nothing to check")),
+        "{check:?}"
+    );
     let idle = s.service("test-idle").unwrap();
     assert!(idle.critical && idle.starts == 1, "{idle:?}");
 
