@@ -33,7 +33,7 @@ const ARM64_TESTS: &[&str] = &[
     "corrupt_slot_a_fails_verification_and_slot_b_boots",
     "root_hash_signed_by_an_untrusted_key_is_refused",
     "inference_answers_a_paired_phone_through_the_gateway",
-    "updates_install_into_the_other_slot_and_the_next_one_comes_back",
+    "an_update_installs_into_the_other_slot_and_the_next_one_comes_back",
     "arm64_",
     "two_clean_builds_are_byte_identical",
 ];

@@ -69,8 +69,10 @@ fn boot_expecting(
     (machine, agent)
 }
 
+// Named to start first among the update tests (libtest runs them in name order): with
+// two boots through the release check it is the longest, and last it ran alone.
 #[test]
-fn updates_install_into_the_other_slot_and_the_next_one_comes_back() {
+fn an_update_installs_into_the_other_slot_and_the_next_one_comes_back() {
     let mut vm = TestMachine::with_image("update-ab", TEST_IMAGE);
     let repo = vm.dir.join("repo");
     publish(&repo, "llamabox-test-v2");
