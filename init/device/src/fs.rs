@@ -1,4 +1,4 @@
-//! Mount helpers with errors that name what failed.
+//! Mount helpers with errors that name what failed, and durable file writes.
 
 use std::path::Path;
 
@@ -43,4 +43,19 @@ pub fn is_read_only(path: &Path) -> bool {
     nix::sys::statvfs::statvfs(path)
         .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
         .unwrap_or(false)
+}
+
+/// Replaces `path` with `bytes` so that a power cut leaves the old file or the new one,
+/// never a mix: a temporary file beside it, fsynced, renamed over it, then the directory
+/// fsynced. Creates the directory if needed.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }

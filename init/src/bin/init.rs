@@ -7,7 +7,6 @@
 //! service (SIGTERM: power off; SIGINT or ctrl-alt-del: reboot), PID 1 syncs, unmounts
 //! the data partition and leaves.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -179,13 +178,10 @@ fn record_boot() -> std::io::Result<u64> {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     let n = previous + 1;
-    std::fs::create_dir_all("/var/lib/llamabox")?;
-    let tmp = format!("{BOOT_COUNT}.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{n}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, BOOT_COUNT)?;
-    std::fs::File::open("/var/lib/llamabox")?.sync_all()?;
+    fs::write_durably(
+        std::path::Path::new(BOOT_COUNT),
+        format!("{n}\n").as_bytes(),
+    )?;
     Ok(n)
 }
 
@@ -246,15 +242,7 @@ fn record_refusal(slot: Slot, version: &str, reason: &str) {
         reason: reason.to_string(),
     };
     let path = std::path::Path::new(llamabox_format::health::VERDICT);
-    let tmp = path.with_extension("tmp");
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(verdict.to_json().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(path.parent().unwrap_or(std::path::Path::new("/")))?.sync_all()
-    })();
-    if let Err(e) = written {
+    if let Err(e) = fs::write_durably(path, verdict.to_json().as_bytes()) {
         info!(
             "cannot record why slot {slot} was refused in {}: {e}",
             path.display()

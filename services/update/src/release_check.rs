@@ -12,7 +12,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sd_notify::NotifyState;
 use serde::Deserialize;
+
+/// Tells the supervisor (`$NOTIFY_SOCKET`); nothing to do without one.
+fn notify(states: &[NotifyState]) {
+    let _ = sd_notify::notify(false, states);
+}
 
 /// The image's check: /usr/share/llamabox/release-check/check.toml.
 #[derive(Debug, Deserialize)]
@@ -97,11 +103,11 @@ pub fn run(config: &Config, say: &mut dyn FnMut(&str)) -> Result<String, String>
     }
     let mut heard = format!("the model answered {answer:?}");
 
-    let board = std::fs::read_to_string(llamabox_format::paths::BOARD).unwrap_or_default();
+    let board = crate::device::board().unwrap_or_default();
     let voice = config
         .voice
         .as_ref()
-        .filter(|v| !v.skip_boards.iter().any(|b| b == board.trim()));
+        .filter(|v| !v.skip_boards.contains(&board));
     if let Some(voice) = voice {
         say("waiting for the voice service");
         wait_for_health(&client, &voice.url, "the voice service", wait)?;
@@ -217,17 +223,22 @@ pub fn serve(config: &Path, always: bool) -> ! {
     let boot = llamabox_device::boot_info::BootInfo::read().unwrap_or_default();
     let decides = boot.get("trial") == Some("yes") && boot.get("fallback") == Some("blessed");
     if !decides && !always {
-        notify("STATUS=no update on trial with a good release to fall back to: nothing to check\nREADY=1");
+        notify(&[
+            NotifyState::Status(
+                "no update on trial with a good release to fall back to: nothing to check",
+            ),
+            NotifyState::Ready,
+        ]);
         idle()
     }
     let mut say = |what: &str| {
         eprintln!("llamabox-update: release check: {what}");
-        notify(&format!("STATUS={}", one_line(what)));
+        notify(&[NotifyState::Status(&one_line(what))]);
     };
     match Config::read(config).and_then(|c| run(&c, &mut say)) {
         Ok(heard) => {
             say(&format!("the release answers as it should: {heard}"));
-            notify("READY=1");
+            notify(&[NotifyState::Ready]);
             idle()
         }
         Err(reason) => {
@@ -251,15 +262,6 @@ fn one_line(text: &str) -> String {
 fn idle() -> ! {
     loop {
         std::thread::park();
-    }
-}
-
-/// Sends `message` to the supervisor's notify socket, if there is one.
-pub fn notify(message: &str) {
-    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-        if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
-            let _ = socket.send_to(message.as_bytes(), path);
-        }
     }
 }
 

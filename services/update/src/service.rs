@@ -524,7 +524,7 @@ pub fn run() -> ! {
         }
     };
     log(&format!("serving {BUS_NAME}"));
-    crate::release_check::notify("READY=1");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     // Settle the last install: at once, then until the booted slot is blessed.
     let settler = service.clone();

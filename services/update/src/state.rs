@@ -3,7 +3,6 @@
 //! whose clock resets still refuses stale metadata), and the anti-rollback floor.
 //! Files are replaced atomically (write, fsync, rename, fsync the directory).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -110,15 +109,6 @@ impl Seen {
 }
 
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(crate::io(format!("creating {}", dir.display())))?;
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(crate::io(format!("writing {}", path.display())))
+    llamabox_device::fs::write_durably(path, bytes)
+        .map_err(crate::io(format!("writing {}", path.display())))
 }

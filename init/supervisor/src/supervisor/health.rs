@@ -35,13 +35,23 @@ pub(super) enum Judgement {
     Refused(String),
 }
 
+impl Critical<'_> {
+    /// "release-check: the language model answered …", or just its name.
+    fn describe(&self) -> String {
+        match self.said {
+            Some(said) => format!("{}: {said}", self.name),
+            None => self.name.to_string(),
+        }
+    }
+}
+
 /// What the critical services say about the slot right now.
 pub(super) fn judge(critical: &[Critical]) -> Judgement {
-    let describe = |c: &Critical| match c.said {
-        Some(said) => format!("{}: {said}", c.name),
-        None => c.name.to_string(),
-    };
-    let failed: Vec<String> = critical.iter().filter(|c| c.failed).map(describe).collect();
+    let failed: Vec<String> = critical
+        .iter()
+        .filter(|c| c.failed)
+        .map(Critical::describe)
+        .collect();
     if !failed.is_empty() {
         return Judgement::Refused(failed.join("; "));
     }
@@ -57,10 +67,7 @@ pub(super) fn not_ready(critical: &[Critical]) -> String {
     critical
         .iter()
         .filter(|c| !c.ready)
-        .map(|c| match c.said {
-            Some(said) => format!("{}: {said}", c.name),
-            None => c.name.to_string(),
-        })
+        .map(Critical::describe)
         .collect::<Vec<_>>()
         .join("; ")
 }
