@@ -9,6 +9,8 @@ use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+pub use llamabox_inference_protocol::Message;
+
 const NAME: &str = "chat";
 
 pub struct ChatTemplate {
@@ -16,21 +18,6 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     hermes_tools: bool,
-}
-
-/// One message as the template sees it: text content, and for templates that know tools,
-/// the assistant's calls (Hugging Face's shape: `function.arguments` is an object) or the
-/// tool result's call id and function name.
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<Json>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
 }
 
 impl ChatTemplate {

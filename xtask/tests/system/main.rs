@@ -20,6 +20,7 @@ mod inference;
 mod load;
 mod models;
 mod phone_link;
+mod release_check;
 mod reproducible;
 mod supervision;
 mod update;

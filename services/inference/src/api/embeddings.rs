@@ -12,33 +12,12 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Deserialize;
 use serde_json::json;
 
+use llamabox_inference_protocol::embeddings::{EmbeddingsRequest, Input, MAX_INPUTS};
+
 use super::{parse_json, resolve_model, respond, ApiError};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::models::Models;
-
-/// Inputs per request (OpenAI's limit).
-const MAX_INPUTS: usize = 2048;
-
-#[derive(Deserialize)]
-struct EmbeddingsRequest {
-    #[serde(default)]
-    model: Option<String>,
-    input: Input,
-    #[serde(default)]
-    encoding_format: Option<String>,
-    #[serde(default)]
-    dimensions: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Input {
-    Text(String),
-    Texts(Vec<String>),
-    Tokens(Vec<i32>),
-    TokenLists(Vec<Vec<i32>>),
-}
 
 pub async fn embeddings(State(models): State<Arc<Models>>, body: Bytes) -> Response {
     let engine = match super::engine_for_body(&models, &body).await {
@@ -52,16 +31,7 @@ pub async fn embeddings(State(models): State<Arc<Models>>, body: Bytes) -> Respo
 async fn run(engine: &Engine, body: &Bytes) -> Result<Response, ApiError> {
     let request: EmbeddingsRequest = parse_json(body)?;
     let model = resolve_model(engine, request.model.as_deref()).await?;
-    let base64 = match request.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "encoding_format",
-                format!("encoding_format must be `float` or `base64`, not `{other}`"),
-            ))
-        }
-    };
+    let base64 = request.base64()?;
     let n_embd = model.model.n_embd() as u32;
     if request.dimensions.is_some_and(|d| d != n_embd) {
         return Err(ApiError::invalid(

@@ -12,12 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
+use llamabox_inference_protocol::openai::GenerateRequest;
+use llamabox_inference_protocol::tools::{CallParser, Convention, ToolCall, ToolChoice, Tools};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::request::GenerateRequest;
-use super::tools::{CallParser, Convention, ToolCall, ToolChoice, Tools};
 use super::{new_id, parse_json, resolve_model, respond, unix_now, ApiError};
-use crate::engine::{Engine, Event, GenerateJob, SubmitError, TokenLogprob, Usage};
+use crate::engine::{
+    schema_to_grammar, Engine, Event, GenerateJob, SubmitError, TokenLogprob, Usage,
+};
 use crate::metrics::Metrics;
 use crate::models::Models;
 
@@ -88,7 +90,11 @@ pub(super) async fn start(
     kind: Kind,
 ) -> Result<Started, ApiError> {
     let model = resolve_model(engine, request.model.as_deref()).await?;
-    let mut generation = request.generation_from(engine.parallel(), engine.sampling_defaults())?;
+    let mut generation = request.generation_from(
+        engine.parallel(),
+        engine.sampling_defaults(),
+        &schema_to_grammar,
+    )?;
     let input_param = match kind {
         Kind::Chat => "messages",
         Kind::Completion => "prompt",
@@ -112,7 +118,7 @@ pub(super) async fn start(
             // A history with calls but no tools offered now is written back the same way.
             let rewrite = match &tools {
                 Some(t) => {
-                    if let Some((gbnf, triggers)) = t.grammar()? {
+                    if let Some((gbnf, triggers)) = t.grammar(&schema_to_grammar)? {
                         generation.sampling.grammar = Some(gbnf);
                         generation.sampling.grammar_triggers = triggers;
                     }

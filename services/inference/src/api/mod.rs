@@ -5,12 +5,9 @@
 //! `GET /v1/models[/{id}]`, `GET /health`, `GET /metrics`; and Ollama's API (`ollama`).
 
 mod embeddings;
-mod error;
 mod generate;
 mod ollama;
-mod request;
 mod responses;
-mod tools;
 
 use std::sync::Arc;
 
@@ -20,10 +17,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
-pub use error::ApiError;
+pub use llamabox_inference_protocol::ApiError;
+use llamabox_inference_protocol::{new_id, parse_json, unix_now};
 
 use crate::engine::{Engine, LoadedModel, ModelCard, SubmitError};
 use crate::metrics::Metrics;
@@ -68,23 +65,6 @@ async fn engine_for_body(models: &Models, body: &Bytes) -> Result<Arc<Engine>, R
         .engine_for(requested_model(body).as_deref())
         .await
         .map_err(|e| respond_metrics(&models.metrics, Err(e)))
-}
-
-/// Parses a JSON body, answering 400 with serde's description (what and where) on failure.
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let what = e.into_inner();
-        if path == "." {
-            ApiError::bad_request(format!("the request body is not valid: {what}"))
-        } else {
-            ApiError::bad_request(format!("the request body is not valid: `{path}`: {what}"))
-        }
-    })?;
-    de.end()
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
-    Ok(value)
 }
 
 /// The handler's result as a response; client errors are counted in `/metrics`.
@@ -141,25 +121,7 @@ fn loading() -> ApiError {
     .with_code("model_loading")
 }
 
-/// `prefix` and an id unique within this run; the start time in it keeps ids apart
-/// across restarts.
-fn new_id(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(unix_now);
-    format!(
-        "{prefix}{start:x}{:06x}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn model_object(card: &ModelCard) -> serde_json::Value {
     json!({

@@ -26,11 +26,12 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::generate::{self, Kind, Out, Started};
-use super::request::{
-    ChatMessage, Content, FunctionCallIn, GenerateRequest, JsonSchemaFormat, PromptInput,
-    ResponseFormat, Stop, ToolCallIn,
+use llamabox_inference_protocol::ollama::{
+    chat_messages, check_capabilities, parse_keep_alive, translate, ChatBody, EmbedBody,
+    EmbedInput, GenerateBody, LegacyEmbedBody, NameBody,
 };
-use super::tools::ToolDef;
+use llamabox_inference_protocol::openai::{GenerateRequest, PromptInput};
+
 use super::{loading, parse_json, resolve_model, ApiError};
 use crate::engine::{Engine, KeepAlive, ModelCard, TokenLogprob, Usage};
 use crate::metrics::Metrics;
@@ -344,25 +345,6 @@ async fn ps(State(models): State<Arc<Models>>) -> Response {
     reply(&engine, result)
 }
 
-/// The body of `/api/show` and `/api/delete`: a model's name.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct NameBody {
-    model: String,
-    /// Older clients send `name`.
-    name: String,
-}
-
-impl NameBody {
-    fn name(&self) -> &str {
-        if self.model.is_empty() {
-            &self.name
-        } else {
-            &self.model
-        }
-    }
-}
-
 async fn show(State(models): State<Arc<Models>>, body: Bytes) -> Response {
     let request: NameBody = match parse_json(&body) {
         Ok(r) => r,
@@ -429,233 +411,6 @@ fn model_info(model: &ModelCard) -> Value {
     Value::Object(info)
 }
 
-/// Ollama's `options`: the sampling fields this engine has. Others (GPU layers, mmap, …)
-/// are about how Ollama runs a model and are ignored, as Ollama ignores ones it lacks.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Options {
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i32>,
-    min_p: Option<f32>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    repeat_penalty: Option<f32>,
-    seed: Option<i64>,
-    /// -1: until the end of the context; -2: fill the context; 0 or more: that many.
-    num_predict: Option<i64>,
-    stop: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Message {
-    role: String,
-    content: Option<String>,
-    images: Option<Vec<String>>,
-    tool_calls: Option<Vec<CallIn>>,
-    tool_name: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CallIn {
-    function: FunctionIn,
-}
-
-#[derive(Debug, Deserialize)]
-struct FunctionIn {
-    name: String,
-    /// An object, not OpenAI's JSON text.
-    #[serde(default)]
-    arguments: Value,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ChatBody {
-    model: String,
-    messages: Vec<Message>,
-    tools: Option<Vec<ToolDef>>,
-    format: Option<Value>,
-    options: Option<Options>,
-    stream: Option<bool>,
-    keep_alive: Option<Value>,
-    think: Option<Value>,
-    logprobs: Option<bool>,
-    top_logprobs: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct GenerateBody {
-    model: String,
-    prompt: Option<String>,
-    suffix: Option<String>,
-    system: Option<String>,
-    template: Option<String>,
-    raw: bool,
-    format: Option<Value>,
-    options: Option<Options>,
-    stream: Option<bool>,
-    keep_alive: Option<Value>,
-    images: Option<Vec<String>>,
-    context: Option<Vec<i64>>,
-    think: Option<Value>,
-    logprobs: Option<bool>,
-    top_logprobs: Option<i64>,
-}
-
-/// `keep_alive`: seconds as a number, or a duration such as `"5m"`, `"1h"`, `"0"`;
-/// negative means forever. Absent: the box's default, which keeps the model loaded.
-fn parse_keep_alive(value: Option<&Value>) -> Result<KeepAlive, ApiError> {
-    let seconds = |s: f64| {
-        if s < 0.0 {
-            KeepAlive::Forever
-        } else {
-            KeepAlive::For(Duration::from_secs_f64(s.min(1e9)))
-        }
-    };
-    let parsed = match value {
-        None | Some(Value::Null) => Some(KeepAlive::Forever),
-        Some(Value::Number(n)) => n.as_f64().map(seconds),
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            if s.starts_with('-') {
-                Some(KeepAlive::Forever)
-            } else if let Ok(n) = s.parse::<f64>() {
-                Some(seconds(n))
-            } else {
-                humantime::parse_duration(s).ok().map(KeepAlive::For)
-            }
-        }
-        Some(_) => None,
-    };
-    parsed.ok_or_else(|| {
-        ApiError::invalid(
-            "keep_alive",
-            format!(
-                "keep_alive must be seconds or a duration such as \"5m\", not {}",
-                value.unwrap_or(&Value::Null)
-            ),
-        )
-    })
-}
-
-fn check_capabilities(name: &str, think: Option<&Value>, images: bool) -> Result<(), ApiError> {
-    if matches!(think, Some(v) if !v.is_null() && *v != Value::Bool(false)) {
-        return Err(ApiError::invalid(
-            "think",
-            format!("'{name}' does not support thinking"),
-        ));
-    }
-    if images {
-        return Err(ApiError::invalid(
-            "images",
-            format!("'{name}' does not support images"),
-        ));
-    }
-    Ok(())
-}
-
-fn response_format(format: Option<&Value>) -> Result<Option<ResponseFormat>, ApiError> {
-    match format {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) if s == "json" => Ok(Some(ResponseFormat::JsonObject)),
-        Some(schema @ Value::Object(_)) => Ok(Some(ResponseFormat::JsonSchema {
-            json_schema: JsonSchemaFormat {
-                schema: schema.clone(),
-            },
-        })),
-        Some(other) => Err(ApiError::invalid(
-            "format",
-            format!("format must be \"json\" or a JSON schema object, not {other}"),
-        )),
-    }
-}
-
-/// The OpenAI-shaped request the rest of the service understands.
-fn translate(
-    model: &ModelCard,
-    options: Option<Options>,
-    format: Option<&Value>,
-    logprobs: Option<bool>,
-    top_logprobs: Option<i64>,
-) -> Result<GenerateRequest, ApiError> {
-    let o = options.unwrap_or_default();
-    Ok(GenerateRequest {
-        model: Some(model.id.clone()),
-        temperature: o.temperature,
-        top_p: o.top_p,
-        top_k: o.top_k,
-        min_p: o.min_p,
-        presence_penalty: o.presence_penalty,
-        frequency_penalty: o.frequency_penalty,
-        repeat_penalty: o.repeat_penalty,
-        seed: o.seed,
-        // Negative values mean "until the context is full", which is the engine's default.
-        max_tokens: o.num_predict.filter(|n| *n >= 0),
-        stop: o.stop.map(Stop::Many),
-        response_format: response_format(format)?,
-        logprobs: logprobs.map(Value::Bool),
-        top_logprobs: top_logprobs.filter(|_| logprobs == Some(true)),
-        ..GenerateRequest::default()
-    })
-}
-
-/// Ollama's messages as OpenAI's: call arguments become JSON text, and a tool result,
-/// which Ollama ties to its call by the tool's name, gets that call's id.
-fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
-    let mut open_calls: Vec<(String, String)> = Vec::new();
-    let mut out = Vec::with_capacity(messages.len());
-    for (i, m) in messages.into_iter().enumerate() {
-        if m.images.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::invalid(
-                "messages",
-                format!("messages[{i}] has images, and this model does not support images"),
-            ));
-        }
-        let tool_calls = m.tool_calls.map(|calls| {
-            open_calls.clear();
-            calls
-                .into_iter()
-                .enumerate()
-                .map(|(j, c)| {
-                    let id = format!("call_{i}_{j}");
-                    open_calls.push((c.function.name.clone(), id.clone()));
-                    ToolCallIn {
-                        id: Some(id),
-                        function: FunctionCallIn {
-                            name: c.function.name,
-                            arguments: Some(c.function.arguments.to_string()),
-                        },
-                    }
-                })
-                .collect()
-        });
-        let tool_call_id = (m.role == "tool").then(|| {
-            let at = m
-                .tool_name
-                .as_ref()
-                .and_then(|name| open_calls.iter().position(|(n, _)| n == name))
-                .unwrap_or(0);
-            if at < open_calls.len() {
-                open_calls.remove(at).1
-            } else {
-                format!("call_{i}")
-            }
-        });
-        out.push(ChatMessage {
-            role: m.role,
-            content: m.content.map(Content::Text),
-            tool_calls,
-            tool_call_id,
-            name: m.tool_name,
-        });
-    }
-    Ok(out)
-}
-
 async fn chat(State(models): State<Arc<Models>>, body: Bytes) -> Response {
     let engine = match engine_for_body(&models, &body).await {
         Ok(engine) => engine,
@@ -678,7 +433,7 @@ async fn chat(State(models): State<Arc<Models>>, body: Bytes) -> Response {
             return reply.load_or_unload(&engine, keep_alive).await;
         }
         let mut openai = translate(
-            &model,
+            &model.id,
             request.options,
             request.format.as_ref(),
             request.logprobs,
@@ -706,26 +461,7 @@ async fn generate_route(State(models): State<Arc<Models>>, body: Bytes) -> Respo
         let request: GenerateBody = parse_json(&body)?;
         let model = find_model(&engine, &request.model)?;
         let keep_alive = parse_keep_alive(request.keep_alive.as_ref())?;
-        let images = request.images.as_ref().is_some_and(|v| !v.is_empty());
-        check_capabilities(&request.model, request.think.as_ref(), images)?;
-        if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::invalid(
-                "suffix",
-                format!("'{}' does not support insert (suffix)", request.model),
-            ));
-        }
-        if request.template.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::invalid(
-                "template",
-                "a request's own template is not supported; send raw: true with the prompt already formatted",
-            ));
-        }
-        if request.context.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err(ApiError::invalid(
-                "context",
-                "context (token lists from earlier replies) is not supported; use /api/chat for conversations",
-            ));
-        }
+        request.check_supported()?;
         let reply = Reply {
             shape: Shape::Generate,
             model: ollama_name(&model),
@@ -737,7 +473,7 @@ async fn generate_route(State(models): State<Arc<Models>>, body: Bytes) -> Respo
             return reply.load_or_unload(&engine, keep_alive).await;
         }
         let mut openai = translate(
-            &model,
+            &model.id,
             request.options,
             request.format.as_ref(),
             request.logprobs,
@@ -917,7 +653,7 @@ impl Reply {
     }
 }
 
-fn calls_json(calls: &[crate::api::tools::ToolCall]) -> Option<Value> {
+fn calls_json(calls: &[llamabox_inference_protocol::tools::ToolCall]) -> Option<Value> {
     (!calls.is_empty()).then(|| {
         json!(calls
             .iter()
@@ -933,27 +669,6 @@ fn calls_json(calls: &[crate::api::tools::ToolCall]) -> Option<Value> {
 /// Ollama's logprobs are OpenAI chat's `logprobs.content` list, entry for entry.
 fn logprobs_json(entries: &[TokenLogprob]) -> Value {
     generate::logprobs_json(Kind::Chat, entries, 0)["content"].take()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum EmbedInput {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-struct EmbedBody {
-    #[serde(default)]
-    model: String,
-    input: EmbedInput,
-    /// Cut inputs longer than the context (Ollama's default) instead of refusing them.
-    #[serde(default)]
-    truncate: Option<bool>,
-    #[serde(default)]
-    dimensions: Option<u32>,
-    #[serde(default)]
-    keep_alive: Option<Value>,
 }
 
 /// Mean-pooled, normalized embeddings, cut to the context or refused, and to
@@ -1051,14 +766,6 @@ async fn embed(State(models): State<Arc<Models>>, body: Bytes) -> Response {
     reply(&engine, result)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct LegacyEmbedBody {
-    model: String,
-    prompt: String,
-    keep_alive: Option<Value>,
-}
-
 /// The older single-input route: `{"embedding": [...]}`.
 async fn embeddings_legacy(State(models): State<Arc<Models>>, body: Bytes) -> Response {
     let engine = match engine_for_body(&models, &body).await {
@@ -1123,64 +830,5 @@ mod tests {
         assert_eq!(parameter_size(134_515_008), "134.52M");
         assert_eq!(parameter_size(8_030_261_248), "8.0B");
         assert_eq!(parameter_size(268_098_176), "268.10M");
-    }
-
-    #[test]
-    fn keep_alive_takes_seconds_and_durations_and_refuses_the_rest() {
-        let after = |s| KeepAlive::For(Duration::from_secs(s));
-        for (given, want) in [
-            (json!(0), after(0)),
-            (json!("0"), after(0)),
-            (json!(300), after(300)),
-            (json!("5m"), after(300)),
-            (json!("1h"), after(3600)),
-            (json!(-1), KeepAlive::Forever),
-            (json!("-1"), KeepAlive::Forever),
-            (json!("-1m"), KeepAlive::Forever),
-            (Value::Null, KeepAlive::Forever),
-        ] {
-            assert_eq!(parse_keep_alive(Some(&given)).unwrap(), want, "{given}");
-        }
-        assert_eq!(parse_keep_alive(None).unwrap(), KeepAlive::Forever);
-        for bad in [json!("soon"), json!(true), json!([1])] {
-            let e = parse_keep_alive(Some(&bad)).unwrap_err();
-            assert!(e.message.contains("keep_alive"), "{}", e.message);
-        }
-    }
-
-    #[test]
-    fn a_tool_result_gets_the_id_of_the_call_with_its_name() {
-        let messages: Vec<Message> = serde_json::from_value(json!([
-            {"role": "user", "content": "weather in Paris and Rome?"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"function": {"name": "weather", "arguments": {"city": "Paris"}}},
-                {"function": {"name": "time", "arguments": {}}},
-            ]},
-            {"role": "tool", "content": "12:00", "tool_name": "time"},
-            {"role": "tool", "content": "sunny", "tool_name": "weather"},
-        ]))
-        .unwrap();
-        let out = chat_messages(messages).unwrap();
-        let calls = out[1].tool_calls.as_ref().unwrap();
-        assert_eq!(
-            calls[0].function.arguments.as_deref(),
-            Some(r#"{"city":"Paris"}"#)
-        );
-        assert_eq!(out[2].tool_call_id, calls[1].id);
-        assert_eq!(out[3].tool_call_id, calls[0].id);
-    }
-
-    #[test]
-    fn format_is_json_or_a_schema() {
-        assert!(matches!(
-            response_format(Some(&json!("json"))),
-            Ok(Some(ResponseFormat::JsonObject))
-        ));
-        assert!(matches!(
-            response_format(Some(&json!({"type": "object"}))),
-            Ok(Some(ResponseFormat::JsonSchema { .. }))
-        ));
-        assert!(matches!(response_format(Some(&json!(""))), Ok(None)));
-        assert!(response_format(Some(&json!("yaml"))).is_err());
     }
 }

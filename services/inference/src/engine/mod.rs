@@ -28,7 +28,8 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot, watch};
 use crate::metrics::Metrics;
 use crate::template::ChatTemplate;
 pub use kv_override::KvOverride;
-pub use sampling::SamplingParams;
+pub use llamabox_inference_protocol::ollama::KeepAlive;
+pub use sampling::{schema_to_grammar, SamplingParams};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -96,16 +97,6 @@ pub struct LoadedModel {
     /// Context (prompt + generated tokens) available to one request.
     pub n_ctx_seq: u32,
     pub card: Arc<ModelCard>,
-}
-
-/// How long the model stays loaded once the engine is idle: Ollama's `keep_alive`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KeepAlive {
-    /// The box's default: the model stays loaded.
-    #[default]
-    Forever,
-    /// Freed after this long without work (zero: as soon as the engine is idle).
-    For(Duration),
 }
 
 impl LoadedModel {

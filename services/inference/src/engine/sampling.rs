@@ -2,51 +2,8 @@
 
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+pub use llamabox_inference_protocol::SamplingParams;
 
-/// Validated sampling parameters. Defaults are llama-server's, so the same request gives
-/// the same kind of output from either server.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// 0 = greedy (always the most likely token).
-    pub temperature: f32,
-    /// 0 = off.
-    pub top_k: i32,
-    /// 1.0 = off.
-    pub top_p: f32,
-    /// 0.0 = off.
-    pub min_p: f32,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    /// 1.0 = off.
-    pub repeat_penalty: f32,
-    /// How many of the latest tokens the penalties look at.
-    pub penalty_last_n: i32,
-    /// None: a fresh random seed per request.
-    pub seed: Option<u32>,
-    /// A GBNF grammar (root rule `root`) that every generated token must follow.
-    pub grammar: Option<String>,
-    /// If any: the grammar binds only from the first of these words on (a tool call that
-    /// the model may or may not open).
-    pub grammar_triggers: Vec<String>,
-}
-
-impl Default for SamplingParams {
-    fn default() -> SamplingParams {
-        SamplingParams {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            repeat_penalty: 1.0,
-            penalty_last_n: 64,
-            seed: None,
-            grammar: None,
-            grammar_triggers: Vec::new(),
-        }
-    }
-}
 
 impl SamplingParams {
     /// Greedy with nothing before the pick: the next token is the largest logit, which
@@ -155,5 +112,43 @@ mod argmax_tests {
             ..greedy
         }
         .is_plain_greedy());
+    }
+}
+
+/// llama.cpp's JSON-schema-to-grammar converter, the one llama-server uses: the grammars
+/// of `response_format` and of offered tools. It refuses schemas it cannot express.
+pub fn schema_to_grammar(schema: &str) -> Result<String, String> {
+    llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod grammar_tests {
+    use llamabox_inference_protocol::tools::{Convention, ToolChoice, ToolDef, Tools};
+    use serde_json::json;
+
+    use super::schema_to_grammar;
+
+    #[test]
+    fn tool_grammars_compile_with_llama_cpps_converter() {
+        let defs: Vec<ToolDef> = serde_json::from_value(json!([
+            {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+            {"type": "function", "function": {"name": "get_time"}},
+        ]))
+        .unwrap();
+        for convention in [Convention::Generic, Convention::Hermes] {
+            for choice in [
+                ToolChoice::Auto,
+                ToolChoice::Required,
+                ToolChoice::Named("get_weather".into()),
+            ] {
+                let tools = Tools::new(&defs, choice.clone(), true, convention)
+                    .unwrap()
+                    .unwrap();
+                let (gbnf, triggers) = tools.grammar(&schema_to_grammar).unwrap().unwrap();
+                assert!(gbnf.contains("f0-root ::="), "{gbnf}");
+                assert_eq!(triggers.is_empty(), choice != ToolChoice::Auto);
+            }
+        }
+        assert!(schema_to_grammar("{\"type\": \"no-such-type\"}").is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Request bodies of the generation endpoints and their validation.
+//! The bodies of OpenAI's `/v1/chat/completions` and `/v1/completions`, and their
+//! validation.
 //!
 //! Unknown fields are ignored (clients send many optional extras); known fields with values
 //! out of range are refused with the parameter's name, never clamped silently.
@@ -6,10 +7,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::ApiError;
-use super::tools::{Convention, ToolChoice, ToolDef, Tools};
-use crate::engine::SamplingParams;
-use crate::template::Message;
+use crate::tools::{Convention, ToolChoice, ToolDef, Tools};
+use crate::{ApiError, Message, SamplingParams, SchemaToGrammar};
 
 /// The body of `/v1/chat/completions` and `/v1/completions` (each uses its own input field).
 #[derive(Debug, Default, Deserialize)]
@@ -142,14 +141,17 @@ impl GenerateRequest {
     /// The checked parameters; `max_choices` is the most `n` may be (the engine's sequences).
     #[cfg(test)]
     pub fn generation(&self, max_choices: u32) -> Result<Generation, ApiError> {
-        self.generation_from(max_choices, &SamplingParams::default())
+        let to_grammar = |_: &str| Ok("root ::= \"{}\"".to_string());
+        self.generation_from(max_choices, &SamplingParams::default(), &to_grammar)
     }
 
-    /// The same, with what the request leaves out taken from `defaults` (the model's).
+    /// The same, with what the request leaves out taken from `defaults` (the model's), and
+    /// a `response_format` schema turned into a grammar by `to_grammar`.
     pub fn generation_from(
         &self,
         max_choices: u32,
         defaults: &SamplingParams,
+        to_grammar: SchemaToGrammar,
     ) -> Result<Generation, ApiError> {
         let mut s = defaults.clone();
         if let Some(t) = self.temperature {
@@ -233,10 +235,10 @@ impl GenerateRequest {
         s.grammar = match &self.response_format {
             None | Some(ResponseFormat::Text) => None,
             Some(ResponseFormat::JsonObject) => {
-                Some(schema_grammar(&serde_json::json!({"type": "object"}))?)
+                Some(schema_grammar(&serde_json::json!({"type": "object"}), to_grammar)?)
             }
             Some(ResponseFormat::JsonSchema { json_schema }) => {
-                Some(schema_grammar(&json_schema.schema)?)
+                Some(schema_grammar(&json_schema.schema, to_grammar)?)
             }
         };
         Ok(Generation {
@@ -434,7 +436,7 @@ fn positive(param: &'static str, value: i64) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::invalid(param, format!("{param} must be at least 1, not {value}")))
 }
 
-fn schema_grammar(schema: &Value) -> Result<String, ApiError> {
+fn schema_grammar(schema: &Value, to_grammar: SchemaToGrammar) -> Result<String, ApiError> {
     if !schema.is_object() {
         return Err(ApiError::invalid(
             "response_format",
@@ -443,7 +445,7 @@ fn schema_grammar(schema: &Value) -> Result<String, ApiError> {
     }
     // llama.cpp's converter (the one llama-server uses) aborts on schemas it cannot
     // express; it reports that as an error here.
-    llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+    to_grammar(&schema.to_string()).map_err(|e| {
         ApiError::invalid(
             "response_format",
             format!("the JSON schema cannot be turned into a grammar: {e}"),
