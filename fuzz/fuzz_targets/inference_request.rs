@@ -96,7 +96,8 @@ fn route(path: &str, body: &[u8]) -> Result<(), ApiError> {
             let r: ollama::LegacyEmbedBody = parse_json(body)?;
             ollama::parse_keep_alive(r.keep_alive.as_ref()).map(drop)
         }
-        _ => parse_json::<ollama::NameBody>(body).map(|r| drop(r.name().len())),
+        // A model name is taken from the body, never longer than it.
+        _ => parse_json::<ollama::NameBody>(body).map(|r| assert!(r.name().len() <= body.len())),
     }
 }
 

@@ -25,6 +25,7 @@ const TARGETS: &[&str] = &[
     "pairing_message",
     "wav",
     "transcription_upload",
+    "inference_request",
 ];
 
 fn have_cargo_fuzz() -> bool {

@@ -6,7 +6,6 @@
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use minijinja::{Environment, Error, ErrorKind, Value};
-use serde::Serialize;
 use serde_json::Value as Json;
 
 pub use llamabox_inference_protocol::Message;

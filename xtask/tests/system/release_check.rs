@@ -15,9 +15,13 @@ use crate::common::services::{start_inference, wait_healthy};
 use crate::common::{free_port, service_binary};
 
 fn model(variable: &str) -> PathBuf {
-    std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
-        panic!("{variable} is not set: run the tests with `cargo xtask test`, which provides it")
-    })
+    std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "{variable} is not set: run the tests with `cargo xtask test`, which provides it"
+            )
+        })
 }
 
 /// The voice service with the product's Whisper model, no microphone (`--source none`):
@@ -47,7 +51,9 @@ fn check(config: &Config) -> Result<String, String> {
 #[test]
 fn the_release_check_passes_the_factory_models_and_names_each_wrong_answer() {
     let project = Project::locate();
-    let dir = project.root.join("overlays/update/usr/share/llamabox/release-check");
+    let dir = project
+        .root
+        .join("overlays/update/usr/share/llamabox/release-check");
     let (_inference, inference_url) = start_inference(
         &model("LLAMABOX_TEST_MODEL"),
         &["--threads", "2", "--ctx-size", "2048"],

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::openai::{
-    ChatMessage, Content, FunctionCallIn, GenerateRequest, JsonSchemaFormat, ResponseFormat,
-    Stop, ToolCallIn,
+    ChatMessage, Content, FunctionCallIn, GenerateRequest, JsonSchemaFormat, ResponseFormat, Stop,
+    ToolCallIn,
 };
 use crate::tools::ToolDef;
 use crate::ApiError;
@@ -41,7 +41,6 @@ impl NameBody {
         }
     }
 }
-
 
 /// Ollama's `options`: the sampling fields this engine has. Others (GPU layers, mmap, …)
 /// are about how Ollama runs a model and are ignored, as Ollama ignores ones it lacks.
@@ -298,7 +297,6 @@ pub fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiErro
     Ok(out)
 }
 
-
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum EmbedInput {
@@ -319,7 +317,6 @@ pub struct EmbedBody {
     #[serde(default)]
     pub keep_alive: Option<Value>,
 }
-
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

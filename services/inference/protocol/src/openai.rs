@@ -234,9 +234,10 @@ impl GenerateRequest {
         }
         s.grammar = match &self.response_format {
             None | Some(ResponseFormat::Text) => None,
-            Some(ResponseFormat::JsonObject) => {
-                Some(schema_grammar(&serde_json::json!({"type": "object"}), to_grammar)?)
-            }
+            Some(ResponseFormat::JsonObject) => Some(schema_grammar(
+                &serde_json::json!({"type": "object"}),
+                to_grammar,
+            )?),
             Some(ResponseFormat::JsonSchema { json_schema }) => {
                 Some(schema_grammar(&json_schema.schema, to_grammar)?)
             }

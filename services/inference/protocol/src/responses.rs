@@ -206,4 +206,3 @@ fn input_item(i: usize, item: &Value, messages: &mut Vec<ChatMessage>) -> Result
     }
     Ok(())
 }
-

@@ -45,3 +45,16 @@ impl Default for SamplingParams {
         }
     }
 }
+
+impl SamplingParams {
+    /// Greedy with nothing before the pick: the next token is the largest logit, which the
+    /// engine finds without the sampler chain's copy of the whole vocabulary into
+    /// candidates (1 ms a token for Gemma 3's 262,144 entries, docs/perf.md).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature <= 0.0
+            && self.grammar.is_none()
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && self.repeat_penalty == 1.0
+    }
+}

@@ -229,7 +229,10 @@ impl Tools {
         let mut rules = String::new();
         let mut alternatives = Vec::new();
         for (i, f) in allowed.iter().enumerate() {
-            let args = rename_rules(&function_grammar(&parameters(f), to_grammar)?, &format!("f{i}-"));
+            let args = rename_rules(
+                &function_grammar(&parameters(f), to_grammar)?,
+                &format!("f{i}-"),
+            );
             alternatives.push(format!(
                 "\"{{\" ws \"\\\"name\\\"\" ws \":\" ws \"\\\"{}\\\"\" ws \",\" ws \"\\\"arguments\\\"\" ws \":\" ws f{i}-root ws \"}}\"",
                 f.name

@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use llama_cpp_2::token::LlamaToken;
-use serde::Deserialize;
 use serde_json::json;
 
 use llamabox_inference_protocol::embeddings::{EmbeddingsRequest, Input, MAX_INPUTS};

@@ -11,9 +11,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
-use serde_json::{json, Value};
 use llamabox_inference_protocol::openai::GenerateRequest;
 use llamabox_inference_protocol::tools::{CallParser, Convention, ToolCall, ToolChoice, Tools};
+use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{new_id, parse_json, resolve_model, respond, unix_now, ApiError};

@@ -121,8 +121,6 @@ fn loading() -> ApiError {
     .with_code("model_loading")
 }
 
-
-
 fn model_object(card: &ModelCard) -> serde_json::Value {
     json!({
         "id": card.id,

@@ -21,7 +21,6 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use llama_cpp_2::token::LlamaToken;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -30,7 +29,7 @@ use llamabox_inference_protocol::ollama::{
     chat_messages, check_capabilities, parse_keep_alive, translate, ChatBody, EmbedBody,
     EmbedInput, GenerateBody, LegacyEmbedBody, NameBody,
 };
-use llamabox_inference_protocol::openai::{GenerateRequest, PromptInput};
+use llamabox_inference_protocol::openai::{ChatMessage, Content, PromptInput};
 
 use super::{loading, parse_json, resolve_model, ApiError};
 use crate::engine::{Engine, KeepAlive, ModelCard, TokenLogprob, Usage};

@@ -15,16 +15,15 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::generate::{collect, start, Kind, Out, Started};
-use llamabox_inference_protocol::responses::{chat_request, ResponsesRequest};
-use llamabox_inference_protocol::tools::ToolCall;
 use super::{new_id, parse_json, respond, unix_now, ApiError};
 use crate::engine::{Engine, Usage};
 use crate::metrics::Metrics;
 use crate::models::Models;
+use llamabox_inference_protocol::responses::{chat_request, ResponsesRequest};
+use llamabox_inference_protocol::tools::ToolCall;
 
 pub async fn responses(State(models): State<Arc<Models>>, body: Bytes) -> Response {
     let engine = match super::engine_for_body(&models, &body).await {

@@ -4,20 +4,6 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 pub use llamabox_inference_protocol::SamplingParams;
 
-
-impl SamplingParams {
-    /// Greedy with nothing before the pick: the next token is the largest logit, which
-    /// [`argmax`] finds without the sampler chain's copy of the whole vocabulary into
-    /// candidates (1 ms a token for Gemma 3's 262,144 entries, docs/perf.md).
-    pub fn is_plain_greedy(&self) -> bool {
-        self.temperature <= 0.0
-            && self.grammar.is_none()
-            && self.presence_penalty == 0.0
-            && self.frequency_penalty == 0.0
-            && self.repeat_penalty == 1.0
-    }
-}
-
 /// The index of the largest logit, the first one on a tie: what llama.cpp's greedy
 /// sampler picks.
 pub fn argmax(logits: &[f32]) -> usize {
