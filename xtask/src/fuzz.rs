@@ -26,6 +26,7 @@ const TARGETS: &[&str] = &[
     "wav",
     "transcription_upload",
     "inference_request",
+    "pairing_request",
 ];
 
 fn have_cargo_fuzz() -> bool {

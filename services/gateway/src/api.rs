@@ -16,11 +16,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Extension, Json, Router};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use futures_util::StreamExt;
+use llamabox_pairing::requests::{self, FinishRequest, StartRequest};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast::error::RecvError;
@@ -67,13 +65,8 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 fn base64_field(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
-    B64.decode(value).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("{field}: not base64 ({e})"),
-        )
-    })
+    requests::base64_field(value, field)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e))
 }
 
 pub fn router(app: Arc<App>, web: &std::path::Path) -> Router {
@@ -277,15 +270,6 @@ async fn pairing_status(State(app): State<Arc<App>>) -> Json<serde_json::Value> 
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartRequest {
-    /// What the phone calls itself ("Pixel 8"), shown in the list of phones.
-    name: String,
-    /// SPAKE2 message `A`, base64.
-    message: String,
-}
-
 async fn pairing_start(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -295,16 +279,8 @@ async fn pairing_start(
     let message = base64_field(&request.message, "message")?;
     let (session, reply) = app.pairing.lock().unwrap().start(&request.name, &message)?;
     Ok(Json(
-        json!({"session": session, "message": B64.encode(reply)}),
+        json!({"session": session, "message": requests::base64(reply)}),
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FinishRequest {
-    session: String,
-    /// HMAC proof that the phone used the same code, base64.
-    proof: String,
 }
 
 async fn pairing_finish(
@@ -343,8 +319,8 @@ async fn pairing_finish(
     });
     let session = request.session.as_bytes();
     Ok(Json(json!({
-        "proof": B64.encode(keys.box_proof(session)),
-        "sealed": B64.encode(keys.seal(session, credential.to_string().as_bytes())),
+        "proof": requests::base64(keys.box_proof(session)),
+        "sealed": requests::base64(keys.seal(session, credential.to_string().as_bytes())),
     })))
 }
 

@@ -226,6 +226,14 @@ impl Agent {
                     .map(|_| format!("connected to {address}"))
                     .map_err(|e| format!("{address}: {e}"))
             }
+            // The ESP mounted as the box's own code mounts it (stage 1, PID 1 and the
+            // update service all use `MountedEsp`), left mounted for the test to look at.
+            ["mount-esp", at] => {
+                std::fs::create_dir_all(at).map_err(|e| format!("{at}: {e}"))?;
+                let esp = llamabox_device::esp::MountedEsp::mount(at)?;
+                std::mem::forget(esp);
+                Ok(format!("the ESP is mounted at {at}"))
+            }
             ["signal-pid1", sig] => {
                 kill(Pid::from_raw(1), signal(sig)?).map_err(|e| e.to_string())?;
                 Ok(format!("sent {sig} to PID 1"))

@@ -136,6 +136,8 @@ fn llamabox_cli_controls_services_over_d_bus() {
             "{command} as inference: {err}"
         );
     }
+    the_esp_is_roots_alone(&mut agent);
+
     agent
         .command("exec /usr/bin/llamabox restart test-idle", ANSWER)
         .unwrap();
@@ -287,4 +289,42 @@ fn a_broken_critical_service_leaves_the_slot_unblessed_and_slot_b_boots() {
         console.contains("llamabox-init: stage 2 reached: slot b"),
         "{console}"
     );
+}
+
+/// FAT has no owners or modes: whoever mounts the ESP decides who reads it. Mounted as
+/// the box's code mounts it (`MountedEsp`: stage 1, PID 1, the update service), every
+/// file is root's alone — boot entries, and on a provisioned box `device.json` with the
+/// setup code — and a service's user can neither list nor read it.
+fn the_esp_is_roots_alone(agent: &mut Agent) {
+    const AT: &str = "/run/test-esp";
+    // The image has no coreutils; the network recipe's busybox is off PATH.
+    const BUSYBOX: &str = "/usr/lib/llamabox/network/busybox";
+    agent.command(&format!("mount-esp {AT}"), ANSWER).unwrap();
+    let entries = agent
+        .command(&format!("exec {BUSYBOX} ls {AT}/EFI/Linux"), ANSWER)
+        .unwrap();
+    let entry = format!("{AT}/EFI/Linux/{}", entries.first().expect("a boot entry"));
+    let modes = agent
+        .command(
+            &format!("exec {BUSYBOX} stat -c %a:%u {AT} {AT}/EFI/Linux {entry}"),
+            ANSWER,
+        )
+        .unwrap();
+    assert_eq!(modes, ["700:0", "700:0", "600:0"], "{entry}");
+    for command in [
+        format!("{BUSYBOX} ls {AT}"),
+        format!("{BUSYBOX} cat {entry}"),
+    ] {
+        let err = agent
+            .command(&format!("exec-as inference {command}"), ANSWER)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Permission denied"),
+            "{command} as inference: {err}"
+        );
+    }
+    agent
+        .command(&format!("exec {BUSYBOX} umount {AT}"), ANSWER)
+        .unwrap();
 }

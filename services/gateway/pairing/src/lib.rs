@@ -14,7 +14,8 @@
 //! and the box allows 20 wrong tries (`llamabox-gateway`'s pairing window).
 //!
 //! This crate has no I/O so the gateway, the tests and the browser (built to
-//! WebAssembly, `wasm` module) run the very same code.
+//! WebAssembly, `wasm` module) run the very same code. `requests` holds the routes'
+//! JSON bodies as the gateway reads them, so the fuzz target reads them the same way.
 
 // The browser build's exports take raw pointers (wasm module); nothing else may.
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
@@ -27,6 +28,8 @@ use rand_core::{CryptoRng, RngCore};
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod requests;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
