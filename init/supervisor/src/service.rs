@@ -20,6 +20,12 @@ struct RawService {
     user: Option<String>,
     group: Option<String>,
     working_directory: Option<String>,
+    /// Capabilities a service running as its own user keeps (`net-bind-service`, …).
+    #[serde(default)]
+    capabilities: Vec<String>,
+    /// Directories the service's user owns, made before it starts.
+    #[serde(default)]
+    directories: Vec<String>,
     #[serde(default)]
     after: Vec<String>,
     #[serde(default)]
@@ -111,6 +117,13 @@ pub struct Service {
     pub user: Option<String>,
     pub group: Option<String>,
     pub working_directory: Option<PathBuf>,
+    /// Linux capabilities (numbers) a service with a `user` keeps across the change of
+    /// user, as ambient capabilities: the gateway binds ports 80 and 443 without root.
+    pub capabilities: Vec<u32>,
+    /// Made (0700) before the service starts and owned by its user; one that another
+    /// user owns (an older image ran the service as root) is handed over with its
+    /// contents, once.
+    pub directories: Vec<PathBuf>,
     /// Ordering: start after these are ready (or have given up).
     pub after: Vec<String>,
     /// Ordering and dependency: not started unless these become ready.
@@ -153,6 +166,36 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Service, String> {
             "`command`: `{}` must be an absolute path",
             raw.command
         ));
+    }
+    let capabilities = raw
+        .capabilities
+        .iter()
+        .filter_map(|name| match capability(name) {
+            Some(number) => Some(number),
+            None => {
+                problems.push(format!(
+                    "`capabilities`: `{name}` is not one of {}",
+                    CAPABILITIES.map(|(n, _)| n).join(", ")
+                ));
+                None
+            }
+        })
+        .collect::<Vec<_>>();
+    if !raw.capabilities.is_empty() && raw.user.is_none() {
+        problems.push(
+            "`capabilities`: only a service with a `user` is given capabilities (root has them all)"
+                .to_string(),
+        );
+    }
+    for dir in &raw.directories {
+        if !dir.starts_with('/') || dir.split('/').any(|part| part == "..") || dir == "/" {
+            problems.push(format!(
+                "`directories`: `{dir}` must be an absolute path below `/`, without `..`"
+            ));
+        }
+    }
+    if !raw.directories.is_empty() && raw.user.is_none() {
+        problems.push("`directories`: only a service with a `user` owns directories".to_string());
     }
     let readiness = match raw.ready.as_deref() {
         None | Some("started") => Readiness::Started,
@@ -226,6 +269,8 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Service, String> {
         user: raw.user,
         group: raw.group,
         working_directory: raw.working_directory.map(PathBuf::from),
+        capabilities,
+        directories: raw.directories.iter().map(PathBuf::from).collect(),
         after: raw.after,
         requires: raw.requires,
         readiness,
@@ -251,6 +296,20 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Service, String> {
             cpu_max_percent: raw.limits.cpu_max_percent,
         },
     })
+}
+
+/// The capabilities a service file may name (capability(7)), with their numbers. Short
+/// on purpose: each is one a service of the box needs.
+pub const CAPABILITIES: [(&str, u32); 1] = [
+    // Ports below 1024: the gateway's 80 and 443.
+    ("net-bind-service", 10),
+];
+
+fn capability(name: &str) -> Option<u32> {
+    CAPABILITIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, number)| *number)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -371,6 +430,22 @@ mod tests {
     fn all_problems_reported_together() {
         let e = p("description = \"x\"\ncommand = \"true\"\nready = \"maybe\"\n[stop]\nsignal = \"SIGFOO\"\n").unwrap_err();
         for needle in ["`command`", "`ready`", "`stop.signal`"] {
+            assert!(e.contains(needle), "{needle} missing: {e}");
+        }
+    }
+
+    #[test]
+    fn capabilities_and_directories_belong_to_a_service_with_a_user() {
+        let s = p("description = \"x\"\ncommand = \"/bin/true\"\nuser = \"gateway\"\ncapabilities = [\"net-bind-service\"]\ndirectories = [\"/run/llamabox/gateway\"]\n").unwrap();
+        assert_eq!(s.capabilities, [10]);
+        assert_eq!(s.directories, [PathBuf::from("/run/llamabox/gateway")]);
+        let e = p("description = \"x\"\ncommand = \"/bin/true\"\ncapabilities = [\"sys-admin\"]\ndirectories = [\"run/../x\"]\n").unwrap_err();
+        for needle in [
+            "`sys-admin` is not one of net-bind-service",
+            "only a service with a `user` is given capabilities",
+            "`run/../x` must be an absolute path",
+            "only a service with a `user` owns directories",
+        ] {
             assert!(e.contains(needle), "{needle} missing: {e}");
         }
     }

@@ -195,20 +195,37 @@ fn readiness_comes_from_the_notify_socket() {
     h.stop();
 }
 
-#[test]
-fn a_service_running_as_another_user_can_send_ready() {
+/// Whether the test runs as root; a test that needs root and finds none skips, except
+/// in CI (`LLAMABOX_REQUIRE_ROOT`, set by `.ci/run`), where that is a failure.
+fn as_root(for_what: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: cannot run a service as another user here");
-        return;
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("LLAMABOX_REQUIRE_ROOT").is_none(),
+            "not root, and LLAMABOX_REQUIRE_ROOT is set: cannot test {for_what}"
+        );
+        eprintln!("not root: cannot test {for_what} here");
     }
-    let mut h = Harness::new("notify-user");
-    // Everyone may pass through the harness's directories, as through /run on the box.
+    root
+}
+
+/// Everyone may pass through the harness's directories, as through /run on the box.
+fn open_harness_dirs(h: &Harness) {
     for dir in [h.dir.clone(), h.dir.join("run")] {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
     }
+}
+
+#[test]
+fn a_service_running_as_another_user_can_send_ready() {
+    if !as_root("running a service as another user") {
+        return;
+    }
+    let mut h = Harness::new("notify-user");
+    open_harness_dirs(&h);
     h.shell(
         "as-nobody",
         &format!("{NOTIFY_READY}; exec sleep 1000"),
@@ -220,6 +237,79 @@ fn a_service_running_as_another_user_can_send_ready() {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(!uid.split_whitespace().any(|f| f == "0"), "{uid}");
+    h.stop();
+}
+
+/// A line of /proc/<pid>/status, e.g. `CapAmb:` → its value.
+fn proc_status(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        .trim()
+        .to_string()
+}
+
+/// A port below 1024 that nothing listens on (root may bind it to find out).
+fn privileged_port(not: u16) -> u16 {
+    (900..1000)
+        .find(|&p| p != not && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port between 900 and 1000")
+}
+
+#[test]
+fn a_service_as_its_own_user_keeps_only_the_capabilities_it_names_and_owns_its_directories() {
+    if !as_root("capabilities kept across a change of user") {
+        return;
+    }
+    let mut h = Harness::new("capabilities");
+    open_harness_dirs(&h);
+    // The gateway's case: an older image ran it as root and left its state to root.
+    let state = h.dir.join("state/gateway");
+    std::fs::create_dir_all(state.join("phones")).unwrap();
+    std::fs::write(state.join("phones/left-by-root"), "x").unwrap();
+    let bind = |port: u16| {
+        format!(
+            "/usr/bin/python3 -c \"import socket; socket.socket().bind(('127.0.0.1', {port}))\""
+        )
+    };
+    let port = privileged_port(0);
+    let other = privileged_port(port);
+    h.shell(
+        "binds",
+        &format!("{} && {NOTIFY_READY}; exec sleep 1000", bind(port)),
+        &format!(
+            "ready = \"notify\"\nuser = \"nobody\"\ncapabilities = [\"net-bind-service\"]\ndirectories = [\"{}\"]",
+            state.display()
+        ),
+    );
+    // The same without the capability: the port is refused and the service exits.
+    h.shell(
+        "cannot",
+        &format!("{} && {NOTIFY_READY}; exec sleep 1000", bind(other)),
+        "ready = \"notify\"\nuser = \"nobody\"\n[restart]\npolicy = \"never\"",
+    );
+    h.start(&[]);
+    let s = h.wait_until("binds ready, cannot failed", |s| {
+        ready(s, "binds") && s.service("cannot").is_some_and(|c| c.last_exit.is_some())
+    });
+    assert!(!ready(&s, "cannot"));
+    let pid = s.service("binds").unwrap().pid.unwrap();
+    // Bit 10: CAP_NET_BIND_SERVICE, and nothing else; no way to gain more.
+    assert_eq!(proc_status(pid, "CapEff:"), "0000000000000400");
+    assert_eq!(proc_status(pid, "CapAmb:"), "0000000000000400");
+    assert_eq!(proc_status(pid, "NoNewPrivs:"), "1");
+    use std::os::unix::fs::MetadataExt;
+    for path in [
+        state.clone(),
+        state.join("phones"),
+        state.join("phones/left-by-root"),
+    ] {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.uid(), 65534, "{} is not nobody's", path.display());
+    }
+    assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
     h.stop();
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::egress::{self, Allowed};
 use crate::common::phone::pair;
 use crate::common::repository::publish;
-use crate::common::{files, free_port, TestMachine};
+use crate::common::{files, free_port, TestMachine, BUSYBOX};
 use llamabox_format::provisioning::DeviceIdentity;
 use llamabox_speech as speech;
 use serde_json::{json, Value};
@@ -20,6 +20,8 @@ use xtask::serve::Server;
 
 const TEST_IMAGE: &str = "llamabox-test";
 const CODE: &str = "31415926";
+/// A name the chat tells the box, to look for afterwards.
+const NAME: &str = "Quillfeather";
 /// Loading the LLM and Whisper on one emulated vCPU; transcribing under TCG.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -89,7 +91,7 @@ fn the_box_sends_only_link_housekeeping_replies_and_mirror_gets() {
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(&token)
         .json(&json!({
-            "messages": [{"role": "user", "content": "Hi"}],
+            "messages": [{"role": "user", "content": format!("Hi, I am {NAME}.")}],
             "max_tokens": 4,
         }))
         .send()
@@ -104,6 +106,36 @@ fn the_box_sends_only_link_housekeeping_replies_and_mirror_gets() {
     let transcript = transcribe(&http, &base, &token, &vm.dir);
     eprintln!("transcript: {transcript}");
     assert!(transcript["text"].is_string(), "{transcript}");
+
+    // What a stolen box gives away: everything the box keeps is on the data partition
+    // (/data), and it holds no conversation and no phone's credential — chats live on
+    // the phone, transcripts and prompts are not logged, tokens are kept as hashes.
+    let heard = transcript["text"]
+        .as_str()
+        .unwrap()
+        .split(|c: char| !c.is_alphanumeric())
+        .max_by_key(|w| w.len())
+        .unwrap_or_default()
+        .to_string();
+    for (what, secret) in [
+        ("the chat", NAME),
+        ("the transcript", &heard),
+        ("the token", &token),
+    ] {
+        if secret.len() < 4 {
+            continue;
+        }
+        // grep exits 1 when nothing matches, which the agent reports as a failure.
+        let found = agent.command(
+            &format!("exec {BUSYBOX} grep -r -l -F {secret} /data"),
+            Duration::from_secs(120),
+        );
+        let found = format!("{found:?}");
+        assert!(
+            found.contains("exit status: 1") && !found.contains("/data/"),
+            "{what} ({secret}) is kept on the box: {found}"
+        );
+    }
 
     let check = http
         .post(format!("{base}/v1/update/check"))

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{TestMachine, BOOT_TIMEOUT};
+use crate::common::{TestMachine, BOOT_TIMEOUT, BUSYBOX};
 use llamabox_supervisor::state::Snapshot;
 use xtask::qemu::Agent;
 
@@ -297,8 +297,6 @@ fn a_broken_critical_service_leaves_the_slot_unblessed_and_slot_b_boots() {
 /// setup code — and a service's user can neither list nor read it.
 fn the_esp_is_roots_alone(agent: &mut Agent) {
     const AT: &str = "/run/test-esp";
-    // The image has no coreutils; the network recipe's busybox is off PATH.
-    const BUSYBOX: &str = "/usr/lib/llamabox/network/busybox";
     agent.command(&format!("mount-esp {AT}"), ANSWER).unwrap();
     let entries = agent
         .command(&format!("exec {BUSYBOX} ls {AT}/EFI/Linux"), ANSWER)

@@ -87,12 +87,18 @@ pub(super) fn spawn(
             .ok_or_else(|| format!("unknown group `{group}`"))?;
         group_id = Some(g.gid.as_raw());
     }
+    if let Some((uid, gid)) = identity {
+        prepare_directories(def, uid, group_id.unwrap_or(gid))?;
+    }
     let cgroup_procs = cgroup_root.and_then(|root| prepare_cgroup(&root, def));
+    // Capabilities kept across the change of user, as a capset(2) bit mask (two words).
+    let kept: u64 = def.capabilities.iter().fold(0, |mask, c| mask | 1 << c);
+    let capabilities = def.capabilities.clone();
     let limits = def.limits.clone();
     let nice = def.nice;
     // SAFETY: between fork and exec only async-signal-safe calls (plain system calls)
     // are made: sigprocmask, signal, setsid, setrlimit, setpriority, open and write
-    // (into a path prepared before the fork), setgroups, setgid, setuid.
+    // (into a path prepared before the fork), setgroups, setgid, prctl, setuid, capset.
     unsafe {
         cmd.pre_exec(move || {
             // The supervisor blocks the signals it reads through its signalfd; a service
@@ -145,7 +151,38 @@ pub(super) fn spawn(
                 }
             }
             if let Some((uid, _)) = identity {
+                // Capabilities survive setuid only when asked to; then they are set as
+                // the kept ones alone and raised into the ambient set, which exec hands
+                // on to a program without file capabilities (ours have none).
+                if kept != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::setuid(uid) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if kept != 0 {
+                    let header = CapHeader {
+                        version: LINUX_CAPABILITY_VERSION_3,
+                        pid: 0,
+                    };
+                    let word = |w: u32| CapData {
+                        effective: w,
+                        permitted: w,
+                        inheritable: w,
+                    };
+                    let data = [word(kept as u32), word((kept >> 32) as u32)];
+                    if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    for &c in &capabilities {
+                        let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+                        if libc::prctl(libc::PR_CAP_AMBIENT, raise, c as libc::c_ulong, 0, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                }
+                // Nothing it runs (a set-user-ID program) can give it more than this.
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -178,3 +215,52 @@ fn prepare_cgroup(root: &std::path::Path, def: &Service) -> Option<std::ffi::CSt
     }
     std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().into_owned()).ok()
 }
+
+/// Makes each of `def.directories` (0700) and gives it to the service's user. A
+/// directory another user owns (an older image ran the service as root) is handed over
+/// with its contents, once: later starts leave a directory the user owns alone, so
+/// nothing the service links into it is ever chowned by root. Links are changed
+/// themselves, never followed.
+fn prepare_directories(def: &Service, uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for dir in &def.directories {
+        let fail = |e: std::io::Error| format!("cannot prepare {}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let meta = std::fs::symlink_metadata(dir).map_err(fail)?;
+        if !meta.is_dir() {
+            return Err(format!("cannot prepare {}: not a directory", dir.display()));
+        }
+        if meta.uid() != uid {
+            chown_tree(dir, uid, gid).map_err(fail)?;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// `lchown -R`: the tree under `path` (not following links) to `uid`:`gid`.
+fn chown_tree(path: &std::path::Path, uid: libc::uid_t, gid: libc::gid_t) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// capset(2)'s header and data (linux/capability.h), version 3: two 32-bit words.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;

@@ -25,6 +25,9 @@ use xtask::qemu::{Agent, Extras, Machine};
 
 /// Generous: TCG on a busy 2-core machine. A boot normally reaches stage 2 in ~20 s.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The image has no coreutils: the network recipe's static busybox, off PATH, for the
+/// tests' `ls`, `stat`, `grep` on the box.
+pub const BUSYBOX: &str = "/usr/lib/llamabox/network/busybox";
 
 pub fn board_name() -> String {
     std::env::var("LLAMABOX_TEST_BOARD").unwrap_or_else(|_| "qemu-x86_64".into())
