@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Where the flashing tool puts it, relative to the ESP's root.
 pub const ESP_PATH: &str = "llamabox/device.json";
-/// Where stage 1 leaves it for the services.
-pub const RUN_PATH: &str = "/run/llamabox/device.json";
+/// Where stage 1 leaves it for the gateway, the one service that reads it: in the
+/// gateway's runtime directory, which the supervisor hands to the gateway's user.
+pub const RUN_PATH: &str = "/run/llamabox/gateway/device.json";
 /// Largest file accepted (the ESP is writable by anyone with the disk).
 pub const MAX_SIZE: usize = 4096;
 

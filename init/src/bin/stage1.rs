@@ -184,7 +184,8 @@ fn inspect_boot_entry(slot: Slot, boot: &mut BootInfo) -> bool {
 }
 
 /// The box's own identity (setup code), put on the ESP by the flashing tool, goes to
-/// `/run` for the gateway, readable by root only. Unprovisioned boxes have none.
+/// `/run` for the gateway, readable by root only until the supervisor hands the gateway's
+/// directory to its user. Unprovisioned boxes have none.
 fn copy_device_identity(esp: &MountedEsp) {
     use llamabox_format::provisioning::{DeviceIdentity, ESP_PATH, MAX_SIZE, RUN_PATH};
     use std::io::Read;

@@ -65,7 +65,7 @@ fn the_box_sends_only_link_housekeeping_replies_and_mirror_gets() {
             .unwrap();
     }
     // The services that parse what phones send run as their own users.
-    for (service, user_id) in [("inference", 101), ("voice", 102)] {
+    for (service, user_id) in [("inference", 101), ("voice", 102), ("gateway", 104)] {
         assert_eq!(uid_of(&mut agent, service), user_id, "{service}'s user");
     }
 
