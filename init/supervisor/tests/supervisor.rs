@@ -278,16 +278,17 @@ fn a_service_as_its_own_user_keeps_only_the_capabilities_it_names_and_owns_its_d
     let other = privileged_port(port);
     h.shell(
         "binds",
-        &format!("{} && {NOTIFY_READY}; exec sleep 1000", bind(port)),
+        &format!("{} && {NOTIFY_READY} && exec sleep 1000", bind(port)),
         &format!(
             "ready = \"notify\"\nuser = \"nobody\"\ncapabilities = [\"net-bind-service\"]\ndirectories = [\"{}\"]",
             state.display()
         ),
     );
-    // The same without the capability: the port is refused and the service exits.
+    // The same without the capability: the port is refused and the service exits at
+    // once (`&&`: not at its ready timeout).
     h.shell(
         "cannot",
-        &format!("{} && {NOTIFY_READY}; exec sleep 1000", bind(other)),
+        &format!("{} && {NOTIFY_READY} && exec sleep 1000", bind(other)),
         "ready = \"notify\"\nuser = \"nobody\"\n[restart]\npolicy = \"never\"",
     );
     h.start(&[]);

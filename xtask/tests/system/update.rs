@@ -69,8 +69,8 @@ fn boot_expecting(
     (machine, agent)
 }
 
-// Named to start first among the update tests (libtest runs them in name order): with
-// two boots through the release check it is the longest, and last it ran alone.
+// Named to start early among the update tests (libtest runs them in name order): with
+// two boots through the release check it is one of the longest.
 #[test]
 fn an_update_installs_into_the_other_slot_and_the_next_one_comes_back() {
     let mut vm = TestMachine::with_image("update-ab", TEST_IMAGE);
@@ -232,8 +232,10 @@ fn a_release_whose_model_answers_wrongly_is_rolled_back() {
 /// indexing, writing the slot, its manifest, the boot entry); the next boot must reach a
 /// good slot, and a retried update must complete. Three points by default, twenty with
 /// `cargo xtask test --soak`; `LLAMABOX_POWER_CUT_SEED` replays a run.
+// Named to start early among the update tests (libtest runs them in name order): it is
+// one of the longest, and started late it ran alone at the end of the suite.
 #[test]
-fn power_cuts_during_an_update_leave_a_bootable_box() {
+fn a_power_cut_anywhere_in_an_update_leaves_a_bootable_box() {
     let soak = std::env::var("LLAMABOX_SOAK").is_ok_and(|v| v == "1");
     let points = if soak { 20 } else { 3 };
     let seed: u64 = std::env::var("LLAMABOX_POWER_CUT_SEED")
