@@ -20,19 +20,19 @@ fn to_grammar(schema: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A chat request as `generate::start` checks it, for both tool conventions, and a reply
-/// read for calls.
+/// A chat request as `generate::start` checks it (the same calls), for both tool
+/// conventions, and a reply read for calls.
 fn chat(request: &GenerateRequest, reply: &str) -> Result<(), ApiError> {
     request.generation_from(4, &SamplingParams::default(), &to_grammar)?;
     let messages = request.chat_messages()?;
     for convention in [Convention::Generic, Convention::Hermes] {
-        let tools = request.tools(convention)?;
-        if let Some(tools) = &tools {
-            tools.grammar(&to_grammar)?;
-            tools.template_tools();
-            tools.generic_messages(messages.clone(), convention == Convention::Hermes);
+        let chat = request.chat_tools(&messages, convention, &to_grammar)?;
+        if let Some(rewrite) = &chat.rewrite {
+            for tool_role in [true, false] {
+                rewrite.generic_messages(messages.clone(), tool_role);
+            }
         }
-        let mut parser = CallParser::new(tools);
+        let mut parser = CallParser::new(chat.tools);
         for piece in reply.as_bytes().chunks(7) {
             parser.push(&String::from_utf8_lossy(piece));
         }

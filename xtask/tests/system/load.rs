@@ -209,9 +209,7 @@ fn thirty_two_streams_and_a_lan_flood_leave_the_box_answering_and_its_memory_fla
     unsafe {
         assert_eq!(libc::setpriority(libc::PRIO_PROCESS, 0, 10), 0);
     }
-    let model = std::env::var_os("LLAMABOX_TEST_MODEL").map(std::path::PathBuf::from).expect(
-        "LLAMABOX_TEST_MODEL is not set: run the tests with `cargo xtask test`, which provides it",
-    );
+    let model = crate::common::services::test_model("LLAMABOX_TEST_MODEL");
     // The image's service file's settings (overlays/inference/…/inference.toml).
     let (inference, inference_url) = start_inference(
         &model,

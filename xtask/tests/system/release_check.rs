@@ -4,25 +4,14 @@
 //! part (minutes under TCG for a 3 s clip), so this is where that part is proved; the
 //! QEMU update tests prove the gate around it (`update.rs`).
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use llamabox_update::release_check::{self, Config};
 use xtask::project::Project;
 
 use crate::common::browser::Process;
-use crate::common::services::{start_inference, wait_healthy};
+use crate::common::services::{start_inference, test_model, wait_healthy};
 use crate::common::{free_port, service_binary};
-
-fn model(variable: &str) -> PathBuf {
-    std::env::var_os(variable)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "{variable} is not set: run the tests with `cargo xtask test`, which provides it"
-            )
-        })
-}
 
 /// The voice service with the product's Whisper model, no microphone (`--source none`):
 /// it answers transcription uploads only.
@@ -33,7 +22,7 @@ fn start_voice() -> (Process, String) {
         Command::new(service_binary("llamabox-voice"))
             .arg("serve")
             .arg("--model")
-            .arg(model("LLAMABOX_TEST_WHISPER_MODEL"))
+            .arg(test_model("LLAMABOX_TEST_WHISPER_MODEL"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--bus", "none"])
             .args(["--source", "none"])
             .stdout(Stdio::null())
@@ -55,7 +44,7 @@ fn the_release_check_passes_the_factory_models_and_names_each_wrong_answer() {
         .root
         .join("overlays/update/usr/share/llamabox/release-check");
     let (_inference, inference_url) = start_inference(
-        &model("LLAMABOX_TEST_MODEL"),
+        &test_model("LLAMABOX_TEST_MODEL"),
         &["--threads", "2", "--ctx-size", "2048"],
     );
     let (_voice, voice_url) = start_voice();

@@ -28,7 +28,6 @@ use crate::common::services::{start_gateway, start_inference, wait_healthy, Serv
 use crate::common::{free_port, service_binary};
 
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::project::Project;
@@ -44,9 +43,7 @@ const SECOND_QUESTION: &str = "Tell me a long story about a llama who lives in a
 /// whenever its subscription starts.
 fn voice_service(inference_url: &str) -> (Process, String, tempfile::TempDir) {
     use llamabox_speech as speech;
-    let model = std::env::var_os("LLAMABOX_TEST_WHISPER_MODEL_EN").map(PathBuf::from).expect(
-        "LLAMABOX_TEST_WHISPER_MODEL_EN is not set: run the tests with `cargo xtask test`, which provides it",
-    );
+    let model = crate::common::services::test_model("LLAMABOX_TEST_WHISPER_MODEL_EN");
     let binary = service_binary("llamabox-voice");
     let question = speech::speak(speech::QUESTION, "en-us").expect("espeak-ng");
     let mut audio = Vec::new();
@@ -128,11 +125,7 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     let Some((chromium, chromedriver)) = crate::common::browser::find_browser() else {
         return;
     };
-    let model = std::env::var_os("LLAMABOX_TEST_MODEL")
-        .map(PathBuf::from)
-        .expect(
-        "LLAMABOX_TEST_MODEL is not set: run the tests with `cargo xtask test`, which provides it",
-    );
+    let model = crate::common::services::test_model("LLAMABOX_TEST_MODEL");
 
     let started = Instant::now();
     let web = xtask::web::build(&Project::locate()).expect("building the web app");

@@ -93,7 +93,6 @@ pub(super) fn spawn(
     let cgroup_procs = cgroup_root.and_then(|root| prepare_cgroup(&root, def));
     // Capabilities kept across the change of user, as a capset(2) bit mask (two words).
     let kept: u64 = def.capabilities.iter().fold(0, |mask, c| mask | 1 << c);
-    let capabilities = def.capabilities.clone();
     let limits = def.limits.clone();
     let nice = def.nice;
     // SAFETY: between fork and exec only async-signal-safe calls (plain system calls)
@@ -174,7 +173,7 @@ pub(super) fn spawn(
                     if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    for &c in &capabilities {
+                    for c in (0..64).filter(|c| kept >> c & 1 == 1) {
                         let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
                         if libc::prctl(libc::PR_CAP_AMBIENT, raise, c as libc::c_ulong, 0, 0) < 0 {
                             return Err(std::io::Error::last_os_error());

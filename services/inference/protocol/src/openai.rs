@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::tools::{Convention, ToolChoice, ToolDef, Tools};
+use crate::tools::{ChatTools, Convention, ToolChoice, ToolDef, Tools};
 use crate::{ApiError, Message, SamplingParams, SchemaToGrammar};
 
 /// The body of `/v1/chat/completions` and `/v1/completions` (each uses its own input field).
@@ -281,6 +281,42 @@ impl GenerateRequest {
             )),
             (wanted, _) => Ok(wanted),
         }
+    }
+
+    /// What the chat's tools mean for a model whose template follows `convention`: the
+    /// grammar of the reply, the tools the template renders (Hermes), or the tools the
+    /// messages are rewritten with (generic, also for a history with calls when none are
+    /// offered now).
+    pub fn chat_tools(
+        &self,
+        messages: &[Message],
+        convention: Convention,
+        to_grammar: SchemaToGrammar,
+    ) -> Result<ChatTools, ApiError> {
+        let tools = self.tools(convention)?;
+        let mut chat = ChatTools::default();
+        match &tools {
+            Some(t) => {
+                chat.grammar = t.grammar(to_grammar)?;
+                match t.convention {
+                    Convention::Generic => chat.rewrite = Some(t.clone()),
+                    Convention::Hermes if t.choice != ToolChoice::None => {
+                        chat.template_tools = Some(t.template_tools())
+                    }
+                    Convention::Hermes => {}
+                }
+            }
+            None if convention == Convention::Generic
+                && messages
+                    .iter()
+                    .any(|m| m.tool_calls.is_some() || m.role == "tool") =>
+            {
+                chat.rewrite = Some(Tools::history_only(convention));
+            }
+            None => {}
+        }
+        chat.tools = tools;
+        Ok(chat)
     }
 
     /// The request's tools for a model whose template follows `convention`; None if it

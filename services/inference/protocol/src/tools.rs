@@ -430,6 +430,21 @@ fn function_grammar(schema: &Value, to_grammar: SchemaToGrammar) -> Result<Strin
     })
 }
 
+/// What a chat's tools mean for its prompt and its decoding
+/// (`GenerateRequest::chat_tools`).
+#[derive(Debug, Default)]
+pub struct ChatTools {
+    /// The offered tools, to find calls in the reply with.
+    pub tools: Option<Tools>,
+    /// The reply's grammar and the words that switch it on.
+    pub grammar: Option<(String, Vec<String>)>,
+    /// Tools the model's template renders itself (Hermes).
+    pub template_tools: Option<Vec<Value>>,
+    /// Generic: the messages are rewritten with these (instructions, and calls and
+    /// results as text) before the template renders them.
+    pub rewrite: Option<Tools>,
+}
+
 /// A call found in a reply: the function's name and its arguments as JSON text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {

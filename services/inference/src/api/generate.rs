@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use llamabox_inference_protocol::openai::GenerateRequest;
-use llamabox_inference_protocol::tools::{CallParser, Convention, ToolCall, ToolChoice, Tools};
+use llamabox_inference_protocol::tools::{CallParser, Convention, ToolCall, Tools};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -113,36 +113,14 @@ pub(super) async fn start(
             } else {
                 Convention::Generic
             };
-            tools = request.tools(convention)?;
-            let mut template_tools = None;
-            // A history with calls but no tools offered now is written back the same way.
-            let rewrite = match &tools {
-                Some(t) => {
-                    if let Some((gbnf, triggers)) = t.grammar(&schema_to_grammar)? {
-                        generation.sampling.grammar = Some(gbnf);
-                        generation.sampling.grammar_triggers = triggers;
-                    }
-                    match t.convention {
-                        Convention::Generic => Some(t.clone()),
-                        Convention::Hermes => {
-                            if t.choice != ToolChoice::None {
-                                template_tools = Some(t.template_tools());
-                            }
-                            None
-                        }
-                    }
-                }
-                None if convention == Convention::Generic
-                    && messages
-                        .iter()
-                        .any(|m| m.tool_calls.is_some() || m.role == "tool") =>
-                {
-                    Some(Tools::history_only(convention))
-                }
-                None => None,
-            };
-            let rendered = match &rewrite {
-                None => template.render(&messages, template_tools.as_deref()),
+            let chat = request.chat_tools(&messages, convention, &schema_to_grammar)?;
+            if let Some((gbnf, triggers)) = chat.grammar {
+                generation.sampling.grammar = Some(gbnf);
+                generation.sampling.grammar_triggers = triggers;
+            }
+            tools = chat.tools;
+            let rendered = match &chat.rewrite {
+                None => template.render(&messages, chat.template_tools.as_deref()),
                 // Tool results as `tool` turns if the template prints that role, else as
                 // user turns.
                 Some(t) => template

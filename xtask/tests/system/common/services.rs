@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 use crate::common::browser::{client, Process};
 use crate::common::{free_port, service_binary};
 
+/// A model file `cargo xtask test` hands the tests (the image's own, from the build
+/// cache) in `variable`.
+pub fn test_model(variable: &str) -> std::path::PathBuf {
+    std::env::var_os(variable)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "{variable} is not set: run the tests with `cargo xtask test`, which provides it"
+            )
+        })
+}
+
 pub fn wait_healthy(process: &mut Process, url: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while Instant::now() < deadline {
