@@ -28,6 +28,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub struct App {
     pub device_name: String,
     pub fingerprint: String,
+    /// Seals what the web app keeps on phones; handed out on plain HTTP only (the USB
+    /// link and loopback), never over the LAN (`pairing_status`).
+    pub phone_storage_key: [u8; llamabox_pairing::phone_storage::KEY_LEN],
     pub pairing: Mutex<Pairing>,
     pub phones: Mutex<Phones>,
     pub upstreams: Upstreams,
@@ -257,9 +260,18 @@ async fn forward(State(app): State<Arc<App>>, request: Request) -> Response {
     app.upstreams.forward(request).await
 }
 
-async fn pairing_status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+/// Who the box is and whether pairing is open. On plain HTTP (the USB link, loopback:
+/// `private_link_or_tls` lets nothing else through) also the key the web app seals its
+/// storage with: every box's USB link is the same origin, and this keeps another page
+/// there from reading this box's credential and conversations (docs/web-app.md). Over
+/// HTTPS the origin is the box's own and the key is never sent: a LAN neighbour cannot
+/// ask for it.
+async fn pairing_status(
+    State(app): State<Arc<App>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+) -> Response {
     let status = app.pairing.lock().unwrap().status();
-    Json(json!({
+    let mut body = json!({
         "device": app.device_name,
         "fingerprint": app.fingerprint,
         "open": status.open,
@@ -267,7 +279,15 @@ async fn pairing_status(State(app): State<Arc<App>>) -> Json<serde_json::Value> 
         "failures": status.failures,
         "attempts_left": status.attempts_left,
         "max_failures": MAX_FAILURES,
-    }))
+    });
+    if !conn.tls && plain_http_allowed(conn.local.ip()) {
+        body["storage_key"] = requests::base64(app.phone_storage_key).into();
+    }
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response()
 }
 
 async fn pairing_start(

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use llamabox_format::provisioning::DeviceIdentity;
-use llamabox_pairing::SetupCode;
+use llamabox_pairing::{phone_storage, SetupCode};
 use rand_core::{OsRng, RngCore};
 use std::path::Path;
 
@@ -63,4 +63,28 @@ impl Device {
             code,
         })
     }
+}
+
+/// The key that seals what the web app keeps on phones (`llamabox_pairing::phone_storage`),
+/// made on first use and kept with the gateway's state. A damaged key file is replaced,
+/// with a warning: phones' sealed data is then unreadable, and they pair again.
+pub fn phone_storage_key(state: &Path) -> Result<[u8; phone_storage::KEY_LEN]> {
+    let path = state.join("phone-storage.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => match <[u8; phone_storage::KEY_LEN]>::try_from(bytes.as_slice()) {
+            Ok(key) => return Ok(key),
+            Err(_) => tracing::warn!(
+                "{} is {} bytes, not {}: making a new key (phones will pair again)",
+                path.display(),
+                bytes.len(),
+                phone_storage::KEY_LEN
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut key = [0u8; phone_storage::KEY_LEN];
+    OsRng.fill_bytes(&mut key);
+    crate::files::write_private(&path, &key)?;
+    Ok(key)
 }

@@ -43,7 +43,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Where phones, the certificate and an unprovisioned box's identity are kept.
+    /// Where phones, the certificate, the key of phones' stored data and an unprovisioned
+    /// box's identity are kept.
     #[arg(long, default_value = "/var/lib/llamabox/gateway")]
     state: PathBuf,
     /// The provisioned identity (id and setup code), copied from the ESP at boot.
@@ -108,6 +109,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let app = Arc::new(api::App {
         device_name: name.clone(),
         fingerprint: identity.fingerprint.clone(),
+        phone_storage_key: device::phone_storage_key(&args.state)?,
         pairing: Mutex::new(pairing::Pairing::new(
             device.code,
             args.pairing_window,

@@ -758,6 +758,42 @@ fn plain_http_on_a_lan_address_redirects_to_https() {
     assert_eq!(response.headers()["x-frame-options"], "DENY");
 }
 
+/// The key the web app seals its storage with (every box's USB link is one origin, so
+/// another page there must read only ciphertext) is given on plain HTTP, which is only
+/// served on the USB link and loopback, and never over HTTPS, where a LAN neighbour
+/// could ask for it. It is the box's: the same after a restart, another box's differs.
+#[test]
+fn the_phone_storage_key_is_given_on_the_usb_link_and_loopback_only() {
+    let gateway = Gateway::start();
+    let key = gateway.pairing()["storage_key"]
+        .as_str()
+        .expect("a storage key on loopback")
+        .to_string();
+    let bytes = B64.decode(&key).unwrap();
+    assert_eq!(bytes.len(), llamabox_pairing::phone_storage::KEY_LEN);
+    let response = client().get(gateway.url("/v1/pairing")).send().unwrap();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+
+    let tls = Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let over_tls: Value = tls
+        .get(format!("https://127.0.0.1:{}/v1/pairing", gateway.https))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(over_tls["fingerprint"].is_string(), "{over_tls}");
+    assert!(over_tls.get("storage_key").is_none(), "{over_tls}");
+
+    let state = gateway.stop();
+    let again = Gateway::start_in(state, &[]);
+    assert_eq!(again.pairing()["storage_key"], key.as_str());
+    let other = Gateway::start();
+    assert_ne!(other.pairing()["storage_key"], key.as_str());
+}
+
 /// DNS rebinding: a page on attacker.example re-points its name at the box, so the
 /// browser sends `Host: attacker.example`. The box answers only to names that are its own.
 #[test]

@@ -1,39 +1,99 @@
 // Talking to the box: the stored credential, authenticated fetch, and server-sent
 // events read from a fetch body (EventSource cannot send the Authorization header).
 
+import { storageCipher } from "./pairing.js";
+
 // ---- per-box storage -------------------------------------------------------------------
 //
 // What this app keeps (the credential, conversations, settings) is kept per box. Every
 // box's USB link is the same origin (http://10.55.0.1), so another box must never be
 // sent this box's token nor see its conversations: keys carry the box's certificate
 // fingerprint, as the box states it (GET /v1/pairing) and as pairing confirmed it.
+//
+// Any page served at that origin can read its storage, though: another box's app, or
+// a rogue gadget's own script. So on plain HTTP the values are sealed with a key the box
+// hands out on its USB link only (`storage_key`), kept in memory, never on the phone.
+// A page that is not this box reads ciphertext. Without the key (the box not
+// connected) sealed values read as absent and nothing is written. Over HTTPS the
+// origin is the box's own name or address, authenticated by its certificate; the box
+// sends no key there and values are kept as they are.
 
 const LAST_BOX_KEY = "llamabox.last-box";
+const SEALED = "sealed:v1:";
 /** Keys of versions that kept one box's data at fixed names. */
 const UNKEYED = ["credential", "conversations", "current", "settings"];
 let box = null;
+let cipher = null;
 
 const normalFingerprint = (hex) => String(hex || "").replace(/[^0-9a-f]/gi, "").toLowerCase();
 
 /** Asks the box who it is; offline, the box this app talked to last. */
 export async function identifyBox() {
   let fingerprint = "";
+  let storageKey = "";
   try {
     const response = await fetch("/v1/pairing", { cache: "no-store" });
-    if (response.ok) fingerprint = normalFingerprint((await response.json()).fingerprint);
+    if (response.ok) {
+      const status = await response.json();
+      fingerprint = normalFingerprint(status.fingerprint);
+      storageKey = typeof status.storage_key === "string" ? status.storage_key : "";
+    }
   } catch {
     // offline: the service worker serves the app
   }
   if (fingerprint) localStorage.setItem(LAST_BOX_KEY, fingerprint);
   else fingerprint = localStorage.getItem(LAST_BOX_KEY) || "unknown";
   box = fingerprint;
+  cipher = null;
+  if (storageKey) {
+    try {
+      cipher = await storageCipher(storageKey);
+    } catch (e) {
+      console.error("cannot load the storage cipher", e);
+    }
+  }
   adoptUnkeyed();
+  sealPlainValues();
   return box;
 }
 
 /** The storage key of `name` for this box. */
-export function boxKey(name) {
+function boxKey(name) {
   return `llamabox.${box || "unknown"}.${name}`;
+}
+
+/** This box's value of `name`, opened; null when absent, or sealed and not openable here. */
+export function boxGet(name) {
+  const stored = localStorage.getItem(boxKey(name));
+  if (stored === null || !stored.startsWith(SEALED)) return stored;
+  if (!cipher) return null;
+  try {
+    return cipher.open(stored.slice(SEALED.length));
+  } catch {
+    return null; // sealed by another box that claims this one's fingerprint
+  }
+}
+
+/** Keeps `value` for this box: sealed when the box gave a key; throws when it must be
+ *  sealed and cannot be (plain HTTP without the box). */
+export function boxSet(name, value) {
+  if (cipher) {
+    localStorage.setItem(boxKey(name), SEALED + cipher.seal(value));
+  } else if (location.protocol === "https:") {
+    localStorage.setItem(boxKey(name), value);
+  } else {
+    throw new Error("the box is not connected, so nothing can be kept on this phone for it");
+  }
+}
+
+/** Whether this box's credential is kept sealed and the box is not here to open it. */
+export function sealedWithoutKey() {
+  const stored = localStorage.getItem(boxKey("credential"));
+  return !cipher && stored !== null && stored.startsWith(SEALED);
+}
+
+export function boxRemove(name) {
+  localStorage.removeItem(boxKey(name));
 }
 
 // Data an earlier version kept at fixed names goes to the box its credential names (or
@@ -55,9 +115,18 @@ function adoptUnkeyed() {
   }
 }
 
+// Values an earlier version kept unsealed for this box are sealed once it gives a key.
+function sealPlainValues() {
+  if (!cipher) return;
+  for (const name of UNKEYED) {
+    const stored = localStorage.getItem(boxKey(name));
+    if (stored !== null && !stored.startsWith(SEALED)) boxSet(name, stored);
+  }
+}
+
 export function loadCredential() {
   try {
-    const credential = JSON.parse(localStorage.getItem(boxKey("credential")) || "null");
+    const credential = JSON.parse(boxGet("credential") || "null");
     return credential && typeof credential.token === "string" ? credential : null;
   } catch {
     return null;
@@ -65,11 +134,11 @@ export function loadCredential() {
 }
 
 export function saveCredential(credential) {
-  localStorage.setItem(boxKey("credential"), JSON.stringify(credential));
+  boxSet("credential", JSON.stringify(credential));
 }
 
 export function forgetCredential() {
-  localStorage.removeItem(boxKey("credential"));
+  boxRemove("credential");
 }
 
 /** A SHA-256 fingerprint the way browsers show certificates: AB:CD:… */

@@ -1,6 +1,6 @@
 // Llama Box web app: pairing, then chat, voice and device tabs.
 
-import { forgetCredential, formatFingerprint, identifyBox, loadCredential, saveCredential, setUnauthorizedHandler } from "./api.js";
+import { forgetCredential, formatFingerprint, identifyBox, loadCredential, saveCredential, sealedWithoutKey, setUnauthorizedHandler } from "./api.js";
 import { initChat, loadModels, overlay, stopChat } from "./chat.js";
 import { initDevice, showDevice } from "./device.js";
 import { pair } from "./pairing.js";
@@ -90,6 +90,9 @@ function initPairing() {
     button.textContent = "Pairing…";
     try {
       const name = $("pair-name").value.trim() || defaultPhoneName();
+      // The box may have been plugged in since the app opened: ask again who it is (and
+      // for its storage key) before keeping a credential for it.
+      await identifyBox();
       const credential = await pair(code.value, name);
       saveCredential({ ...credential, pairedAt: Date.now() });
       code.value = "";
@@ -186,5 +189,6 @@ initPairing();
 // Which box this is decides whose credential and conversations the app may use.
 identifyBox().then(() => {
   if (loadCredential()) showApp();
+  else if (sealedWithoutKey()) showPairing("What this phone keeps for the box is sealed with the box's key: connect the phone to the box to open it.");
   else showPairing();
 });

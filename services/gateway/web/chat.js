@@ -1,7 +1,7 @@
-// The chat screen: conversations kept on this phone (localStorage), answers streamed
+// The chat screen: conversations kept on this phone (sealed, api.js), answers streamed
 // from the box's OpenAI-compatible API, rendered as Markdown while they arrive.
 
-import { apiFetch, apiJson, ApiError, boxKey, serverSentEvents } from "./api.js";
+import { apiFetch, apiJson, ApiError, boxGet, boxRemove, boxSet, serverSentEvents } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 
 
@@ -9,9 +9,9 @@ const $ = (id) => document.getElementById(id);
 
 // ---- storage ---------------------------------------------------------------------------
 
-function load(key, fallback) {
+function load(name, fallback) {
   try {
-    return JSON.parse(localStorage.getItem(key)) ?? fallback;
+    return JSON.parse(boxGet(name)) ?? fallback;
   } catch {
     return fallback;
   }
@@ -23,23 +23,27 @@ let currentId = null;
 let settings = {};
 
 function loadStore() {
-  conversations = load(boxKey("conversations"), []);
-  currentId = localStorage.getItem(boxKey("current"));
-  settings = load(boxKey("settings"), {});
+  conversations = load("conversations", []);
+  currentId = boxGet("current");
+  settings = load("settings", {});
 }
 
 function save() {
   try {
-    localStorage.setItem(boxKey("conversations"), JSON.stringify(conversations));
-    if (currentId) localStorage.setItem(boxKey("current"), currentId);
-    else localStorage.removeItem(boxKey("current"));
+    boxSet("conversations", JSON.stringify(conversations));
+    if (currentId) boxSet("current", currentId);
+    else boxRemove("current");
   } catch (e) {
     showError(`Could not save the conversation on this phone: ${e.message}`);
   }
 }
 
 function saveSettings() {
-  localStorage.setItem(boxKey("settings"), JSON.stringify(settings));
+  try {
+    boxSet("settings", JSON.stringify(settings));
+  } catch (e) {
+    showError(`Could not save the settings on this phone: ${e.message}`);
+  }
 }
 
 function current() {

@@ -164,3 +164,22 @@ export async function pair(code, name) {
     fingerprint: credential.fingerprint,
   };
 }
+
+/**
+ * Seals and opens what the app keeps on this phone with the key the box holds
+ * (src/phone_storage.rs): `seal(text)` gives base64, `open(base64)` the text back, or
+ * throws when the value was not sealed with this key (another box's, or changed).
+ */
+export async function storageCipher(keyBase64) {
+  const wasm = await loadModule();
+  const key = fromBase64(keyBase64);
+  return {
+    seal(text) {
+      const nonce = crypto.getRandomValues(new Uint8Array(24));
+      return toBase64(step(wasm, "lb_seal_stored", [key, nonce, new TextEncoder().encode(text)]));
+    },
+    open(sealed) {
+      return new TextDecoder().decode(step(wasm, "lb_open_stored", [key, fromBase64(sealed)]));
+    },
+  };
+}

@@ -27,6 +27,9 @@ use crate::common::browser::{client, Browser, Process};
 use crate::common::services::{start_gateway, start_inference, wait_healthy, Services};
 use crate::common::{free_port, service_binary};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use llamabox_pairing::phone_storage;
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -160,12 +163,34 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
         .unwrap();
     let device = pairing["device"].as_str().unwrap().to_string();
     let fingerprint = pairing["fingerprint"].as_str().unwrap().to_uppercase();
-    // What the app keeps for this box (api.js: per-box storage).
+    // What the app keeps for this box (api.js: per-box storage), sealed with the key
+    // the box gives on plain HTTP (never over HTTPS: the pairing test checks that).
     let stored = |name: &str| {
         format!(
             "return localStorage.getItem('llamabox.{}.{name}');",
             fingerprint.to_lowercase()
         )
+    };
+    let storage_key: [u8; phone_storage::KEY_LEN] = BASE64
+        .decode(
+            pairing["storage_key"]
+                .as_str()
+                .expect("a storage key on loopback"),
+        )
+        .unwrap()
+        .try_into()
+        .expect("a 32-byte storage key");
+    let opened = |browser: &Browser, name: &str| -> Value {
+        let raw = browser.exec(&stored(name));
+        let sealed = raw
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} kept: {raw}"));
+        let sealed = sealed
+            .strip_prefix("sealed:v1:")
+            .unwrap_or_else(|| panic!("{name} kept unsealed: {sealed}"));
+        let plain = phone_storage::open(&storage_key, &BASE64.decode(sealed).unwrap())
+            .unwrap_or_else(|e| panic!("{name} does not open with the box's key: {e}"));
+        serde_json::from_slice(&plain).unwrap()
     };
 
     let browser = Browser::start(&chromium, &chromedriver);
@@ -215,8 +240,7 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     let shown = browser.text_of("#paired-fingerprint");
     assert_eq!(shown.replace(':', ""), fingerprint, "fingerprint shown");
     assert_eq!(browser.text_of("#paired-device"), device);
-    let credential: Value =
-        serde_json::from_str(browser.exec(&stored("credential")).as_str().unwrap()).unwrap();
+    let credential = opened(&browser, "credential");
     let token = credential["token"].as_str().unwrap().to_string();
     let phone_id = credential["phoneId"].as_str().unwrap().to_string();
     let phones: Value = client()
@@ -240,8 +264,7 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     browser.type_into("#set-max-tokens", "200");
     browser.type_into("#set-temperature", "0");
     browser.click("#settings-close");
-    let settings: Value =
-        serde_json::from_str(browser.exec(&stored("settings")).as_str().unwrap()).unwrap();
+    let settings = opened(&browser, "settings");
     assert_eq!(settings["max_tokens"], "200", "{settings}");
     assert_eq!(settings["temperature"], "0", "{settings}");
 
@@ -386,24 +409,53 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     );
     browser.click(".tabs button[data-tab=chat]");
 
-    // Offline: the box is gone, the app and its conversations are not.
+    // Offline: the box is gone. The app opens from its cache, but what it keeps for the
+    // box stays sealed without the box's key: nothing shown, nothing lost.
     drop(gateway);
     browser.refresh();
-    browser.wait(
-        "the app from the offline cache",
-        &first_question_shown(),
+    let locked = browser.wait(
+        "the app from the offline cache, its data sealed",
+        "const e = document.querySelector('#pair-error');
+         return !document.querySelector('#pairing').hidden && !e.hidden && e.textContent;",
         Duration::from_secs(30),
     );
-    assert_eq!(browser.exec(&browser.visible("#pairing")), false);
+    assert!(locked.as_str().unwrap().contains("connect"), "{locked}");
+    assert_eq!(
+        browser.exec("return document.querySelectorAll('#messages .msg').length;"),
+        0
+    );
     assert!(browser.exec(&stored("credential")).is_string());
 
-    // The box is back, now with a voice service: live transcripts and answers.
+    // A rogue gadget the phone is plugged into answers at the same origin with its own
+    // page; its script reads the whole origin's storage (WebDriver runs this one there).
+    // It finds neither the token nor a word of the conversation.
+    let rogue = RoguePage::serve(http);
+    browser.goto(&format!("{origin}/"));
+    let everything = browser.exec("return JSON.stringify(Object.entries(localStorage));");
+    let everything = everything.as_str().unwrap();
+    assert!(everything.contains("sealed:v1:"), "{everything}");
+    for secret in [token.as_str(), QUESTION, "Python"] {
+        assert!(
+            !everything.contains(secret),
+            "a page at the same origin read {secret:?}: {everything}"
+        );
+    }
+    drop(rogue);
+
+    // The box is back, now with a voice service: the conversation opens again, and live
+    // transcripts and answers arrive.
     let (_voice_process, voice, _voice_audio) = voice_service(&inference_url);
     let services = Services {
         inference: &inference_url,
         voice: &voice,
     };
     let gateway = start_gateway(state.path(), &web, LOOPBACK, (http, https), CODE, &services);
+    browser.goto(&format!("{origin}/"));
+    browser.wait(
+        "the conversation, opened with the box's key",
+        &first_question_shown(),
+        Duration::from_secs(30),
+    );
     browser.click(".tabs button[data-tab=voice]");
     browser.wait(
         "the transcript and its answer",
@@ -495,4 +547,62 @@ fn the_web_app_pairs_chats_and_keeps_its_conversations_in_headless_chromium() {
     assert!(browser.text_of("#pair-error").contains("no longer paired"));
     assert!(browser.exec(&stored("credential")).is_null());
     eprintln!("web app test done in {:?}", started.elapsed());
+}
+
+/// A page that is not the box, at the box's origin: every request gets the same small
+/// HTML page, as from a rogue USB gadget serving `http://10.55.0.1`.
+struct RoguePage {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RoguePage {
+    fn serve(port: u16) -> RoguePage {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener =
+            std::net::TcpListener::bind((LOOPBACK, port)).expect("the rogue page's port");
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let page = "<!doctype html><title>not your box</title><p>hello";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+            }
+        });
+        RoguePage {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RoguePage {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

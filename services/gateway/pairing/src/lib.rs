@@ -16,6 +16,7 @@
 //! This crate has no I/O so the gateway, the tests and the browser (built to
 //! WebAssembly, `wasm` module) run the very same code. `requests` holds the routes'
 //! JSON bodies as the gateway reads them, so the fuzz target reads them the same way.
+//! `phone_storage` seals what the web app keeps on the phone with a key the box holds.
 
 // The browser build's exports take raw pointers (wasm module); nothing else may.
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
@@ -28,6 +29,7 @@ use rand_core::{CryptoRng, RngCore};
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
+pub mod phone_storage;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod requests;
 #[cfg(target_arch = "wasm32")]

@@ -6,8 +6,11 @@
 //! Steps return 0 on success or a negative error (see `Status`). Randomness comes from
 //! the page (`crypto.getRandomValues`, available even on plain HTTP): a 32-byte seed
 //! per pairing feeds ChaCha20.
+//!
+//! `lb_seal_stored` and `lb_open_stored` seal and open what the app keeps on the phone
+//! (`phone_storage`), with the key the box hands out on its USB link.
 
-use crate::{PhoneHandshake, SessionKeys, SetupCode};
+use crate::{phone_storage, PhoneHandshake, SessionKeys, SetupCode};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::cell::RefCell;
@@ -153,4 +156,52 @@ pub unsafe extern "C" fn lb_open(
             Err(_) => Status::BadSeal as i32,
         }
     })
+}
+
+/// The box's storage key, a 24-byte random nonce and a value in; the sealed value out.
+///
+/// # Safety
+/// See `bytes`.
+#[no_mangle]
+pub unsafe extern "C" fn lb_seal_stored(
+    key: *const u8,
+    key_len: usize,
+    nonce: *const u8,
+    nonce_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> i32 {
+    let (Ok(key), Ok(nonce)) = (
+        <&[u8; phone_storage::KEY_LEN]>::try_from(bytes(key, key_len)),
+        <&[u8; phone_storage::NONCE_LEN]>::try_from(bytes(nonce, nonce_len)),
+    ) else {
+        return Status::BadMessage as i32;
+    };
+    let sealed = phone_storage::seal(key, nonce, bytes(value, value_len));
+    STATE.with(|s| s.borrow_mut().out = sealed);
+    Status::Ok as i32
+}
+
+/// The box's storage key and a sealed value in; the value out, only if this key
+/// sealed it and nothing changed since.
+///
+/// # Safety
+/// See `bytes`.
+#[no_mangle]
+pub unsafe extern "C" fn lb_open_stored(
+    key: *const u8,
+    key_len: usize,
+    sealed: *const u8,
+    sealed_len: usize,
+) -> i32 {
+    let Ok(key) = <&[u8; phone_storage::KEY_LEN]>::try_from(bytes(key, key_len)) else {
+        return Status::BadMessage as i32;
+    };
+    match phone_storage::open(key, bytes(sealed, sealed_len)) {
+        Ok(value) => {
+            STATE.with(|s| s.borrow_mut().out = value);
+            Status::Ok as i32
+        }
+        Err(_) => Status::BadSeal as i32,
+    }
 }
