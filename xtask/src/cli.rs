@@ -154,10 +154,10 @@ pub enum Cmd {
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
-    /// Our inference service against llama.cpp's llama-server and llama-bench (built from
-    /// the pinned source), on two model sizes: decode, prompt processing, time to first
-    /// token, 4 concurrent streams, and decode with a busy thread competing. Run as root:
-    /// ours runs at the priority the image gives it.
+    /// Our inference service against llama.cpp's llama-server, llama-bench and
+    /// llama-batched-bench (built from the pinned source), on two model sizes: decode,
+    /// prompt processing, time to first token, 4 concurrent streams, and decode with a
+    /// busy thread competing. Run as root: ours runs at the priority the image gives it.
     Inference {
         /// Times each measurement is repeated on each side; the report shows medians.
         #[arg(long, default_value_t = 8)]

@@ -12,11 +12,13 @@ pub const GENERATE: u32 = super::measure::DECODE_TOKENS;
 /// Tokens of its prompt-processing test (`pp512`).
 pub const PROMPT: u32 = 512;
 
-/// What llama-bench measured: tokens per second, mean and standard deviation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What llama-bench measured, tokens per second.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ceiling {
-    pub decode: f64,
-    pub decode_stddev: f64,
+    /// tg128: one run per repetition, each between the servers' decode measurements, so
+    /// a machine whose speed drifts shows in all three alike.
+    pub decode: Vec<f64>,
+    /// pp512, its mean over llama-bench's own repetitions.
     pub prompt: f64,
 }
 
@@ -26,43 +28,130 @@ struct Row {
     n_prompt: u32,
     n_gen: u32,
     avg_ts: f64,
-    stddev_ts: f64,
 }
 
-pub fn run(binary: &Path, model: &Path, threads: usize, log: &Path) -> Result<Ceiling> {
+/// One tg128 run (`-r 1`; llama-bench still warms up first), appended to `log`.
+pub fn decode_once(binary: &Path, model: &Path, threads: usize, log: &Path) -> Result<f64> {
+    let rows = run(
+        binary,
+        model,
+        threads,
+        &["-p", "0", "-n", &GENERATE.to_string(), "-r", "1"],
+        log,
+    )?;
+    find(&rows, 0, GENERATE)
+}
+
+/// pp512 with llama-bench's own repetitions, appended to `log`.
+pub fn prompt(binary: &Path, model: &Path, threads: usize, log: &Path) -> Result<f64> {
+    let rows = run(
+        binary,
+        model,
+        threads,
+        &["-p", &PROMPT.to_string(), "-n", "0"],
+        log,
+    )?;
+    find(&rows, PROMPT, 0)
+}
+
+fn run(binary: &Path, model: &Path, threads: usize, args: &[&str], log: &Path) -> Result<Vec<Row>> {
     let output = Command::new(binary)
         .arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string()])
-        .args(["-p", &PROMPT.to_string(), "-n", &GENERATE.to_string()])
+        .args(args)
         .args(["-o", "json"])
         .output()
         .with_context(|| format!("cannot run {}", binary.display()))?;
-    std::fs::write(log, [&output.stderr[..], &output.stdout[..]].concat())?;
+    append(log, &[&output.stderr, &output.stdout])?;
     if !output.status.success() {
         bail!(
-            "llama-bench failed ({}); its output is in {}",
+            "{} failed ({}); its output is in {}",
+            binary.display(),
             output.status,
             log.display()
         );
     }
-    parse(&String::from_utf8_lossy(&output.stdout))
+    serde_json::from_slice(&output.stdout).context("llama-bench's JSON output")
 }
 
-fn parse(json: &str) -> Result<Ceiling> {
-    let rows: Vec<Row> = serde_json::from_str(json).context("llama-bench's JSON output")?;
-    let find = |prompt, generate| {
-        rows.iter()
-            .find(|r| r.n_prompt == prompt && r.n_gen == generate)
-            .with_context(|| format!("llama-bench reported no pp{prompt}/tg{generate} row"))
-    };
-    let decode = find(0, GENERATE)?;
-    let prompt = find(PROMPT, 0)?;
-    Ok(Ceiling {
-        decode: decode.avg_ts,
-        decode_stddev: decode.stddev_ts,
-        prompt: prompt.avg_ts,
-    })
+fn find(rows: &[Row], prompt: u32, generate: u32) -> Result<f64> {
+    rows.iter()
+        .find(|r| r.n_prompt == prompt && r.n_gen == generate)
+        .map(|r| r.avg_ts)
+        .with_context(|| format!("llama-bench reported no pp{prompt}/tg{generate} row"))
+}
+
+fn append(log: &Path, parts: &[&[u8]]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    Ok(())
+}
+
+/// Prompt tokens per sequence for `llama-batched-bench`: about what the 4-stream
+/// measurement's chat prompts take.
+const BATCHED_PROMPT: u32 = 40;
+
+/// One line of `llama-batched-bench --output-format jsonl`.
+#[derive(Deserialize)]
+struct BatchedRow {
+    pl: u32,
+    tg: u32,
+    speed_tg: f64,
+}
+
+/// The engine's decode rate with `sequences` decoding together (`llama-batched-bench`,
+/// one run, its defaults otherwise): tokens per second summed over the sequences, the
+/// ceiling of the concurrent-streams measurement. `ctx_size` is the whole KV cache, as
+/// the servers get it.
+pub fn batched(
+    binary: &Path,
+    model: &Path,
+    threads: usize,
+    sequences: u32,
+    ctx_size: u32,
+    log: &Path,
+) -> Result<f64> {
+    let output = Command::new(binary)
+        .arg("-m")
+        .arg(model)
+        .args(["-t", &threads.to_string()])
+        .args(["-c", &ctx_size.to_string()])
+        .args(["-npp", &BATCHED_PROMPT.to_string()])
+        .args(["-ntg", &GENERATE.to_string()])
+        .args(["-npl", &sequences.to_string()])
+        .args(["--output-format", "jsonl"])
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    append(log, &[&output.stderr, &output.stdout])?;
+    if !output.status.success() {
+        bail!(
+            "llama-batched-bench failed ({}); its output is in {}",
+            output.status,
+            log.display()
+        );
+    }
+    parse_batched(&String::from_utf8_lossy(&output.stdout), sequences)
+}
+
+fn parse_batched(jsonl: &str, sequences: u32) -> Result<f64> {
+    jsonl
+        .lines()
+        .filter(|line| line.trim_start().starts_with('{'))
+        .map(serde_json::from_str::<BatchedRow>)
+        .filter_map(|row| row.ok())
+        .find(|row| row.pl == sequences && row.tg == GENERATE)
+        .map(|row| row.speed_tg)
+        .with_context(|| {
+            format!("llama-batched-bench reported no row for {sequences} sequences of tg{GENERATE}")
+        })
 }
 
 #[cfg(test)]
@@ -70,20 +159,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_llama_batched_bench_jsonl() {
+        let jsonl = r#"main: n_kv_max = 8192
+{"n_kv_max": 8192, "pp": 40, "tg": 128, "pl": 4, "n_kv": 672, "t_tg": 2.62, "speed_tg": 195.16, "speed": 221.0}
+"#;
+        assert_eq!(parse_batched(jsonl, 4).unwrap(), 195.16);
+        assert!(parse_batched(jsonl, 2).is_err());
+    }
+
+    #[test]
     fn reads_llama_bench_json() {
         let json = r#"[
           {"build_commit": "x", "n_prompt": 512, "n_gen": 0, "avg_ts": 800.5, "stddev_ts": 3.1, "n_threads": 2},
           {"build_commit": "x", "n_prompt": 0, "n_gen": 128, "avg_ts": 120.25, "stddev_ts": 1.5, "n_threads": 2}
         ]"#;
-        assert_eq!(
-            parse(json).unwrap(),
-            Ceiling {
-                decode: 120.25,
-                decode_stddev: 1.5,
-                prompt: 800.5
-            }
-        );
-        assert!(parse("[]").is_err());
-        assert!(parse("not json").is_err());
+        let rows: Vec<Row> = serde_json::from_str(json).unwrap();
+        assert_eq!(find(&rows, 0, GENERATE).unwrap(), 120.25);
+        assert_eq!(find(&rows, PROMPT, 0).unwrap(), 800.5);
+        assert!(find(&[], 0, GENERATE).is_err());
     }
 }

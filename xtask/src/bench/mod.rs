@@ -4,8 +4,10 @@
 //! `cargo xtask bench inference`: our inference service against llama.cpp's own
 //! `llama-server`, same model, threads and context, measured alternately in one run
 //! (ours, reference, reference, ours, … request by request) so both see the same
-//! machine state; then the same decode while a busy thread competes for the cores; then
-//! the engine's ceiling, `llama-bench`. Two model sizes. A benchmark, not a test: missed
+//! machine state; then the same decode while a busy thread competes for the cores. The
+//! engine's ceilings run between the servers' turns: `llama-bench` tg128 beside the
+//! single-stream decode, `llama-batched-bench` beside the concurrent streams. Two model
+//! sizes. A benchmark, not a test: missed
 //! targets are printed, only errors fail the command.
 
 mod assets;
@@ -114,9 +116,22 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
             chat_template: template.as_deref(),
         };
         let mut samples = [report::Samples::default(), report::Samples::default()];
+        // llama-batched-bench at STREAMS sequences, one run per repetition.
+        let mut engine_streams = Vec::new();
+        let engine_log = logs.join("llama-bench.log");
+        let _ = std::fs::remove_file(&engine_log);
+        let mut engine_decode = Vec::new();
         let mut noise = vec![(
             "one stream",
-            one_stream(sides, &single, &logs, options.repetitions, &mut samples)?,
+            one_stream(
+                sides,
+                &single,
+                &logs,
+                options.repetitions,
+                &mut samples,
+                &mut || llama_bench::decode_once(&tools.bench, &file, options.threads, &engine_log),
+                &mut engine_decode,
+            )?,
         )];
         // Concurrent streams on the image's own model only: the figure the product
         // needs, without doubling the benchmark's length.
@@ -128,33 +143,49 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
             };
             noise.push((
                 "4 streams",
-                streams(sides, &concurrent, &logs, options.repetitions, &mut samples)?,
+                streams(
+                    sides,
+                    &concurrent,
+                    &logs,
+                    options.repetitions,
+                    &mut samples,
+                    &mut |log| {
+                        llama_bench::batched(
+                            &tools.batched_bench,
+                            &file,
+                            options.threads,
+                            STREAMS,
+                            concurrent.ctx_size,
+                            log,
+                        )
+                    },
+                    &mut engine_streams,
+                )?,
             ));
         }
         eprintln!("==> the same decode with {CONTENDING_THREADS} busy thread(s) competing");
         contended(sides, &single, &logs, options.repetitions, &mut samples)?;
         eprintln!(
-            "==> llama-bench (the engine's ceiling), {} threads",
+            "==> llama-bench pp{} (the engine's prompt ceiling), {} threads",
+            llama_bench::PROMPT,
             options.threads
         );
-        let ceiling = llama_bench::run(
-            &tools.bench,
-            &file,
-            options.threads,
-            &logs.join("llama-bench.log"),
-        )?;
+        let ceiling = llama_bench::Ceiling {
+            prompt: llama_bench::prompt(&tools.bench, &file, options.threads, &engine_log)?,
+            decode: engine_decode,
+        };
         eprintln!(
-            "    llama-bench tg{} {:.1} ± {:.1} tok/s, pp{} {:.1} tok/s",
+            "    llama-bench tg{} {:.1} tok/s (median of {}), pp{} {:.1} tok/s",
             llama_bench::GENERATE,
-            ceiling.decode,
-            ceiling.decode_stddev,
+            report::median(&ceiling.decode),
+            ceiling.decode.len(),
             llama_bench::PROMPT,
             ceiling.prompt
         );
-        reports.push((model, samples, ceiling, noise));
+        reports.push((model, samples, ceiling, engine_streams, noise));
     }
 
-    for (model, [ours_samples, reference_samples], ceiling, noise) in &reports {
+    for (model, [ours_samples, reference_samples], ceiling, engine_streams, noise) in &reports {
         println!(
             "\n{}, {} threads, {CTX_PER_SEQUENCE} tokens of context per sequence, {} at nice {} and llama-server at nice 0, both built for {}, medians of {} repetitions [min–max]:\n",
             model.label, options.threads, ours.label, ours.nice, options.baseline.name(), options.repetitions
@@ -171,6 +202,17 @@ pub fn inference(project: &Project, options: &Options) -> Result<()> {
             "{}",
             report::render_work(&ours_samples.work, &reference_samples.work)
         );
+        if !engine_streams.is_empty() {
+            let engine = report::median(engine_streams);
+            println!(
+                "the engine at {STREAMS} sequences (llama-batched-bench, tg{}): {engine:.1} tok/s [{:.1}–{:.1}]; ours ÷ it {:.3}, llama-server ÷ it {:.3}\n",
+                llama_bench::GENERATE,
+                engine_streams.iter().copied().fold(f64::INFINITY, f64::min),
+                engine_streams.iter().copied().fold(0.0, f64::max),
+                report::median(&ours_samples.aggregate) / engine,
+                report::median(&reference_samples.aggregate) / engine,
+            );
+        }
         println!("targets:");
         for v in report::verdicts(ours_samples, reference_samples, ceiling) {
             println!(
@@ -267,6 +309,8 @@ fn one_stream(
     logs: &Path,
     reps: usize,
     samples: &mut [report::Samples; 2],
+    engine: &mut dyn FnMut() -> Result<f64>,
+    engine_rates: &mut Vec<f64>,
 ) -> Result<Option<f64>> {
     let servers = start_both(sides, settings, logs)?;
     let meter = cpu::Meter::start(&pids(&servers));
@@ -275,6 +319,9 @@ fn one_stream(
         for i in order {
             samples[i].add_decode(&servers[i].measure("decode", measure::decode)?)?;
         }
+        // The engine's own decode between the two servers' (the meter counts it as the
+        // benchmark's: a child process it waited for).
+        engine_rates.push(engine()?);
         for i in order {
             let reply = servers[i].measure("prompt", |c| measure::prompt(c, rep))?;
             samples[i].add_prompt(&reply);
@@ -295,22 +342,34 @@ fn one_stream(
                 s.follow_up_ms[rep]
             );
         }
+        eprintln!(
+            "    {}/{reps} {:<22} decode {:6.1} tok/s",
+            rep + 1,
+            "llama-bench tg128",
+            engine_rates[rep]
+        );
     }
     let others = meter.others_share(&pids(&servers));
     stop_all(servers)?;
     Ok(others)
 }
 
-/// `STREAMS` concurrent decodes. Returns the share of the CPU other processes took.
+/// `STREAMS` concurrent decodes on each server, then the engine's own decode of
+/// `STREAMS` sequences (`engine`, into `engine_rates`) while both servers idle.
+/// Returns the share of the CPU other processes took.
 fn streams(
     sides: [&Side; 2],
     settings: &Settings,
     logs: &Path,
     reps: usize,
     samples: &mut [report::Samples; 2],
+    engine: &mut dyn FnMut(&Path) -> Result<f64>,
+    engine_rates: &mut Vec<f64>,
 ) -> Result<Option<f64>> {
     let servers = start_both(sides, settings, logs)?;
     let meter = cpu::Meter::start(&pids(&servers));
+    let engine_log = logs.join("llama-batched-bench.log");
+    let _ = std::fs::remove_file(&engine_log);
     for rep in 0..reps {
         for i in abba(rep) {
             let result = servers[i].measure("concurrent streams", |c| {
@@ -318,6 +377,8 @@ fn streams(
             })?;
             samples[i].add_aggregate(&result);
         }
+        // The engine's own decode of as many sequences, between the servers' turns.
+        engine_rates.push(engine(&engine_log)?);
         for (side, s) in sides.iter().zip(samples.iter()) {
             eprintln!(
                 "    {}/{reps} {:<22} {STREAMS} streams {:6.1} tok/s",
@@ -326,6 +387,12 @@ fn streams(
                 s.aggregate[rep]
             );
         }
+        eprintln!(
+            "    {}/{reps} {:<22} {STREAMS} sequences {:6.1} tok/s",
+            rep + 1,
+            "llama-batched-bench",
+            engine_rates[rep]
+        );
     }
     let others = meter.others_share(&pids(&servers));
     stop_all(servers)?;

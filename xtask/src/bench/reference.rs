@@ -1,5 +1,5 @@
-//! The references: llama.cpp's own `llama-server` and `llama-bench` (the engine's
-//! ceiling), built from the pinned source with the CPU baseline our side is built with
+//! The references: llama.cpp's own `llama-server`, `llama-bench` (the engine's
+//! ceiling) and `llama-batched-bench` (its ceiling with several sequences), built from the pinned source with the CPU baseline our side is built with
 //! ([`CpuBaseline`]), once per (source, flags): a second run reuses the binaries. Everything else is llama.cpp's defaults, as its users build
 //! it (OpenMP on).
 
@@ -28,15 +28,16 @@ const FIXED_FLAGS: &[&str] = &[
 ];
 
 /// The tools the reference build makes.
-const TOOLS: &[&str] = &["llama-server", "llama-bench"];
+const TOOLS: &[&str] = &["llama-server", "llama-bench", "llama-batched-bench"];
 
 /// The built reference tools.
 pub struct Tools {
     pub server: PathBuf,
     pub bench: PathBuf,
+    pub batched_bench: PathBuf,
 }
 
-/// The built `llama-server` and `llama-bench`, building them first if needed.
+/// The built reference tools, building them first if needed.
 pub fn tools(project: &Project, baseline: &CpuBaseline) -> Result<Tools> {
     let dist = assets::locked(project, assets::REFERENCE_SOURCE)?;
     let flags = cmake_flags(baseline);
@@ -56,6 +57,7 @@ pub fn tools(project: &Project, baseline: &CpuBaseline) -> Result<Tools> {
     Ok(Tools {
         server: dir.join("llama-server"),
         bench: dir.join("llama-bench"),
+        batched_bench: dir.join("llama-batched-bench"),
     })
 }
 

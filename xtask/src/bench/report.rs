@@ -81,7 +81,7 @@ pub struct Verdict {
 pub fn verdicts(ours: &Samples, reference: &Samples, ceiling: &Ceiling) -> Vec<Verdict> {
     let ratio = |o: &[f64], r: &[f64]| median(o) / median(r);
     let decode = ratio(&ours.decode, &reference.decode);
-    let engine = median(&ours.decode) / ceiling.decode;
+    let engine = median(&ours.decode) / median(&ceiling.decode);
     let contended = ratio(&ours.contended, &ours.decode);
     let mut verdicts = vec![
         Verdict {
@@ -134,16 +134,15 @@ pub fn render_engine(
         llama_bench::GENERATE
     );
     out.push_str(&format!(
-        "| idle | {} | {} | {:.1} ± {:.1} |\n",
+        "| idle | {} | {} | {} |\n",
         spread(&ours.decode),
         spread(&reference.decode),
-        ceiling.decode,
-        ceiling.decode_stddev
+        spread(&ceiling.decode),
     ));
     out.push_str(&format!(
         "| ÷ llama-bench | {:.3} | {:.3} | 1 |\n",
-        median(&ours.decode) / ceiling.decode,
-        median(&reference.decode) / ceiling.decode
+        median(&ours.decode) / median(&ceiling.decode),
+        median(&reference.decode) / median(&ceiling.decode)
     ));
     out.push_str(&format!(
         "| a busy thread competing | {} | {} | |\n",
@@ -233,8 +232,7 @@ mod tests {
             ..Samples::default()
         };
         let ceiling = Ceiling {
-            decode: 110.0,
-            decode_stddev: 1.0,
+            decode: vec![108.0, 110.0, 112.0],
             prompt: 800.0,
         };
         let ours = Samples {
