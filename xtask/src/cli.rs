@@ -61,8 +61,9 @@ pub enum Cmd {
         /// One board's suite only (default: every test board in turn, what CI runs).
         #[arg(long)]
         board: Option<String>,
-        /// Seconds to run each fuzz target (0 skips fuzzing).
-        #[arg(long, default_value_t = 30)]
+        /// Seconds to run each fuzz target (0 skips fuzzing). Short: CI runs this; `cargo
+        /// xtask fuzz` runs longer.
+        #[arg(long, default_value_t = 15)]
         fuzz_seconds: u64,
         /// The long suites too: power cuts at 20 points instead of 3.
         #[arg(long)]
