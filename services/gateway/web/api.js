@@ -20,8 +20,8 @@ import { storageCipher } from "./pairing.js";
 
 const LAST_BOX_KEY = "llamabox.last-box";
 const SEALED = "sealed:v1:";
-/** Keys of versions that kept one box's data at fixed names. */
-const UNKEYED = ["credential", "conversations", "current", "settings"];
+/** What the app keeps per box (versions before per-box keys kept them at fixed names). */
+const KEPT = ["credential", "conversations", "current", "settings"];
 let box = null;
 let cipher = null;
 
@@ -106,7 +106,7 @@ function adoptUnkeyed() {
   } catch {
     // unreadable: treated as this box's
   }
-  for (const name of UNKEYED) {
+  for (const name of KEPT) {
     const value = localStorage.getItem(`llamabox.${name}`);
     if (value === null) continue;
     const key = `llamabox.${owner}.${name}`;
@@ -118,7 +118,7 @@ function adoptUnkeyed() {
 // Values an earlier version kept unsealed for this box are sealed once it gives a key.
 function sealPlainValues() {
   if (!cipher) return;
-  for (const name of UNKEYED) {
+  for (const name of KEPT) {
     const stored = localStorage.getItem(boxKey(name));
     if (stored !== null && !stored.startsWith(SEALED)) boxSet(name, stored);
   }

@@ -55,12 +55,30 @@ pub fn prompt(binary: &Path, model: &Path, threads: usize, log: &Path) -> Result
 }
 
 fn run(binary: &Path, model: &Path, threads: usize, args: &[&str], log: &Path) -> Result<Vec<Row>> {
+    let stdout = run_tool(
+        binary,
+        model,
+        threads,
+        &[args, &["-o", "json"]].concat(),
+        log,
+    )?;
+    serde_json::from_slice(&stdout).context("llama-bench's JSON output")
+}
+
+/// Runs one of llama.cpp's benchmark tools on `model` with `threads`; its output is
+/// appended to `log`, which a failure names. Returns its standard output.
+fn run_tool(
+    binary: &Path,
+    model: &Path,
+    threads: usize,
+    args: &[&str],
+    log: &Path,
+) -> Result<Vec<u8>> {
     let output = Command::new(binary)
         .arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string()])
         .args(args)
-        .args(["-o", "json"])
         .output()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     append(log, &[&output.stderr, &output.stdout])?;
@@ -72,7 +90,7 @@ fn run(binary: &Path, model: &Path, threads: usize, args: &[&str], log: &Path) -
             log.display()
         );
     }
-    serde_json::from_slice(&output.stdout).context("llama-bench's JSON output")
+    Ok(output.stdout)
 }
 
 fn find(rows: &[Row], prompt: u32, generate: u32) -> Result<f64> {
@@ -119,26 +137,25 @@ pub fn batched(
     ctx_size: u32,
     log: &Path,
 ) -> Result<f64> {
-    let output = Command::new(binary)
-        .arg("-m")
-        .arg(model)
-        .args(["-t", &threads.to_string()])
-        .args(["-c", &ctx_size.to_string()])
-        .args(["-npp", &BATCHED_PROMPT.to_string()])
-        .args(["-ntg", &GENERATE.to_string()])
-        .args(["-npl", &sequences.to_string()])
-        .args(["--output-format", "jsonl"])
-        .output()
-        .with_context(|| format!("cannot run {}", binary.display()))?;
-    append(log, &[&output.stderr, &output.stdout])?;
-    if !output.status.success() {
-        bail!(
-            "llama-batched-bench failed ({}); its output is in {}",
-            output.status,
-            log.display()
-        );
-    }
-    parse_batched(&String::from_utf8_lossy(&output.stdout), sequences)
+    let stdout = run_tool(
+        binary,
+        model,
+        threads,
+        &[
+            "-c",
+            &ctx_size.to_string(),
+            "-npp",
+            &BATCHED_PROMPT.to_string(),
+            "-ntg",
+            &GENERATE.to_string(),
+            "-npl",
+            &sequences.to_string(),
+            "--output-format",
+            "jsonl",
+        ],
+        log,
+    )?;
+    parse_batched(&String::from_utf8_lossy(&stdout), sequences)
 }
 
 fn parse_batched(jsonl: &str, sequences: u32) -> Result<f64> {
